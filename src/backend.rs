@@ -1,0 +1,175 @@
+//! The [`Backend`] trait every way of running a daemon implements, and the
+//! status types they report.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DaemonConfig;
+use crate::error::Result;
+
+/// A boxed, `Send` future: what [`Backend`] methods return, so the trait can
+/// be used as `dyn Backend`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The state of a daemon, as in the original design note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DaemonStatus {
+    /// Daemon is running with this PID.
+    Running(u32),
+    /// Daemon is stopped.
+    Stopped,
+    /// Daemon failed to start or exited on its own; the reason names the exit
+    /// code or signal.
+    Failed(String),
+    /// The PID file names a process that is dead, or alive but not the daemon
+    /// (a reused PID). That PID is never signalled.
+    Stale(u32),
+}
+
+impl DaemonStatus {
+    /// The state's one-word name: `running`, `stopped`, `failed` or `stale`.
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            DaemonStatus::Running(_) => "running",
+            DaemonStatus::Stopped => "stopped",
+            DaemonStatus::Failed(_) => "failed",
+            DaemonStatus::Stale(_) => "stale",
+        }
+    }
+
+    /// The PID, for `Running` and `Stale`.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            DaemonStatus::Running(pid) | DaemonStatus::Stale(pid) => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DaemonStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonStatus::Running(pid) => write!(f, "running (PID {pid})"),
+            DaemonStatus::Stopped => f.write_str("stopped"),
+            DaemonStatus::Failed(reason) => write!(f, "failed: {reason}"),
+            DaemonStatus::Stale(pid) => write!(f, "stale PID file (PID {pid} is not the daemon)"),
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitInfo {
+    /// It called `exit` with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal(i32),
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitInfo::Code(code) => write!(f, "exited with code {code}"),
+            ExitInfo::Signal(sig) => match nix::sys::signal::Signal::try_from(sig) {
+                Ok(s) => write!(f, "killed by signal {sig} ({})", s.as_str()),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+        }
+    }
+}
+
+/// Which backend runs a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Our own supervisor process and a PID file.
+    Fork,
+    /// A systemd unit driven over D-Bus.
+    Systemd,
+}
+
+impl BackendKind {
+    /// `fork` or `systemd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Fork => "fork",
+            BackendKind::Systemd => "systemd",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fuller status than [`DaemonStatus`]: what `daemonctl status --json` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusReport {
+    /// The daemon's name.
+    pub name: String,
+    /// The backend that answered.
+    pub backend: BackendKind,
+    /// The state.
+    pub status: DaemonStatus,
+    /// How the last run ended, when known.
+    pub last_exit: Option<ExitInfo>,
+}
+
+impl StatusReport {
+    /// A report with no exit information.
+    pub fn new(name: String, backend: BackendKind, status: DaemonStatus) -> Self {
+        StatusReport {
+            name,
+            backend,
+            status,
+            last_exit: None,
+        }
+    }
+}
+
+/// The operations a way of running daemons offers. [`crate::DaemonManager`]
+/// holds one and adds nothing backend-specific.
+///
+/// Every method takes the config it acts on, so one backend value (holding, for
+/// example, a bus connection) serves any number of daemons. Methods expect a
+/// config that passed [`DaemonConfig::validate`]; the manager validates before
+/// calling.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Starts the daemon, or returns the PID of the running one.
+    fn start<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>>;
+
+    /// Stops it: SIGTERM, up to the shutdown timeout, then SIGKILL. Stopping a
+    /// stopped daemon is `Ok`.
+    fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+
+    /// Sends SIGKILL to all of its processes at once.
+    fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+
+    /// Reports its state.
+    fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>>;
+
+    /// Stops it (if running) and starts it again; returns the new PID.
+    fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>>;
+
+    /// Waits until it is ready, at most `timeout`.
+    fn wait_ready<'a>(
+        &'a self,
+        config: &'a DaemonConfig,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Clears a stale or failed record (PID file and identity record, or a
+    /// failed unit); leaves a running or stopped daemon alone.
+    fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+}

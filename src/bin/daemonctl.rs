@@ -1,0 +1,175 @@
+//! `daemonctl`: start, stop, kill, restart, check and clean up a daemon
+//! described by a TOML file. Also the fork backend's supervisor program.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use daemon_lifecycle::{
+    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, StatusReport,
+};
+
+/// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
+#[derive(Debug, Parser)]
+#[command(name = "daemonctl", version, about)]
+struct Cli {
+    /// Which backend runs the daemon.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "fork", "systemd"])]
+    backend: String,
+
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the daemon (or find it running) and print its PID.
+    Start { config: PathBuf },
+    /// Stop it: SIGTERM, then SIGKILL after shutdown_timeout_secs.
+    Stop { config: PathBuf },
+    /// SIGKILL all its processes at once.
+    Kill { config: PathBuf },
+    /// Stop it if running, start it again, print the new PID.
+    Restart { config: PathBuf },
+    /// Report its state. Exit code: 0 running, 1 stale, 3 stopped or failed, 4 unknown.
+    Status {
+        /// Print one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
+        config: PathBuf,
+    },
+    /// Wait until it is ready.
+    WaitReady {
+        /// Seconds to wait (default: the config's startup_timeout_secs).
+        #[arg(long)]
+        timeout: Option<u64>,
+        config: PathBuf,
+    },
+    /// Remove a stale PID file and identity record, or clear a failed state.
+    Cleanup { config: PathBuf },
+}
+
+impl Command {
+    fn config(&self) -> &Path {
+        match self {
+            Command::Start { config }
+            | Command::Stop { config }
+            | Command::Kill { config }
+            | Command::Restart { config }
+            | Command::Status { config, .. }
+            | Command::WaitReady { config, .. }
+            | Command::Cleanup { config } => config,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // First: when the fork backend runs us as its supervisor, this never returns.
+    daemon_lifecycle::supervisor_init();
+
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("daemonctl: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let is_status = matches!(cli.command, Command::Status { .. });
+    let config_path = cli.command.config().to_owned();
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("daemonctl: {}: {error}", config_path.display());
+            ExitCode::from(if is_status { 4 } else { exit_code(&error) })
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// LSB init-script exit codes for actions: 1 generic error, 4 insufficient
+/// privilege, 5 program not installed, 6 program not configured, 7 not running.
+fn exit_code(error: &DaemonError) -> u8 {
+    match error {
+        DaemonError::InvalidConfig { .. }
+        | DaemonError::ConfigParse { .. }
+        | DaemonError::ConfigRead { .. } => 6,
+        DaemonError::BinaryNotFound { .. } | DaemonError::BinaryNotExecutable { .. } => 5,
+        DaemonError::PermissionDenied { .. } => 4,
+        DaemonError::NotRunning { .. } => 7,
+        _ => 1,
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, DaemonError> {
+    let choice: BackendChoice = cli.backend.parse().expect("clap checked the value");
+    let config = DaemonConfig::from_toml_file(cli.command.config())?;
+    let manager = DaemonManager::with_choice(config, choice);
+    match cli.command {
+        Command::Start { .. } => {
+            println!("{}", manager.start().await?);
+        }
+        Command::Restart { .. } => {
+            println!("{}", manager.restart().await?);
+        }
+        Command::Stop { .. } => manager.stop().await?,
+        Command::Kill { .. } => manager.kill().await?,
+        Command::Cleanup { .. } => manager.cleanup_stale().await?,
+        Command::WaitReady { timeout, .. } => {
+            let secs = timeout.unwrap_or(manager.config().startup_timeout_secs);
+            manager.wait_ready(secs).await?;
+        }
+        Command::Status { json, .. } => {
+            let report = manager.status_report().await?;
+            if json {
+                println!("{}", status_json(&report));
+            } else {
+                println!("{}: {} [{}]", report.name, report.status, report.backend);
+            }
+            return Ok(match report.status {
+                DaemonStatus::Running(_) => 0,
+                DaemonStatus::Stale(_) => 1,
+                DaemonStatus::Stopped | DaemonStatus::Failed(_) => 3,
+            });
+        }
+    }
+    Ok(0)
+}
+
+fn status_json(report: &StatusReport) -> serde_json::Value {
+    let reason = match &report.status {
+        DaemonStatus::Failed(reason) => Some(reason.clone()),
+        DaemonStatus::Stale(pid) => Some(format!("PID {pid} is not the daemon")),
+        _ => None,
+    };
+    serde_json::json!({
+        "name": report.name,
+        "backend": report.backend.as_str(),
+        "state": report.status.state_name(),
+        "pid": report.status.pid(),
+        "reason": reason,
+    })
+}

@@ -1,0 +1,446 @@
+//! [`DaemonConfig`]: what to run and how, its TOML form, and its validation.
+//!
+//! Validation is the single gate every backend passes through before it touches
+//! anything: a config that fails it changes nothing on disk or in the process
+//! table.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DaemonError, Result};
+
+/// Longest accepted timeout: a year. Larger values would overflow `Instant`
+/// arithmetic on some platforms and are certainly typos.
+const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+/// Longest accepted daemon name (it becomes a file name and a systemd unit name).
+const MAX_NAME_LEN: usize = 128;
+
+/// Everything needed to run one daemon.
+///
+/// Field names are the TOML keys (`env` is a table). Build it with a struct
+/// literal ending in `..Default::default()`, with [`DaemonConfig::new`] and the
+/// `with_*` setters, or from TOML with [`DaemonConfig::from_toml_file`]:
+///
+/// ```
+/// use daemon_lifecycle::DaemonConfig;
+///
+/// let config: DaemonConfig = toml::from_str(r#"
+///     binary_path = "/bin/sleep"
+///     args = ["1000"]
+///     pid_file = "/tmp/sleeper.pid"
+///     [env]
+///     RUST_LOG = "info"
+/// "#).unwrap();
+/// assert_eq!(config.name(), "sleep");
+/// assert_eq!(config.startup_timeout_secs, 30);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Daemon name, used in messages, unit names and the default PID file
+    /// path. Default: the file name of `binary_path`. Allowed: 1–128 of
+    /// `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+    pub name: Option<String>,
+
+    /// Absolute path of the executable. It is executed directly, never
+    /// through a shell.
+    pub binary_path: PathBuf,
+
+    /// Arguments after the executable (argv\[1..\]).
+    pub args: Vec<String>,
+
+    /// Absolute path of the PID file (content: the PID and a newline). Empty
+    /// means the default location, see [`DaemonConfig::effective_pid_file`].
+    pub pid_file: PathBuf,
+
+    /// Working directory of the daemon (absolute). Default: `/`.
+    pub working_dir: Option<PathBuf>,
+
+    /// Environment of the daemon, on top of a clean base environment (see the
+    /// crate docs). Keys match `[A-Za-z_][A-Za-z0-9_]*`.
+    pub env: HashMap<String, String>,
+
+    /// How long start-up may take, in seconds (1 s to a year). Default 30.
+    pub startup_timeout_secs: u64,
+
+    /// How long the daemon gets between SIGTERM and SIGKILL, in seconds (1 s to
+    /// a year). Default 10.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            name: None,
+            binary_path: PathBuf::new(),
+            args: Vec::new(),
+            pid_file: PathBuf::new(),
+            working_dir: None,
+            env: HashMap::new(),
+            startup_timeout_secs: 30,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// A config for `binary_path` with its PID file at `pid_file` and every
+    /// other field at its default.
+    pub fn new(binary_path: impl Into<PathBuf>, pid_file: impl Into<PathBuf>) -> Self {
+        DaemonConfig {
+            binary_path: binary_path.into(),
+            pid_file: pid_file.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the arguments.
+    pub fn with_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds one environment variable.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn with_working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.working_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the start-up timeout in seconds.
+    pub fn with_startup_timeout_secs(mut self, secs: u64) -> Self {
+        self.startup_timeout_secs = secs;
+        self
+    }
+
+    /// Sets the shutdown timeout (SIGTERM → SIGKILL) in seconds.
+    pub fn with_shutdown_timeout_secs(mut self, secs: u64) -> Self {
+        self.shutdown_timeout_secs = secs;
+        self
+    }
+
+    /// Reads and parses a TOML file. Unknown keys are errors (a typo must not be
+    /// silently ignored). The result is not yet validated.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|source| DaemonError::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| DaemonError::ConfigParse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// The daemon's name: `name`, or else the file name of `binary_path`.
+    pub fn name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self
+                .binary_path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The PID file in use: `pid_file`, or when it is empty
+    /// `$XDG_RUNTIME_DIR/daemon-lifecycle/NAME.pid` for a user with a runtime
+    /// directory, `/run/daemon-lifecycle/NAME.pid` for root, and
+    /// `/tmp/daemon-lifecycle-UID/NAME.pid` otherwise.
+    pub fn effective_pid_file(&self) -> PathBuf {
+        if !self.pid_file.as_os_str().is_empty() {
+            return self.pid_file.clone();
+        }
+        default_runtime_dir().join(format!("{}.pid", self.name()))
+    }
+
+    /// The start-up timeout as a [`Duration`].
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_secs)
+    }
+
+    /// The shutdown timeout as a [`Duration`].
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// Checks every field; the first problem found is returned as a typed error
+    /// naming the field. Nothing is changed on disk.
+    pub fn validate(&self) -> Result<()> {
+        validate_binary(&self.binary_path)?;
+        validate_name(self)?;
+        for (i, arg) in self.args.iter().enumerate() {
+            no_nul(&format!("args[{i}]"), arg)?;
+        }
+        let pid_file = self.effective_pid_file();
+        no_nul_path("pid_file", &pid_file)?;
+        if !pid_file.is_absolute() {
+            return Err(DaemonError::invalid(
+                "pid_file",
+                format!("{} is not an absolute path", pid_file.display()),
+            ));
+        }
+        if pid_file.file_name().is_none() || self.pid_file.to_string_lossy().ends_with('/') {
+            return Err(DaemonError::invalid(
+                "pid_file",
+                format!("{} does not name a file", pid_file.display()),
+            ));
+        }
+        if let Some(dir) = &self.working_dir {
+            no_nul_path("working_dir", dir)?;
+            if !dir.is_absolute() {
+                return Err(DaemonError::invalid(
+                    "working_dir",
+                    format!("{} is not an absolute path", dir.display()),
+                ));
+            }
+            if !dir.is_dir() {
+                return Err(DaemonError::invalid(
+                    "working_dir",
+                    format!("{} is not an existing directory", dir.display()),
+                ));
+            }
+        }
+        let mut keys: Vec<_> = self.env.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !is_env_key(key) {
+                return Err(DaemonError::invalid(
+                    format!("env.{key}"),
+                    "environment variable names must match [A-Za-z_][A-Za-z0-9_]*",
+                ));
+            }
+            no_nul(&format!("env.{key}"), &self.env[key])?;
+        }
+        for (field, secs) in [
+            ("startup_timeout_secs", self.startup_timeout_secs),
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
+        ] {
+            if secs == 0 || secs > MAX_TIMEOUT_SECS {
+                return Err(DaemonError::invalid(
+                    field,
+                    format!("{secs} is out of range (1 to {MAX_TIMEOUT_SECS} seconds)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where default PID files go, see [`DaemonConfig::effective_pid_file`].
+fn default_runtime_dir() -> PathBuf {
+    let uid = nix::unistd::Uid::effective();
+    if uid.is_root() {
+        return PathBuf::from("/run/daemon-lifecycle");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir).join("daemon-lifecycle"),
+        _ => PathBuf::from(format!("/tmp/daemon-lifecycle-{uid}")),
+    }
+}
+
+fn validate_name(config: &DaemonConfig) -> Result<()> {
+    let name = config.name();
+    let field = if config.name.is_some() {
+        "name"
+    } else {
+        "binary_path"
+    };
+    let bad = |reason: String| Err(DaemonError::invalid(field, reason));
+    if name.is_empty() {
+        return bad("the daemon name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(format!("name {name:?} is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad(format!("name {name:?} must not start with '.' or '-'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return bad(format!(
+            "name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 _ . -"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_binary(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(DaemonError::invalid("binary_path", "is missing"));
+    }
+    no_nul_path("binary_path", path)?;
+    if !path.is_absolute() {
+        return Err(DaemonError::invalid(
+            "binary_path",
+            format!(
+                "{} is not an absolute path (the daemon is executed without a shell or PATH search)",
+                path.display()
+            ),
+        ));
+    }
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DaemonError::BinaryNotFound {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => return Err(DaemonError::io(format!("stat {}", path.display()), e)),
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(DaemonError::BinaryNotExecutable {
+            path: path.to_owned(),
+        });
+    }
+    // The mode bits say someone may execute it; access(2) says whether we may.
+    if nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(DaemonError::BinaryNotExecutable {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: the names every shell and systemd accept.
+pub(crate) fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(DaemonError::invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn no_nul_path(field: &str, value: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if value.as_os_str().as_bytes().contains(&0) {
+        return Err(DaemonError::invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_config() -> DaemonConfig {
+        DaemonConfig::new("/bin/sh", "/tmp/x.pid")
+    }
+
+    fn field_of(err: DaemonError) -> String {
+        match err {
+            DaemonError::InvalidConfig { field, .. } => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = ok_config();
+        assert_eq!(c.startup_timeout_secs, 30);
+        assert_eq!(c.shutdown_timeout_secs, 10);
+        assert_eq!(c.name(), "sh");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let c = ok_config().with_name("bad name");
+        assert_eq!(field_of(c.validate().unwrap_err()), "name");
+        let c = ok_config().with_name("");
+        assert_eq!(field_of(c.validate().unwrap_err()), "name");
+        let c = ok_config().with_name(".hidden");
+        assert_eq!(field_of(c.validate().unwrap_err()), "name");
+        let c = ok_config().with_env("1BAD", "x");
+        assert_eq!(field_of(c.validate().unwrap_err()), "env.1BAD");
+        let c = ok_config().with_env("A-B", "x");
+        assert_eq!(field_of(c.validate().unwrap_err()), "env.A-B");
+        let c = ok_config().with_env("GOOD", "a\0b");
+        assert_eq!(field_of(c.validate().unwrap_err()), "env.GOOD");
+        let c = ok_config().with_args(["ok", "x\0y"]);
+        assert_eq!(field_of(c.validate().unwrap_err()), "args[1]");
+        let c = DaemonConfig::new("/bin/sh", "relative.pid");
+        assert_eq!(field_of(c.validate().unwrap_err()), "pid_file");
+        let c = DaemonConfig::new("/bin/sh", "/tmp/dir/");
+        assert_eq!(field_of(c.validate().unwrap_err()), "pid_file");
+        let c = DaemonConfig::new("bin/sh", "/tmp/x.pid");
+        assert_eq!(field_of(c.validate().unwrap_err()), "binary_path");
+        let c = ok_config().with_working_dir("rel");
+        assert_eq!(field_of(c.validate().unwrap_err()), "working_dir");
+        let c = ok_config().with_startup_timeout_secs(0);
+        assert_eq!(field_of(c.validate().unwrap_err()), "startup_timeout_secs");
+        let c = ok_config().with_shutdown_timeout_secs(u64::MAX);
+        assert_eq!(field_of(c.validate().unwrap_err()), "shutdown_timeout_secs");
+    }
+
+    #[test]
+    fn missing_and_non_executable_binaries_are_typed() {
+        let c = DaemonConfig::new("/nonexistent/daemon", "/tmp/x.pid");
+        assert!(matches!(
+            c.validate(),
+            Err(DaemonError::BinaryNotFound { .. })
+        ));
+        let file = tempfile::NamedTempFile::new().unwrap(); // mode 0600: not executable
+        let c = DaemonConfig::new(file.path(), "/tmp/x.pid");
+        assert!(matches!(
+            c.validate(),
+            Err(DaemonError::BinaryNotExecutable { .. })
+        ));
+        let c = DaemonConfig::new("/tmp", "/tmp/x.pid");
+        assert!(matches!(
+            c.validate(),
+            Err(DaemonError::BinaryNotExecutable { .. })
+        ));
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        fs::write(&path, "binary_path = \"/bin/sh\"\nbinary_pth = \"x\"\n").unwrap();
+        let err = DaemonConfig::from_toml_file(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DaemonError::ConfigParse { .. }));
+        assert!(
+            msg.contains("d.toml") && msg.contains("binary_pth"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn default_pid_file_uses_the_name() {
+        let c = DaemonConfig::new("/bin/sh", "").with_name("queen");
+        let p = c.effective_pid_file();
+        assert!(p.is_absolute());
+        assert!(p.ends_with("queen.pid"), "{}", p.display());
+    }
+}

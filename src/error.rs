@@ -1,0 +1,191 @@
+//! The crate's one error type, [`DaemonError`], with structured variants callers can match on.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while managing a daemon.
+///
+/// The first six variants are the ones of the original design note
+/// (`StartFailed`, `StopFailed`, `PidFileError`, `ProcessNotFound`, `Timeout`,
+/// `PermissionDenied`); the rest name the other situations a caller may want to
+/// tell apart. New variants may be added, hence `#[non_exhaustive]`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The daemon could not be started (exec failed, it died during start-up, …).
+    #[error("cannot start {name}: {reason}")]
+    StartFailed {
+        /// Daemon name.
+        name: String,
+        /// What went wrong, in words.
+        reason: String,
+        /// The underlying OS error, when there is one.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The daemon could not be stopped.
+    #[error("cannot stop {name} (PID {pid}): {reason}")]
+    StopFailed {
+        /// Daemon name.
+        name: String,
+        /// The PID that was being stopped.
+        pid: u32,
+        /// What went wrong, in words.
+        reason: String,
+    },
+
+    /// The PID file (or its lock or identity record beside it) could not be
+    /// read, written or removed, or its content is not a PID.
+    #[error("PID file {}: {source}", path.display())]
+    PidFileError {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying error (`InvalidData` for unparsable content).
+        #[source]
+        source: io::Error,
+    },
+
+    /// A process the operation needed does not exist.
+    #[error("no process with PID {pid}")]
+    ProcessNotFound {
+        /// The missing PID.
+        pid: u32,
+    },
+
+    /// An operation did not finish in time.
+    #[error("{name}: {operation} did not finish within {}", humanize(*after))]
+    Timeout {
+        /// Daemon name.
+        name: String,
+        /// What was being waited for (`"start"`, `"stop"`, `"readiness"`, …).
+        operation: &'static str,
+        /// How long was waited.
+        after: Duration,
+    },
+
+    /// The OS (or, for systemd, polkit) refused the action.
+    #[error("permission denied: {action}")]
+    PermissionDenied {
+        /// What was attempted, naming the file, PID or unit.
+        action: String,
+        /// The underlying OS error, when there is one.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// A configuration field holds a value that cannot be used.
+    #[error("invalid config field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field name as written in TOML (`binary_path`, `env.FOO`, …).
+        field: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+
+    /// `binary_path` does not exist.
+    #[error("binary {} does not exist", path.display())]
+    BinaryNotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+
+    /// `binary_path` exists but is not an executable regular file.
+    #[error("binary {} is not an executable file", path.display())]
+    BinaryNotExecutable {
+        /// The path at fault.
+        path: PathBuf,
+    },
+
+    /// A config file could not be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    ConfigRead {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A config file is not valid TOML or does not match [`crate::DaemonConfig`].
+    #[error("config {}: {message}", path.display())]
+    ConfigParse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+
+    /// The requested backend cannot be used here.
+    #[error("backend {backend} is not available: {reason}")]
+    BackendUnavailable {
+        /// The backend's name (`fork`, `systemd`).
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// The daemon is not running, for an operation that needs it running.
+    #[error("{name} is not running ({state})")]
+    NotRunning {
+        /// Daemon name.
+        name: String,
+        /// The state it is in instead (`stopped`, `failed: …`, `stale`).
+        state: String,
+    },
+
+    /// Any other OS error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DaemonError {
+    /// An [`DaemonError::Io`] with context; `EACCES`/`EPERM` become
+    /// [`DaemonError::PermissionDenied`] so callers can match on them.
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            DaemonError::PermissionDenied {
+                action: context,
+                source: Some(source),
+            }
+        } else {
+            DaemonError::Io { context, source }
+        }
+    }
+
+    /// A [`DaemonError::PidFileError`]; `EACCES` on a PID file is still a PID
+    /// file problem (the caller needs the path), so it is not turned into
+    /// `PermissionDenied`.
+    pub(crate) fn pid_file(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        DaemonError::PidFileError {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        DaemonError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,251 @@
+//! Looking at other processes: are they alive, are they who we think, which
+//! processes are in a group, and waiting for them to go — woken by the exit
+//! itself (a pidfd on Linux) rather than a sleep loop where the OS allows it.
+
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Who a PID was when we recorded it: a PID plus the process's start time (and
+/// the boot it belongs to), so a reused PID is never mistaken for our process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcRef {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (Linux `/proc/PID/stat` field 22);
+    /// `None` where the platform gives no cheap answer.
+    pub start_time: Option<u64>,
+    /// `/proc/sys/kernel/random/boot_id` when the record was made.
+    pub boot_id: Option<String>,
+}
+
+impl ProcRef {
+    /// The identity of a live process now, or `None` if it is gone (or a zombie).
+    pub fn of(pid: u32) -> Option<ProcRef> {
+        if !is_alive(pid) {
+            return None;
+        }
+        Some(ProcRef {
+            pid,
+            start_time: start_time(pid),
+            boot_id: boot_id(),
+        })
+    }
+
+    /// True when `self.pid` is alive and still the same process.
+    pub fn is_same_live_process(&self) -> bool {
+        if !is_alive(self.pid) {
+            return false;
+        }
+        if self.boot_id.is_some() && self.boot_id != boot_id() {
+            return false;
+        }
+        match (self.start_time, start_time(self.pid)) {
+            (Some(recorded), Some(now)) => recorded == now,
+            // Only trust a PID without a start time when neither side could
+            // have one (a platform without the lookup).
+            (None, None) => cfg!(not(target_os = "linux")),
+            _ => false,
+        }
+    }
+}
+
+/// `kill(pid, 0)`: success or `EPERM` means a process exists. On Linux a zombie
+/// (exited, not yet reaped) counts as gone.
+pub(crate) fn is_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    match kill(Pid::from_raw(raw), None) {
+        Ok(()) | Err(Errno::EPERM) => !is_zombie(pid),
+        Err(_) => false,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn is_zombie(pid: u32) -> bool {
+    matches!(procfs::process::Process::new(pid as i32).and_then(|p| p.stat()), Ok(s) if s.state == 'Z' || s.state == 'X')
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(_pid: u32) -> bool {
+    false
+}
+
+/// A live process's start time in clock ticks since boot.
+#[cfg(target_os = "linux")]
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()?;
+    (stat.state != 'Z' && stat.state != 'X').then_some(stat.starttime)
+}
+
+/// Portable platforms: no start time yet (see the README's platform table).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn start_time(_pid: u32) -> Option<u64> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) fn boot_id() -> Option<String> {
+    procfs::sys::kernel::random::boot_id()
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn boot_id() -> Option<String> {
+    None
+}
+
+/// Whether any process (zombies included) is left in process group `pgid`.
+pub(crate) fn group_exists(pgid: u32) -> bool {
+    match killpg(Pid::from_raw(pgid as i32), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// The live (non-zombie) members of process group `pgid`.
+#[cfg(target_os = "linux")]
+fn group_members(pgid: u32) -> Option<Vec<u32>> {
+    let all = procfs::process::all_processes().ok()?;
+    Some(
+        all.filter_map(|p| p.ok()?.stat().ok())
+            .filter(|s| s.pgrp == pgid as i32 && s.state != 'Z' && s.state != 'X')
+            .map(|s| s.pid as u32)
+            .collect(),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn group_members(_pgid: u32) -> Option<Vec<u32>> {
+    None
+}
+
+/// Waits until `pid` has exited, or `deadline`. Returns whether it exited.
+pub(crate) async fn wait_exit(pid: u32, deadline: Instant) -> bool {
+    loop {
+        if !is_alive(pid) {
+            return true;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(exited) = pidfd::wait(pid, deadline).await {
+            if exited || Instant::now() >= deadline {
+                return exited;
+            }
+            // pidfd said "exited" for a process that still answers kill(0):
+            // a zombie whose parent has not reaped it yet; fall through.
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        portable_tick(deadline).await;
+    }
+}
+
+/// Waits until process group `pgid` has no live member left, or `deadline`.
+/// Returns whether it emptied.
+pub(crate) async fn wait_group_gone(pgid: u32, deadline: Instant) -> bool {
+    loop {
+        match group_members(pgid) {
+            Some(members) => {
+                let Some(&first) = members.first() else {
+                    return true;
+                };
+                // Wait for one member; then look again (members may have forked).
+                if !wait_exit(first, deadline).await {
+                    return false;
+                }
+            }
+            None => {
+                if !group_exists(pgid) {
+                    return true;
+                }
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                portable_tick(deadline).await;
+            }
+        }
+    }
+}
+
+/// The portable path's wait between two looks (10 ms, never past the
+/// deadline). Used only where no exit event is available.
+async fn portable_tick(deadline: Instant) {
+    tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(10))).await;
+}
+
+#[cfg(target_os = "linux")]
+mod pidfd {
+    //! pidfd_open(2): a file descriptor that becomes readable when the process
+    //! exits (Linux 5.3+). `None` from [`wait`] means "not available, use the
+    //! portable path".
+
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use tokio::io::unix::AsyncFd;
+    use tokio::time::Instant;
+
+    fn open(pid: u32) -> Option<OwnedFd> {
+        // SAFETY: plain syscall with integer arguments; on success it returns a
+        // new file descriptor that we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd is a fresh descriptor returned by the kernel, owned by no one else.
+        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    pub(super) async fn wait(pid: u32, deadline: Instant) -> Option<bool> {
+        let fd = open(pid)?;
+        // SAFETY: `fd` is an OwnedFd, valid and open until the AsyncFd drops it.
+        let afd =
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+        match tokio::time::timeout_at(deadline, afd.readable()).await {
+            Ok(Ok(_)) => Some(true),
+            Ok(Err(_)) => None,
+            Err(_) => Some(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_identifiable() {
+        let me = std::process::id();
+        let r = ProcRef::of(me).unwrap();
+        assert!(r.is_same_live_process());
+        let mut other = r.clone();
+        other.start_time = other.start_time.map(|t| t + 1);
+        if cfg!(target_os = "linux") {
+            assert!(!other.is_same_live_process());
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_exit_wakes_on_exit() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let reaper = std::thread::spawn(move || child.wait());
+        let t = std::time::Instant::now();
+        assert!(wait_exit(pid, Instant::now() + Duration::from_secs(10)).await);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        reaper.join().unwrap().unwrap();
+    }
+}

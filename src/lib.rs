@@ -1,0 +1,75 @@
+//! # daemon-lifecycle
+//!
+//! Start, stop, kill, restart and report on daemons from one typed
+//! [`DaemonConfig`], the same way on every machine:
+//!
+//! - the **fork backend** ([`ForkBackend`]) runs the daemon under a small
+//!   supervising process of ours, with a PID file (`12345\n`) and an identity
+//!   record (process start time, boot id) beside it, so a reused PID is
+//!   reported [`DaemonStatus::Stale`] and never signalled;
+//! - a systemd backend over D-Bus is planned behind the same [`Backend`] trait.
+//!
+//! [`DaemonManager`] is the async API; [`blocking::DaemonManager`] mirrors it
+//! for callers without a runtime.
+//!
+//! ## The supervisor program
+//!
+//! The fork backend never forks the caller without exec: it runs a
+//! supervisor *program*. A program that uses the fork backend either calls
+//! [`supervisor_init`] first thing in `main` (the one line it needs; the
+//! program is then re-executed as the supervisor), or names a supervisor
+//! program such as an installed `daemonctl` in `$DAEMON_LIFECYCLE_SUPERVISOR`
+//! or with [`ForkBackend::with_supervisor`].
+//!
+//! ```no_run
+//! use daemon_lifecycle::{DaemonConfig, DaemonManager, DaemonStatus};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), daemon_lifecycle::DaemonError> {
+//!     daemon_lifecycle::supervisor_init(); // first: this binary is also the supervisor
+//!
+//!     let config = DaemonConfig {
+//!         binary_path: "/usr/local/bin/queen-rbee".into(),
+//!         args: vec!["--config".into(), "/etc/rbee/queen.toml".into()],
+//!         pid_file: "/run/queen-rbee.pid".into(),
+//!         ..Default::default()
+//!     };
+//!     let manager = DaemonManager::new(config);
+//!     let pid = manager.start().await?;
+//!     println!("Started daemon with PID {pid}");
+//!     match manager.status().await? {
+//!         DaemonStatus::Running(pid) => println!("running with PID {pid}"),
+//!         DaemonStatus::Stale(pid) => manager.cleanup_stale().await?,
+//!         other => eprintln!("{other}"),
+//!     }
+//!     manager.stop().await?;
+//!     Ok(())
+//! }
+//! ```
+#![warn(missing_docs)]
+
+mod backend;
+pub mod blocking;
+mod config;
+mod error;
+mod fork;
+mod manager;
+
+pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
+pub use config::DaemonConfig;
+pub use error::{DaemonError, Result};
+pub use fork::{ForkBackend, SupervisorProgram, SUPERVISOR_PATH_ENV};
+pub use manager::{BackendChoice, DaemonManager};
+
+/// Turns this process into a supervisor when the fork backend started it as
+/// one; otherwise returns at once (and lets the fork backend use this
+/// executable as its supervisor program).
+///
+/// Call it first in `main`, before starting any runtime or thread: the
+/// supervisor forks once while it is still single-threaded.
+pub fn supervisor_init() {
+    if std::env::var_os(fork::supervise::SUPERVISE_ENV).is_some() {
+        fork::supervise::main();
+    }
+    fork::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}

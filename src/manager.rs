@@ -1,0 +1,237 @@
+//! [`DaemonManager`]: the async API of the crate. It validates the config,
+//! picks a backend (explicitly or automatically) and forwards to it, logging
+//! every operation with `tracing`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use crate::backend::{Backend, BackendKind, DaemonStatus, StatusReport};
+use crate::config::DaemonConfig;
+use crate::error::{DaemonError, Result};
+use crate::fork::ForkBackend;
+
+/// Which backend a [`DaemonManager`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// systemd when a manager answers on the bus, the fork backend otherwise.
+    /// (This build has no systemd backend yet, so `Auto` is the fork backend.)
+    #[default]
+    Auto,
+    /// The fork/PID-file backend.
+    Fork,
+    /// The systemd backend (not available in this build).
+    Systemd,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "fork" => Ok(BackendChoice::Fork),
+            "systemd" => Ok(BackendChoice::Systemd),
+            other => Err(format!(
+                "unknown backend {other:?} (expected auto, fork or systemd)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Fork => "fork",
+            BackendChoice::Systemd => "systemd",
+        })
+    }
+}
+
+/// Manages one daemon, described by a [`DaemonConfig`].
+///
+/// ```no_run
+/// use daemon_lifecycle::{DaemonConfig, DaemonManager, DaemonStatus};
+///
+/// # async fn demo() -> daemon_lifecycle::Result<()> {
+/// let config = DaemonConfig::new("/usr/local/bin/queen-rbee", "/run/queen-rbee.pid")
+///     .with_args(["--config", "/etc/rbee/queen.toml"]);
+/// let manager = DaemonManager::new(config);
+/// let pid = manager.start().await?;
+/// assert_eq!(manager.status().await?, DaemonStatus::Running(pid));
+/// manager.stop().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DaemonManager {
+    config: DaemonConfig,
+    choice: BackendChoice,
+    backend: OnceCell<Arc<dyn Backend>>,
+}
+
+impl DaemonManager {
+    /// A manager for `config` on the automatically chosen backend. Nothing is
+    /// checked or touched until the first operation.
+    pub fn new(config: DaemonConfig) -> Self {
+        DaemonManager::with_choice(config, BackendChoice::Auto)
+    }
+
+    /// A manager for `config` on the chosen backend.
+    pub fn with_choice(config: DaemonConfig, choice: BackendChoice) -> Self {
+        DaemonManager {
+            config,
+            choice,
+            backend: OnceCell::new(),
+        }
+    }
+
+    /// A manager for `config` on a backend value you built (for example a
+    /// [`ForkBackend`] with its own supervisor program).
+    pub fn with_backend(config: DaemonConfig, backend: Arc<dyn Backend>) -> Self {
+        let choice = match backend.kind() {
+            BackendKind::Fork => BackendChoice::Fork,
+            BackendKind::Systemd => BackendChoice::Systemd,
+        };
+        DaemonManager {
+            config,
+            choice,
+            backend: OnceCell::new_with(Some(backend)),
+        }
+    }
+
+    /// The config this manager acts on.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
+    }
+
+    /// The backend in use, choosing it now if needed.
+    pub async fn backend_kind(&self) -> Result<BackendKind> {
+        Ok(self.backend().await?.kind())
+    }
+
+    async fn backend(&self) -> Result<&Arc<dyn Backend>> {
+        self.backend
+            .get_or_try_init(|| async {
+                let backend: Arc<dyn Backend> = match self.choice {
+                    BackendChoice::Auto | BackendChoice::Fork => Arc::new(ForkBackend::new()),
+                    BackendChoice::Systemd => {
+                        return Err(DaemonError::BackendUnavailable {
+                            backend: "systemd",
+                            reason: "this build of daemon-lifecycle has no systemd backend yet; use --backend fork".into(),
+                        })
+                    }
+                };
+                tracing::debug!(choice = %self.choice, backend = %backend.kind(), "backend chosen");
+                Ok(backend)
+            })
+            .await
+    }
+
+    /// Validates the config and returns the backend.
+    async fn ready(&self) -> Result<&Arc<dyn Backend>> {
+        self.config.validate()?;
+        self.backend().await
+    }
+
+    /// Starts the daemon and returns its PID; if it already runs, returns the
+    /// running PID (concurrent starts give one daemon).
+    pub async fn start(&self) -> Result<u32> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.start(&self.config).await;
+        self.log("start", t, &result);
+        result
+    }
+
+    /// Stops the daemon: SIGTERM to all its processes, SIGKILL after
+    /// `shutdown_timeout_secs`. Stopping a stopped daemon is `Ok`.
+    pub async fn stop(&self) -> Result<()> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.stop(&self.config).await;
+        self.log("stop", t, &result);
+        result
+    }
+
+    /// SIGKILL to all the daemon's processes at once.
+    pub async fn kill(&self) -> Result<()> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.kill(&self.config).await;
+        self.log("kill", t, &result);
+        result
+    }
+
+    /// The daemon's state.
+    pub async fn status(&self) -> Result<DaemonStatus> {
+        Ok(self.status_report().await?.status)
+    }
+
+    /// The daemon's state with details (backend, last exit).
+    pub async fn status_report(&self) -> Result<StatusReport> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.status(&self.config).await;
+        if let Ok(report) = &result {
+            tracing::debug!(name = %report.name, status = %report.status, elapsed_ms = t.elapsed().as_millis() as u64, "status");
+        }
+        result
+    }
+
+    /// Stops the daemon if it runs and starts it again; returns the new PID.
+    pub async fn restart(&self) -> Result<u32> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.restart(&self.config).await;
+        self.log("restart", t, &result);
+        result
+    }
+
+    /// Waits until the daemon is ready, at most `timeout_secs` seconds. Without
+    /// a readiness probe, ready means running.
+    pub async fn wait_ready(&self, timeout_secs: u64) -> Result<()> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend
+            .wait_ready(&self.config, Duration::from_secs(timeout_secs))
+            .await;
+        self.log("wait_ready", t, &result);
+        result
+    }
+
+    /// The PID of the running daemon; `None` unless it is running (a stale
+    /// PID file's PID is not returned).
+    pub async fn get_pid(&self) -> Result<Option<u32>> {
+        Ok(match self.status().await? {
+            DaemonStatus::Running(pid) => Some(pid),
+            _ => None,
+        })
+    }
+
+    /// Whether the daemon is running; any error counts as "no".
+    pub async fn is_running(&self) -> bool {
+        matches!(self.status().await, Ok(DaemonStatus::Running(_)))
+    }
+
+    /// Removes a stale PID file and its identity record, or clears a failed
+    /// state; never signals anything and leaves a running daemon alone.
+    pub async fn cleanup_stale(&self) -> Result<()> {
+        let t = Instant::now();
+        let backend = self.ready().await?;
+        let result = backend.cleanup_stale(&self.config).await;
+        self.log("cleanup_stale", t, &result);
+        result
+    }
+
+    fn log<T: fmt::Debug>(&self, op: &'static str, t: Instant, result: &Result<T>) {
+        let name = self.config.name();
+        let elapsed_ms = t.elapsed().as_millis() as u64;
+        match result {
+            Ok(value) => tracing::info!(%name, op, result = ?value, elapsed_ms, "done"),
+            Err(error) => tracing::warn!(%name, op, %error, elapsed_ms, "failed"),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Test support shared by the integration tests: where the binaries are, a
+//! per-test sandbox that kills whatever the test left running (and says so),
+//! and timeouts for everything that waits.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon_lifecycle::{DaemonConfig, DaemonManager, ForkBackend};
+
+/// `daemonctl`, built by cargo for the integration tests.
+pub fn daemonctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_daemonctl"))
+}
+
+/// The `testd` example (cargo builds examples before it runs tests).
+pub fn testd() -> PathBuf {
+    let bin = daemonctl();
+    let path = bin.parent().unwrap().join("examples").join("testd");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+/// One test's sandbox: a temp dir for PID files and outputs, and a unique tag
+/// that every process it starts carries on its command line (the daemon's
+/// `--tag`, the supervisor's name), so leftovers can be found and killed.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub tag: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Sandbox {
+    pub fn new(test: &str) -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("dltest-{test}-{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir()
+            .unwrap();
+        Sandbox { dir, tag }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A config running `testd --tag TAG EXTRA...`, named after the tag.
+    pub fn config(&self, extra: &[&str]) -> DaemonConfig {
+        let mut args = vec!["--tag".to_owned(), self.tag.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        DaemonConfig::new(testd(), self.path("daemon.pid"))
+            .with_name(self.tag.clone())
+            .with_args(args)
+            .with_shutdown_timeout_secs(5)
+            .with_startup_timeout_secs(10)
+    }
+
+    /// A manager on the fork backend with `daemonctl` as supervisor program.
+    pub fn manager(&self, config: DaemonConfig) -> DaemonManager {
+        DaemonManager::with_backend(config, Arc::new(fork_backend()))
+    }
+
+    /// Writes `config` as TOML into the sandbox and returns its path.
+    pub fn write_toml(&self, config: &DaemonConfig) -> PathBuf {
+        let path = self.path("daemon.toml");
+        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+        path
+    }
+
+    /// PIDs of live processes whose command line carries the tag.
+    pub fn processes(&self) -> Vec<u32> {
+        processes_matching(&self.tag)
+    }
+
+    /// Fails the test if any tagged process is still alive after a short
+    /// grace period (processes that were just signalled need a moment to be
+    /// reaped by their parent). Leftovers are killed either way.
+    pub fn assert_no_leaks(&self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let listing: Vec<String> = left.iter().map(|p| describe(*p)).collect();
+                kill_all(&left);
+                panic!("test left processes behind: {listing:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let left = self.processes();
+        if !left.is_empty() {
+            eprintln!("sandbox {}: killing leftovers {left:?}", self.tag);
+            kill_all(&left);
+        }
+    }
+}
+
+/// The fork backend with `daemonctl` as its supervisor program (test binaries
+/// cannot call `supervisor_init` in their own `main`).
+pub fn fork_backend() -> ForkBackend {
+    ForkBackend::with_supervisor(daemonctl())
+}
+
+fn kill_all(pids: &[u32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me || is_zombie(pid) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            after.starts_with('Z') || after.starts_with('X')
+        }
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` is a live, non-zombie process.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+fn describe(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    format!("{pid}: {}", cmdline.trim())
+}
+
+/// Runs `fut` with a deadline; a test that hangs fails instead.
+pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("test step did not finish within {secs}s"))
+}
+
+/// Polls `f` until it returns `Some`, at most `secs`.
+pub async fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a PID written by testd (`--grandchild PATH`), waiting for it.
+pub async fn read_pid_file(path: &Path) -> u32 {
+    eventually(10, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await
+}
