@@ -149,7 +149,7 @@ impl DaemonConfig {
         })?;
         toml::from_str(&text).map_err(|e| DaemonError::ConfigParse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: parse_message(&text, &e),
         })
     }
 
@@ -247,6 +247,20 @@ impl DaemonConfig {
         }
         Ok(())
     }
+}
+
+/// One line: `line L, column C: MESSAGE (in `SOURCE LINE`)`.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    format!("line {line_no}, column {column}: {message} (in `{line}`)")
 }
 
 /// Where default PID files go, see [`DaemonConfig::effective_pid_file`].

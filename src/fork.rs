@@ -114,39 +114,25 @@ impl ForkBackend {
     /// Reads PID file and record and decides the state. Needs no lock: every
     /// file is replaced atomically, and the record is written before the PID
     /// file appears and before it goes.
-    fn inspect(&self, config: &DaemonConfig, paths: &Paths) -> Result<Inspection> {
-        let pid = pidfile::read_pid(&paths.pid_file)?;
-        let record = pidfile::read_record(&paths.identity)?;
-        let status = match (pid, &record) {
-            (Some(pid), Some(rec)) if rec.daemon.pid == pid => {
-                if rec.daemon.is_same_live_process() {
-                    DaemonStatus::Running(pid)
-                } else if let Some(exit) = rec.last_exit {
-                    failed_or_stopped(exit)
-                } else {
-                    DaemonStatus::Stale(pid)
-                }
+    ///
+    /// One moment is ambiguous on disk: the daemon has just died and its live
+    /// supervisor has not yet reaped it and recorded the exit (a few
+    /// milliseconds). Then we look again rather than call the PID stale.
+    async fn inspect(&self, config: &DaemonConfig, paths: &Paths) -> Result<Inspection> {
+        let deadline = Instant::now() + EXIT_RECORD_WAIT;
+        loop {
+            let found = inspect_once(paths)?;
+            if !found.exit_in_progress || Instant::now() >= deadline {
+                tracing::trace!(name = %config.name(), status = %found.status, "inspected");
+                return Ok(found);
             }
-            // A PID file with no record, or a record about another PID: we
-            // cannot prove who that PID is, so it is never treated as ours.
-            (Some(pid), _) => DaemonStatus::Stale(pid),
-            (None, Some(rec)) => match rec.last_exit {
-                Some(exit) => failed_or_stopped(exit),
-                None if rec.daemon.is_same_live_process() => {
-                    // The PID file vanished under a live daemon (removed by hand).
-                    DaemonStatus::Running(rec.daemon.pid)
-                }
-                None => DaemonStatus::Stopped,
-            },
-            (None, None) => DaemonStatus::Stopped,
-        };
-        tracing::trace!(name = %config.name(), %status, "inspected");
-        Ok(Inspection { status, record })
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn start_locked(&self, config: &DaemonConfig, paths: &Paths) -> Result<u32> {
         let name = config.name();
-        let found = self.inspect(config, paths)?;
+        let found = self.inspect(config, paths).await?;
         match found.status {
             DaemonStatus::Running(pid) => {
                 tracing::info!(%name, pid, "already running");
@@ -206,7 +192,7 @@ impl ForkBackend {
         force: bool,
     ) -> Result<()> {
         let name = config.name();
-        let found = self.inspect(config, paths)?;
+        let found = self.inspect(config, paths).await?;
         let pid = match found.status {
             DaemonStatus::Running(pid) => pid,
             DaemonStatus::Stale(pid) => {
@@ -235,7 +221,7 @@ impl ForkBackend {
         let supervisor = record
             .supervisor
             .as_ref()
-            .filter(|s| s.is_same_live_process());
+            .filter(|_| record.supervisor_alive());
         let gone = match supervisor {
             Some(sup) => {
                 // The supervisor owns the shutdown sequence (and will not
@@ -279,6 +265,49 @@ impl ForkBackend {
 struct Inspection {
     status: DaemonStatus,
     record: Option<Record>,
+    /// The daemon is dead but its live supervisor has not recorded the exit yet.
+    exit_in_progress: bool,
+}
+
+/// How long [`ForkBackend::inspect`] waits for a live supervisor to record a
+/// daemon's exit (it does so right after reaping it).
+const EXIT_RECORD_WAIT: Duration = Duration::from_secs(2);
+
+fn inspect_once(paths: &Paths) -> Result<Inspection> {
+    let pid = pidfile::read_pid(&paths.pid_file)?;
+    let record = pidfile::read_record(&paths.identity)?;
+    let mut exit_in_progress = false;
+    let status = match (pid, &record) {
+        (Some(pid), Some(rec)) if rec.daemon.pid == pid => {
+            if rec.daemon.is_same_live_process() {
+                DaemonStatus::Running(pid)
+            } else if let Some(exit) = rec.last_exit {
+                failed_or_stopped(exit)
+            } else {
+                exit_in_progress = rec.supervisor_alive();
+                DaemonStatus::Stale(pid)
+            }
+        }
+        // A PID file with no record, or a record about another PID: we
+        // cannot prove who that PID is, so it is never treated as ours.
+        (Some(pid), _) => DaemonStatus::Stale(pid),
+        (None, Some(rec)) => match rec.last_exit {
+            Some(exit) => failed_or_stopped(exit),
+            // The record comes before the PID file on start; or the PID
+            // file was removed by hand under a live daemon.
+            None if rec.daemon.is_same_live_process() => DaemonStatus::Running(rec.daemon.pid),
+            None => {
+                exit_in_progress = rec.supervisor_alive();
+                DaemonStatus::Stopped
+            }
+        },
+        (None, None) => DaemonStatus::Stopped,
+    };
+    Ok(Inspection {
+        status,
+        record,
+        exit_in_progress,
+    })
 }
 
 fn failed_or_stopped(exit: crate::backend::ExitInfo) -> DaemonStatus {
@@ -467,7 +496,7 @@ impl Backend for ForkBackend {
             let result = self.start_locked(config, &paths).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
-                if matches!(self.inspect(config, &paths), Ok(i) if i.status == DaemonStatus::Stopped)
+                if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped)
                 {
                     let _ = pidfile::remove(&paths.identity);
                     let _ = lock.remove_file();
@@ -503,7 +532,7 @@ impl Backend for ForkBackend {
     fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            let found = self.inspect(config, &paths)?;
+            let found = self.inspect(config, &paths).await?;
             let mut report = StatusReport::new(config.name(), BackendKind::Fork, found.status);
             report.last_exit = found.record.and_then(|r| r.last_exit);
             Ok(report)
@@ -531,7 +560,7 @@ impl Backend for ForkBackend {
         Box::pin(async move {
             // Without a readiness probe, a running daemon is a ready one.
             let paths = Paths::new(config.effective_pid_file());
-            match self.inspect(config, &paths)?.status {
+            match self.inspect(config, &paths).await?.status {
                 DaemonStatus::Running(_) => Ok(()),
                 other => Err(DaemonError::NotRunning {
                     name: config.name(),
@@ -548,7 +577,7 @@ impl Backend for ForkBackend {
                 return Ok(());
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            match self.inspect(config, &paths)?.status {
+            match self.inspect(config, &paths).await?.status {
                 DaemonStatus::Running(_) => return Ok(()),
                 DaemonStatus::Stale(pid) => {
                     tracing::info!(name = %config.name(), pid, "removing stale PID file and identity record");

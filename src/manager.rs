@@ -231,7 +231,8 @@ impl DaemonManager {
         let elapsed_ms = t.elapsed().as_millis() as u64;
         match result {
             Ok(value) => tracing::info!(%name, op, result = ?value, elapsed_ms, "done"),
-            Err(error) => tracing::warn!(%name, op, %error, elapsed_ms, "failed"),
+            // info, not warn: the error is returned to the caller, who reports it.
+            Err(error) => tracing::info!(%name, op, %error, elapsed_ms, "failed"),
         }
     }
 }

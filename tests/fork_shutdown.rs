@@ -91,7 +91,7 @@ async fn a_killed_supervisor_does_not_strand_the_daemon() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    support::eventually(5, || (!alive(ppid as u32)).then_some(())).await;
+    support::eventually(5, || async { (!alive(ppid as u32)).then_some(()) }).await;
 
     // The daemon is still reported running, and stop still takes the group.
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));

@@ -34,7 +34,7 @@ async fn start_status_stop() {
     assert!(sb.path("daemon.pid.identity").exists());
 
     // The daemon got a clean environment plus ours, in its own session.
-    let dump = support::eventually(10, || std::fs::read_to_string(&dump).ok()).await;
+    let dump = support::eventually(10, || async { std::fs::read_to_string(&dump).ok() }).await;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["env"]["GREETING"], "hello world");
     assert!(dump["env"]["PATH"].as_str().unwrap().contains("/usr/bin"));

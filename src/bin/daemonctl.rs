@@ -88,7 +88,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("daemonctl: {}: {error}", config_path.display());
+            match error {
+                // These already name the file.
+                DaemonError::ConfigRead { .. } | DaemonError::ConfigParse { .. } => {
+                    eprintln!("daemonctl: {error}")
+                }
+                _ => eprintln!("daemonctl: {}: {error}", config_path.display()),
+            }
             ExitCode::from(if is_status { 4 } else { exit_code(&error) })
         }
     }
@@ -106,6 +112,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -68,6 +68,13 @@ impl Record {
             last_exit: None,
         }
     }
+
+    /// Whether the recorded supervisor is still alive (same process).
+    pub fn supervisor_alive(&self) -> bool {
+        self.supervisor
+            .as_ref()
+            .is_some_and(|s| s.is_same_live_process())
+    }
 }
 
 fn now_ms() -> u64 {

@@ -220,6 +220,13 @@ async fn supervise(req: Request) -> i32 {
                     if reaped == pid {
                         tracing::debug!(pid, %info, "daemon exited");
                         daemon_exit = Some(info);
+                        // Record at once (readers wait for this moment), then
+                        // drop the PID file: a reader that still sees the PID
+                        // file of a dead daemon finds the exit in the record.
+                        let mut ended = record.clone();
+                        ended.last_exit = Some(info);
+                        let _ = pidfile::write_record(&paths.identity, &ended);
+                        let _ = pidfile::remove(&paths.pid_file);
                         // What is left of the group goes too (as systemd's
                         // KillMode=control-group does when the main process exits).
                         if kill_at.is_none() && proc::group_exists(pgid) {
@@ -247,18 +254,10 @@ async fn supervise(req: Request) -> i32 {
         }
     }
 
-    let exit = daemon_exit.expect("loop ends after the daemon's exit");
     if stop_requested {
+        // A requested stop ends in a clean "stopped": nothing stays on disk.
         let _ = pidfile::remove(&paths.pid_file);
         let _ = pidfile::remove(&paths.identity);
-    } else {
-        // Record first, then drop the PID file: a reader that still sees the PID
-        // file of a dead daemon finds the exit in the record.
-        let mut ended = record;
-        ended.last_exit = Some(exit);
-        ended.supervisor = None;
-        let _ = pidfile::write_record(&paths.identity, &ended);
-        let _ = pidfile::remove(&paths.pid_file);
     }
     0
 }

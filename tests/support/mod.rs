@@ -176,10 +176,14 @@ pub async fn within<F: Future>(secs: u64, fut: F) -> F::Output {
 }
 
 /// Polls `f` until it returns `Some`, at most `secs`.
-pub async fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if let Some(v) = f() {
+        if let Some(v) = f().await {
             return v;
         }
         assert!(
@@ -192,7 +196,7 @@ pub async fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// Reads a PID written by testd (`--grandchild PATH`), waiting for it.
 pub async fn read_pid_file(path: &Path) -> u32 {
-    eventually(10, || {
+    eventually(10, || async {
         std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse().ok())

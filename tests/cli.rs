@@ -1,0 +1,183 @@
+//! `daemonctl`: the exact interface scripts drive (output, JSON, exit codes).
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{alive, Sandbox};
+
+fn daemonctl(args: &[&str], config: &std::path::Path) -> Output {
+    Command::new(support::daemonctl())
+        .args(args)
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn lifecycle_output_and_exit_codes() {
+    let sb = Sandbox::new("cli_lifecycle");
+    let toml = sb.write_toml(&sb.config(&[]));
+    let name = sb.tag.clone();
+
+    // Stopped: exit 3, JSON with nulls.
+    let out = daemonctl(&["status", "--json"], &toml);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null})
+    );
+
+    // start prints the PID and nothing else.
+    let out = daemonctl(&["start"], &toml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(pid));
+
+    let out = daemonctl(&["status", "--json"], &toml);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null})
+    );
+    let out = daemonctl(&["status"], &toml);
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    assert!(
+        line.contains("running") && line.contains(&pid.to_string()),
+        "{line}"
+    );
+
+    assert!(daemonctl(&["wait-ready", "--timeout", "5"], &toml)
+        .status
+        .success());
+
+    let out = daemonctl(&["restart"], &toml);
+    assert!(out.status.success());
+    let new_pid: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, pid);
+
+    let out = daemonctl(&["stop"], &toml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(!alive(new_pid));
+    assert_eq!(daemonctl(&["status"], &toml).status.code(), Some(3));
+    // wait-ready on a stopped daemon: LSB "not running".
+    let out = daemonctl(&["wait-ready"], &toml);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    sb.assert_no_leaks();
+}
+
+#[test]
+fn failed_and_stale_states() {
+    let sb = Sandbox::new("cli_states");
+    let toml = sb.write_toml(&sb.config(&["--exit-code", "3"]));
+    assert!(daemonctl(&["start"], &toml).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        let out = daemonctl(&["status", "--json"], &toml);
+        if json(&out)["state"] != "running" || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["pid"], serde_json::Value::Null);
+    assert!(v["reason"].as_str().unwrap().contains("code 3"), "{v}");
+    assert!(daemonctl(&["cleanup"], &toml).status.success());
+    assert_eq!(
+        json(&daemonctl(&["status", "--json"], &toml))["state"],
+        "stopped"
+    );
+
+    // Stale: a PID file naming an unrelated process; exit 1.
+    let mut bystander = Command::new("/bin/sleep").arg("300").spawn().unwrap();
+    std::fs::write(sb.path("daemon.pid"), format!("{}\n", bystander.id())).unwrap();
+    let out = daemonctl(&["status", "--json"], &toml);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["state"], "stale");
+    assert_eq!(v["pid"], bystander.id());
+    assert!(v["reason"].is_string());
+    assert!(daemonctl(&["kill"], &toml).status.success());
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "kill signalled a stranger"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    sb.assert_no_leaks();
+}
+
+#[test]
+fn systemd_backend_is_a_clear_error_and_bad_backend_is_usage() {
+    let sb = Sandbox::new("cli_backend");
+    let toml = sb.write_toml(&sb.config(&[]));
+    let out = daemonctl(&["--backend", "systemd", "start"], &toml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("systemd") && stderr.contains("not available"),
+        "{stderr}"
+    );
+    assert_eq!(
+        daemonctl(&["--backend", "systemd", "status"], &toml)
+            .status
+            .code(),
+        Some(4)
+    );
+
+    let out = daemonctl(&["--backend", "launchd", "start"], &toml);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(sb.processes().is_empty());
+    sb.assert_no_leaks();
+}
+
+#[test]
+fn verbose_flag_shows_tracing_events() {
+    let sb = Sandbox::new("cli_verbose");
+    let toml = sb.write_toml(&sb.config(&[]));
+    let out = Command::new(support::daemonctl())
+        .args(["-v", "start"])
+        .arg(&toml)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("op=\"start\"") || stderr.contains("op=start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&sb.tag) && stderr.contains("elapsed_ms"),
+        "{stderr}"
+    );
+    assert!(daemonctl(&["stop"], &toml).status.success());
+    sb.assert_no_leaks();
+}
