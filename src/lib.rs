@@ -73,3 +73,8 @@ pub fn supervisor_init() {
     }
     fork::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+// The README's examples are compiled as doctests, so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The main job, end to end: build daemonctl and the demo daemon, then start,
+# check and stop the daemon through daemonctl on the embedded fork backend.
+# Leaves nothing running and nothing on disk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --quiet --bin daemonctl --example testd
+daemonctl="$PWD/target/debug/daemonctl"
+work=$(mktemp -d "${TMPDIR:-/tmp}/daemonctl-demo.XXXXXX")
+cleanup() {
+    "$daemonctl" --backend fork stop "$work/demo.toml" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/demo.toml" <<EOF
+name = "demo"
+binary_path = "$PWD/target/debug/examples/testd"
+args = ["--heartbeat", "$work/heartbeat.log"]
+pid_file = "$work/demo.pid"
+shutdown_timeout_secs = 5
+[env]
+DEMO_GREETING = "hello from daemonctl"
+EOF
+
+run() { echo "\$ daemonctl $*"; "$daemonctl" "$@"; }
+
+echo "--- config: $work/demo.toml"
+cat "$work/demo.toml"
+echo "---"
+run --backend fork start "$work/demo.toml"
+run --backend fork status "$work/demo.toml"
+run --backend fork status --json "$work/demo.toml"
+sleep 1
+echo "--- the daemon's heartbeat file:"
+cat "$work/heartbeat.log"
+echo "---"
+run --backend fork stop "$work/demo.toml"
+set +e
+run --backend fork status "$work/demo.toml"
+code=$?
+set -e
+echo "(status exit code $code: 3 means stopped)"
+[ "$code" = 3 ]
+echo "demo OK: started, reported running with its PID, stopped."
