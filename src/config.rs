@@ -71,6 +71,206 @@ pub struct DaemonConfig {
     /// How long the daemon gets between SIGTERM and SIGKILL, in seconds (1 s to
     /// a year). Default 10.
     pub shutdown_timeout_secs: u64,
+
+    /// systemd only: run as a system unit (system bus) or a user unit (the
+    /// user's bus). Default: system as root, user otherwise. The fork backend
+    /// ignores it.
+    pub scope: Option<Scope>,
+
+    /// How to tell that the daemon is ready. Default: ready once running.
+    pub readiness: Option<Readiness>,
+
+    /// Whether and how a daemon that exits on its own is started again.
+    pub restart: RestartConfig,
+
+    /// Where stdout and stderr go. Default: `/dev/null` (fork backend), the
+    /// journal (systemd backend).
+    pub logs: Option<LogsConfig>,
+
+    /// Resource limits applied before the daemon starts.
+    pub limits: Limits,
+
+    /// Run as this user (needs root; systemd: system scope only).
+    pub user: Option<String>,
+
+    /// Run with this primary group (needs root; systemd: system scope only).
+    pub group: Option<String>,
+}
+
+/// Which systemd manager runs the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The system manager, over the system bus (`/etc/systemd/system`).
+    System,
+    /// The calling user's manager, over the session bus (`~/.config/systemd/user`).
+    User,
+}
+
+impl Scope {
+    /// The default scope: system as root, user otherwise.
+    pub fn default_for_current_user() -> Scope {
+        if nix::unistd::Uid::effective().is_root() {
+            Scope::System
+        } else {
+            Scope::User
+        }
+    }
+
+    /// `system` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::System => "system",
+            Scope::User => "user",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "system" => Ok(Scope::System),
+            "user" => Ok(Scope::User),
+            other => Err(format!("unknown scope {other:?} (expected system or user)")),
+        }
+    }
+}
+
+/// How readiness is detected. TOML: a table with `kind` and the kind's keys,
+/// e.g. `readiness = { kind = "tcp", address = "127.0.0.1:8080" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Readiness {
+    /// The daemon sends `READY=1` over `$NOTIFY_SOCKET` (sd_notify), as a
+    /// systemd `Type=notify` service does.
+    Notify,
+    /// A TCP connection to `address` succeeds.
+    Tcp {
+        /// `host:port`, e.g. `127.0.0.1:8080`.
+        address: String,
+        /// Time between attempts, in milliseconds (default 100).
+        interval_ms: Option<u64>,
+    },
+    /// An HTTP GET of `url` answers 2xx.
+    Http {
+        /// `http://host:port/path`.
+        url: String,
+        /// Time between attempts, in milliseconds (default 100).
+        interval_ms: Option<u64>,
+    },
+    /// A command exits 0 (executed directly, no shell).
+    Command {
+        /// Absolute executable and its arguments.
+        argv: Vec<String>,
+        /// Time between attempts, in milliseconds (default 100).
+        interval_ms: Option<u64>,
+    },
+}
+
+impl Readiness {
+    /// Default time between probe attempts.
+    pub const DEFAULT_INTERVAL_MS: u64 = 100;
+
+    /// The probe interval (the default where unset; none for `notify`).
+    pub fn interval(&self) -> std::time::Duration {
+        let ms = match self {
+            Readiness::Notify => None,
+            Readiness::Tcp { interval_ms, .. }
+            | Readiness::Http { interval_ms, .. }
+            | Readiness::Command { interval_ms, .. } => *interval_ms,
+        };
+        std::time::Duration::from_millis(ms.unwrap_or(Self::DEFAULT_INTERVAL_MS))
+    }
+}
+
+/// When a daemon that exited on its own is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never (default).
+    #[default]
+    Never,
+    /// After an unclean exit (non-zero code, or a signal other than
+    /// HUP/INT/TERM/PIPE).
+    OnFailure,
+    /// After any exit that `stop`/`kill` did not ask for.
+    Always,
+}
+
+impl RestartPolicy {
+    /// `never`, `on-failure` or `always`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+/// The `restart` table. Defaults match systemd's: at most 5 starts in 10 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartConfig {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Delay before the first restart, in milliseconds (default 100).
+    pub delay_ms: u64,
+    /// Cap of the exponentially growing delay, in milliseconds (default 10000).
+    pub max_delay_ms: u64,
+    /// At most this many restarts within `window_secs` (default 5); then the
+    /// daemon stays down with status `Failed("start limit hit")`.
+    pub max_restarts: u32,
+    /// The window for `max_restarts`, in seconds (default 10).
+    pub window_secs: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            policy: RestartPolicy::Never,
+            delay_ms: 100,
+            max_delay_ms: 10_000,
+            max_restarts: 5,
+            window_secs: 10,
+        }
+    }
+}
+
+/// The `logs` table: append stdout/stderr to files, rotated by size.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// File for stdout (absolute). Unset: `/dev/null`.
+    pub stdout: Option<PathBuf>,
+    /// File for stderr (absolute; may equal `stdout`). Unset: `/dev/null`.
+    pub stderr: Option<PathBuf>,
+    /// Rotate a file once it would grow past this size (fork backend).
+    pub max_bytes: Option<u64>,
+    /// How many rotated files to keep: `name.1` … `name.keep` (default 5).
+    pub keep: Option<u32>,
+}
+
+/// The `limits` table, applied with `setrlimit` (fork) or the matching
+/// systemd settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open files (`RLIMIT_NOFILE`, `LimitNOFILE=`).
+    pub nofile: Option<u64>,
+    /// Memory in bytes (`RLIMIT_AS`, `MemoryMax=`).
+    pub memory_bytes: Option<u64>,
+    /// CPU seconds (`RLIMIT_CPU`, `LimitCPU=`).
+    pub cpu_secs: Option<u64>,
+    /// Processes (`RLIMIT_NPROC`, `TasksMax=`).
+    pub processes: Option<u64>,
 }
 
 impl Default for DaemonConfig {
@@ -84,6 +284,13 @@ impl Default for DaemonConfig {
             env: HashMap::new(),
             startup_timeout_secs: 30,
             shutdown_timeout_secs: 10,
+            scope: None,
+            readiness: None,
+            restart: RestartConfig::default(),
+            logs: None,
+            limits: Limits::default(),
+            user: None,
+            group: None,
         }
     }
 }
@@ -245,6 +452,33 @@ impl DaemonConfig {
                 ));
             }
         }
+        if let Some(readiness) = &self.readiness {
+            validate_readiness(readiness)?;
+        }
+        validate_restart(&self.restart)?;
+        if let Some(logs) = &self.logs {
+            validate_logs(logs)?;
+        }
+        for (field, value) in [
+            ("limits.nofile", self.limits.nofile),
+            ("limits.memory_bytes", self.limits.memory_bytes),
+            ("limits.cpu_secs", self.limits.cpu_secs),
+            ("limits.processes", self.limits.processes),
+        ] {
+            if value == Some(0) || value.is_some_and(|v| v > i64::MAX as u64) {
+                return Err(DaemonError::invalid(field, "must be between 1 and 2^63-1"));
+            }
+        }
+        for (field, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(v) = value {
+                if !is_account_name(v) {
+                    return Err(DaemonError::invalid(
+                        field,
+                        format!("{v:?} is not a valid user or group name (or numeric id)"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -338,6 +572,140 @@ fn validate_binary(path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn validate_readiness(r: &Readiness) -> Result<()> {
+    let interval = match r {
+        Readiness::Notify => None,
+        Readiness::Tcp {
+            address,
+            interval_ms,
+        } => {
+            no_nul("readiness.address", address)?;
+            let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(DaemonError::invalid(
+                    "readiness.address",
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+            *interval_ms
+        }
+        Readiness::Http { url, interval_ms } => {
+            no_nul("readiness.url", url)?;
+            let rest = url.strip_prefix("http://");
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
+                || url.chars().any(char::is_control)
+            {
+                return Err(DaemonError::invalid(
+                    "readiness.url",
+                    format!("{url:?} is not an http:// URL with a host"),
+                ));
+            }
+            *interval_ms
+        }
+        Readiness::Command { argv, interval_ms } => {
+            let Some(program) = argv.first() else {
+                return Err(DaemonError::invalid("readiness.argv", "is empty"));
+            };
+            for (i, a) in argv.iter().enumerate() {
+                no_nul(&format!("readiness.argv[{i}]"), a)?;
+            }
+            if !Path::new(program).is_absolute() {
+                return Err(DaemonError::invalid(
+                    "readiness.argv",
+                    format!("{program:?} is not an absolute path (no shell or PATH search)"),
+                ));
+            }
+            *interval_ms
+        }
+    };
+    if let Some(ms) = interval {
+        if !(10..=60_000).contains(&ms) {
+            return Err(DaemonError::invalid(
+                "readiness.interval_ms",
+                format!("{ms} is out of range (10 to 60000)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_restart(r: &RestartConfig) -> Result<()> {
+    if r.delay_ms > MAX_TIMEOUT_SECS * 1000 {
+        return Err(DaemonError::invalid(
+            "restart.delay_ms",
+            "is longer than a year",
+        ));
+    }
+    if r.max_delay_ms < r.delay_ms || r.max_delay_ms > MAX_TIMEOUT_SECS * 1000 {
+        return Err(DaemonError::invalid(
+            "restart.max_delay_ms",
+            format!(
+                "{} must be at least delay_ms ({}) and at most a year",
+                r.max_delay_ms, r.delay_ms
+            ),
+        ));
+    }
+    if r.max_restarts == 0 {
+        return Err(DaemonError::invalid(
+            "restart.max_restarts",
+            "must be at least 1",
+        ));
+    }
+    if r.window_secs == 0 || r.window_secs > MAX_TIMEOUT_SECS {
+        return Err(DaemonError::invalid(
+            "restart.window_secs",
+            format!("{} is out of range (1 s to a year)", r.window_secs),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_logs(logs: &LogsConfig) -> Result<()> {
+    for (field, path) in [("logs.stdout", &logs.stdout), ("logs.stderr", &logs.stderr)] {
+        if let Some(p) = path {
+            no_nul_path(field, p)?;
+            if !p.is_absolute() || p.file_name().is_none() {
+                return Err(DaemonError::invalid(
+                    field,
+                    format!("{} is not an absolute file path", p.display()),
+                ));
+            }
+            if p.to_str().is_none_or(|s| s.chars().any(char::is_control)) {
+                return Err(DaemonError::invalid(
+                    field,
+                    "must be UTF-8 without control characters",
+                ));
+            }
+        }
+    }
+    if logs.max_bytes == Some(0) {
+        return Err(DaemonError::invalid("logs.max_bytes", "must be at least 1"));
+    }
+    if logs.keep == Some(0) || logs.keep.is_some_and(|k| k > 1000) {
+        return Err(DaemonError::invalid(
+            "logs.keep",
+            "must be between 1 and 1000",
+        ));
+    }
+    Ok(())
+}
+
+/// A POSIX-portable user or group name (`[A-Za-z_][A-Za-z0-9_.-]*`, at most 32
+/// bytes, optionally ending in `$`), or a numeric id.
+fn is_account_name(s: &str) -> bool {
+    if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u32>().is_ok();
+    }
+    let body = s.strip_suffix('$').unwrap_or(s);
+    let mut chars = body.chars();
+    !body.is_empty()
+        && s.len() <= 32
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: the names every shell and systemd accept.
@@ -448,6 +816,89 @@ mod tests {
             msg.contains("d.toml") && msg.contains("binary_pth"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn full_toml_round_trips() {
+        let text = r#"
+            binary_path = "/bin/sh"
+            scope = "user"
+            readiness = { kind = "tcp", address = "127.0.0.1:8080", interval_ms = 50 }
+            restart = { policy = "on-failure", delay_ms = 200, max_restarts = 3 }
+            logs = { stdout = "/tmp/out.log", stderr = "/tmp/out.log", max_bytes = 1024, keep = 2 }
+            limits = { nofile = 1024, memory_bytes = 1000000000 }
+            user = "nobody"
+            group = "nogroup"
+        "#;
+        let c: DaemonConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.scope, Some(Scope::User));
+        assert_eq!(c.restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(c.restart.window_secs, 10);
+        assert_eq!(c.readiness.as_ref().unwrap().interval().as_millis(), 50);
+        let again: DaemonConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        for kind in [
+            r#"readiness = { kind = "notify" }"#,
+            r#"readiness = { kind = "http", url = "http://127.0.0.1:1/health" }"#,
+            r#"readiness = { kind = "command", argv = ["/bin/true"] }"#,
+        ] {
+            let c: DaemonConfig =
+                toml::from_str(&format!("binary_path = \"/bin/sh\"\n{kind}")).unwrap();
+            c.validate().unwrap();
+        }
+        assert!(toml::from_str::<DaemonConfig>(
+            "binary_path = \"/bin/sh\"\nreadiness = { kind = \"tcp\", adress = \"x\" }"
+        )
+        .is_err());
+        assert!(toml::from_str::<DaemonConfig>(
+            "binary_path = \"/bin/sh\"\nrestart = { policy = \"sometimes\" }"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn bad_extended_fields_are_named() {
+        let base = || ok_config();
+        let mut c = base();
+        c.readiness = Some(Readiness::Tcp {
+            address: "localhost".into(),
+            interval_ms: None,
+        });
+        assert_eq!(field_of(c.validate().unwrap_err()), "readiness.address");
+        c.readiness = Some(Readiness::Http {
+            url: "https://x/".into(),
+            interval_ms: None,
+        });
+        assert_eq!(field_of(c.validate().unwrap_err()), "readiness.url");
+        c.readiness = Some(Readiness::Command {
+            argv: vec!["true".into()],
+            interval_ms: None,
+        });
+        assert_eq!(field_of(c.validate().unwrap_err()), "readiness.argv");
+        c.readiness = Some(Readiness::Tcp {
+            address: "127.0.0.1:80".into(),
+            interval_ms: Some(1),
+        });
+        assert_eq!(field_of(c.validate().unwrap_err()), "readiness.interval_ms");
+        let mut c = base();
+        c.restart.max_delay_ms = 1;
+        assert_eq!(field_of(c.validate().unwrap_err()), "restart.max_delay_ms");
+        let mut c = base();
+        c.restart.max_restarts = 0;
+        assert_eq!(field_of(c.validate().unwrap_err()), "restart.max_restarts");
+        let mut c = base();
+        c.logs = Some(LogsConfig {
+            stdout: Some("rel.log".into()),
+            ..Default::default()
+        });
+        assert_eq!(field_of(c.validate().unwrap_err()), "logs.stdout");
+        let mut c = base();
+        c.limits.nofile = Some(0);
+        assert_eq!(field_of(c.validate().unwrap_err()), "limits.nofile");
+        let mut c = base();
+        c.user = Some("root\nUser=evil".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "user");
     }
 
     #[test]

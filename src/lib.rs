@@ -56,7 +56,9 @@ mod fork;
 mod manager;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
-pub use config::DaemonConfig;
+pub use config::{
+    DaemonConfig, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
+};
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, SUPERVISOR_PATH_ENV};
 pub use manager::{BackendChoice, DaemonManager};
