@@ -138,6 +138,18 @@ pub enum DaemonError {
         state: String,
     },
 
+    /// A D-Bus call failed; `error_name` keeps the remote error's name
+    /// (`org.freedesktop.systemd1.NoSuchUnit`, …) when there is one.
+    #[error("{operation}: {message}")]
+    Bus {
+        /// What was being done (`StartUnit x.service`, `connect to the system bus`, …).
+        operation: String,
+        /// The D-Bus error name, if the peer sent one.
+        error_name: Option<String>,
+        /// The error message.
+        message: String,
+    },
+
     /// Any other OS error, with what was being done.
     #[error("{context}: {source}")]
     Io {

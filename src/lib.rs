@@ -54,6 +54,7 @@ mod config;
 mod error;
 mod fork;
 mod manager;
+pub mod systemd;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
 pub use config::{
@@ -62,6 +63,7 @@ pub use config::{
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, SUPERVISOR_PATH_ENV};
 pub use manager::{BackendChoice, DaemonManager};
+pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 
 /// Turns this process into a supervisor when the fork backend started it as
 /// one; otherwise returns at once (and lets the fork backend use this

@@ -10,20 +10,22 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use crate::backend::{Backend, BackendKind, DaemonStatus, StatusReport};
-use crate::config::DaemonConfig;
-use crate::error::{DaemonError, Result};
+use crate::config::{DaemonConfig, Scope};
+use crate::error::Result;
 use crate::fork::ForkBackend;
+use crate::systemd::SystemdBackend;
 
 /// Which backend a [`DaemonManager`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// systemd when a manager answers on the bus, the fork backend otherwise.
-    /// (This build has no systemd backend yet, so `Auto` is the fork backend.)
+    /// systemd when a systemd manager answers on the bus of the config's
+    /// scope, the fork backend otherwise.
     #[default]
     Auto,
     /// The fork/PID-file backend.
     Fork,
-    /// The systemd backend (not available in this build).
+    /// The systemd backend; an error (never a silent fallback) when no
+    /// manager answers.
     Systemd,
 }
 
@@ -115,14 +117,17 @@ impl DaemonManager {
     async fn backend(&self) -> Result<&Arc<dyn Backend>> {
         self.backend
             .get_or_try_init(|| async {
+                let scope = self.config.scope.unwrap_or_else(Scope::default_for_current_user);
                 let backend: Arc<dyn Backend> = match self.choice {
-                    BackendChoice::Auto | BackendChoice::Fork => Arc::new(ForkBackend::new()),
-                    BackendChoice::Systemd => {
-                        return Err(DaemonError::BackendUnavailable {
-                            backend: "systemd",
-                            reason: "this build of daemon-lifecycle has no systemd backend yet; use --backend fork".into(),
-                        })
-                    }
+                    BackendChoice::Fork => Arc::new(ForkBackend::new()),
+                    BackendChoice::Systemd => Arc::new(SystemdBackend::connect(scope).await?),
+                    BackendChoice::Auto => match SystemdBackend::connect(scope).await {
+                        Ok(systemd) => Arc::new(systemd),
+                        Err(why) => {
+                            tracing::debug!(%scope, %why, "no systemd manager: using the fork backend");
+                            Arc::new(ForkBackend::new())
+                        }
+                    },
                 };
                 tracing::debug!(choice = %self.choice, backend = %backend.kind(), "backend chosen");
                 Ok(backend)

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use daemon_lifecycle::{
-    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, StatusReport,
+    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, StatusReport,
+    SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -16,6 +17,10 @@ struct Cli {
     /// Which backend runs the daemon.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "fork", "systemd"])]
     backend: String,
+
+    /// systemd scope: the system manager (default as root) or the user's.
+    #[arg(long, global = true, value_parser = ["system", "user"])]
+    scope: Option<String>,
 
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -51,6 +56,30 @@ enum Command {
     },
     /// Remove a stale PID file and identity record, or clear a failed state.
     Cleanup { config: PathBuf },
+    /// Write the persistent systemd unit (atomically; reload only if changed).
+    Install {
+        /// Also enable it (EnableUnitFiles).
+        #[arg(long)]
+        enable: bool,
+        /// Unit directory (default /etc/systemd/system, or ~/.config/systemd/user for --scope user).
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+        config: PathBuf,
+    },
+    /// Stop, disable and remove the persistent unit, then reload.
+    Uninstall {
+        /// Unit directory the unit was installed into.
+        #[arg(long)]
+        unit_dir: Option<PathBuf>,
+        config: PathBuf,
+    },
+    /// Print the rendered unit (nothing is written or started).
+    Render {
+        /// Output format.
+        #[arg(long, default_value = "systemd", value_parser = ["systemd"])]
+        format: String,
+        config: PathBuf,
+    },
 }
 
 impl Command {
@@ -62,7 +91,10 @@ impl Command {
             | Command::Restart { config }
             | Command::Status { config, .. }
             | Command::WaitReady { config, .. }
-            | Command::Cleanup { config } => config,
+            | Command::Cleanup { config }
+            | Command::Install { config, .. }
+            | Command::Uninstall { config, .. }
+            | Command::Render { config, .. } => config,
         }
     }
 }
@@ -133,9 +165,41 @@ fn exit_code(error: &DaemonError) -> u8 {
 
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let choice: BackendChoice = cli.backend.parse().expect("clap checked the value");
-    let config = DaemonConfig::from_toml_file(cli.command.config())?;
+    let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
+    if let Some(scope) = &cli.scope {
+        config.scope = Some(scope.parse::<Scope>().expect("clap checked the value"));
+    }
+    let scope = config.scope.unwrap_or_else(Scope::default_for_current_user);
+    match &cli.command {
+        Command::Render { .. } => {
+            config.validate()?;
+            print!("{}", UnitSpec::from_config(&config, scope)?.render()?);
+            return Ok(0);
+        }
+        Command::Install {
+            enable, unit_dir, ..
+        } => {
+            config.validate()?;
+            let systemd = SystemdBackend::connect(scope).await?;
+            let changed = systemd
+                .install(&config, unit_dir.as_deref(), *enable)
+                .await?;
+            tracing::info!(changed, "install");
+            return Ok(0);
+        }
+        Command::Uninstall { unit_dir, .. } => {
+            config.validate()?;
+            let systemd = SystemdBackend::connect(scope).await?;
+            systemd.uninstall(&config, unit_dir.as_deref()).await?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let manager = DaemonManager::with_choice(config, choice);
     match cli.command {
+        Command::Render { .. } | Command::Install { .. } | Command::Uninstall { .. } => {
+            unreachable!("handled above")
+        }
         Command::Start { .. } => {
             println!("{}", manager.start().await?);
         }

@@ -203,3 +203,22 @@ pub async fn read_pid_file(path: &Path) -> u32 {
     })
     .await
 }
+
+pub mod systemd;
+
+impl Sandbox {
+    /// A manager on a real systemd (the private user manager `um`).
+    pub async fn systemd_manager(
+        &self,
+        um: &systemd::UserManager,
+        config: DaemonConfig,
+    ) -> DaemonManager {
+        let backend = daemon_lifecycle::SystemdBackend::connect_to(
+            &daemon_lifecycle::BusTarget::Address(um.bus_address.clone()),
+            daemon_lifecycle::Scope::User,
+        )
+        .await
+        .expect("connect to the private user manager");
+        DaemonManager::with_backend(config, Arc::new(backend))
+    }
+}

@@ -1,0 +1,398 @@
+//! [`UnitSpec`]: the one typed model of a systemd service built from a
+//! [`DaemonConfig`], and its two outputs — the persistent unit file (askama
+//! template `templates/unit.service`) and the `StartTransientUnit`
+//! properties. Both come from the same fields, so a config means the same
+//! thing either way.
+//!
+//! Every string that reaches the unit file passes through
+//! [`super::escape`]; the D-Bus properties carry raw values (D-Bus needs no
+//! quoting) with environment expansion switched off, so both paths deliver
+//! the exact bytes of the config.
+
+use std::time::Duration;
+
+use askama::Template;
+use zbus::zvariant::{OwnedValue, Value};
+
+use super::escape;
+use crate::config::{DaemonConfig, Limits, Readiness, RestartPolicy, Scope};
+use crate::error::{DaemonError, Result};
+
+/// A systemd service as we mean it, escaped-by-construction on output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    /// The unit name, `NAME.service` (see [`unit_name`]).
+    pub unit: String,
+    /// `Description=`.
+    pub description: String,
+    /// Absolute path of the executable.
+    pub executable: String,
+    /// The full argv, argv\[0\] = the executable.
+    pub argv: Vec<String>,
+    /// `Environment=`, sorted by key.
+    pub environment: Vec<(String, String)>,
+    /// `WorkingDirectory=`.
+    pub working_directory: Option<String>,
+    /// `Type=notify` (readiness notify) or `Type=exec`.
+    pub notify: bool,
+    /// `TimeoutStartSec=`.
+    pub timeout_start: Duration,
+    /// `TimeoutStopSec=`.
+    pub timeout_stop: Duration,
+    /// `Restart=`.
+    pub restart: RestartPolicy,
+    /// `RestartSec=` (the first delay; systemd 252 has no exponential backoff).
+    pub restart_delay: Duration,
+    /// `StartLimitBurst=`.
+    pub start_limit_burst: u32,
+    /// `StartLimitIntervalSec=`.
+    pub start_limit_interval: Duration,
+    /// `LimitNOFILE=`, `MemoryMax=`, `LimitCPU=`, `TasksMax=`.
+    pub limits: Limits,
+    /// `StandardOutput=append:PATH`; `None`: the journal.
+    pub stdout_append: Option<String>,
+    /// `StandardError=append:PATH`; `None`: the journal.
+    pub stderr_append: Option<String>,
+    /// `User=` (system scope only).
+    pub user: Option<String>,
+    /// `Group=` (system scope only).
+    pub group: Option<String>,
+    /// Which manager it is for.
+    pub scope: Scope,
+}
+
+/// The service unit name for a daemon name: the name itself plus `.service`
+/// when it is already a valid unit name (`A-Z a-z 0-9 : _ . -`), else the
+/// name escaped with the `systemd-escape` algorithm. The mapping is
+/// injective: escaped names always contain `\`, verbatim ones never do.
+pub fn unit_name(name: &str) -> Result<String> {
+    let verbatim = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-'));
+    let unit = if verbatim {
+        format!("{name}.service")
+    } else {
+        escape::service_unit_name(name).map_err(|e| DaemonError::invalid("name", e.to_string()))?
+    };
+    if unit.len() > 255 {
+        return Err(DaemonError::invalid(
+            "name",
+            format!("unit name {unit:?} is longer than systemd's 255 bytes"),
+        ));
+    }
+    Ok(unit)
+}
+
+fn utf8(field: &str, path: &std::path::Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| DaemonError::invalid(field, "systemd needs UTF-8 paths"))
+}
+
+impl UnitSpec {
+    /// Builds the model from a config that passed [`DaemonConfig::validate`].
+    /// Refuses what systemd cannot express for this scope.
+    pub fn from_config(config: &DaemonConfig, scope: Scope) -> Result<UnitSpec> {
+        let name = config.name();
+        let executable = utf8("binary_path", &config.binary_path)?;
+        let mut argv = vec![executable.clone()];
+        argv.extend(config.args.iter().cloned());
+        let mut environment: Vec<(String, String)> = config
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        environment.sort();
+        let working_directory = config
+            .working_dir
+            .as_deref()
+            .map(|d| utf8("working_dir", d))
+            .transpose()?;
+        let logs = config.logs.clone().unwrap_or_default();
+        let stdout_append = logs
+            .stdout
+            .as_deref()
+            .map(|p| utf8("logs.stdout", p))
+            .transpose()?;
+        let stderr_append = logs
+            .stderr
+            .as_deref()
+            .map(|p| utf8("logs.stderr", p))
+            .transpose()?;
+        if scope == Scope::User {
+            for (field, value) in [("user", &config.user), ("group", &config.group)] {
+                if value.is_some() {
+                    return Err(DaemonError::invalid(
+                        field,
+                        "a user unit runs as its user; User=/Group= need scope = \"system\"",
+                    ));
+                }
+            }
+        }
+        let spec = UnitSpec {
+            unit: unit_name(&name)?,
+            description: format!("{name} (daemon-lifecycle)"),
+            executable,
+            argv,
+            environment,
+            working_directory,
+            notify: matches!(config.readiness, Some(Readiness::Notify)),
+            timeout_start: config.startup_timeout(),
+            timeout_stop: config.shutdown_timeout(),
+            restart: config.restart.policy,
+            restart_delay: Duration::from_millis(config.restart.delay_ms),
+            start_limit_burst: config.restart.max_restarts,
+            start_limit_interval: Duration::from_secs(config.restart.window_secs),
+            limits: config.limits.clone(),
+            stdout_append,
+            stderr_append,
+            user: config.user.clone(),
+            group: config.group.clone(),
+            scope,
+        };
+        // Render once so every refusal of the quoting rules happens here,
+        // before anything is sent or written.
+        spec.render()?;
+        Ok(spec)
+    }
+
+    fn service_type(&self) -> &'static str {
+        if self.notify {
+            "notify"
+        } else {
+            "exec"
+        }
+    }
+
+    fn restart_str(&self) -> &'static str {
+        match self.restart {
+            RestartPolicy::Never => "no",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+
+    /// The persistent unit file's text.
+    pub fn render(&self) -> Result<String> {
+        let field =
+            |f: &'static str| move |e: escape::EscapeError| DaemonError::invalid(f, e.to_string());
+        let environment = self
+            .environment
+            .iter()
+            .map(|(k, v)| escape::environment_assignment(k, v).map_err(field("env")))
+            .collect::<Result<Vec<_>>>()?;
+        let append = |f: &'static str, p: &Option<String>| -> Result<Option<String>> {
+            p.as_deref()
+                .map(|p| {
+                    escape::plain_value(f, p)
+                        .map(|v| format!("append:{v}"))
+                        .map_err(field(f))
+                })
+                .transpose()
+        };
+        let template = UnitFile {
+            description: escape::plain_value("name", &self.description).map_err(field("name"))?,
+            service_type: self.service_type(),
+            exec_start: escape::exec_line(&self.executable, &self.argv[1..])
+                .map_err(field("args"))?,
+            environment,
+            working_directory: self
+                .working_directory
+                .as_deref()
+                .map(|d| escape::plain_value("working_dir", d).map_err(field("working_dir")))
+                .transpose()?,
+            timeout_start_usec: self.timeout_start.as_micros() as u64,
+            timeout_stop_usec: self.timeout_stop.as_micros() as u64,
+            restart: self.restart_str(),
+            restart_usec: self.restart_delay.as_micros() as u64,
+            start_limit_burst: self.start_limit_burst,
+            start_limit_interval_usec: self.start_limit_interval.as_micros() as u64,
+            limit_nofile: self.limits.nofile,
+            limit_cpu: self.limits.cpu_secs,
+            memory_max: self.limits.memory_bytes,
+            tasks_max: self.limits.processes,
+            standard_output: append("logs.stdout", &self.stdout_append)?,
+            standard_error: append("logs.stderr", &self.stderr_append)?,
+            user: self
+                .user
+                .as_deref()
+                .map(|u| escape::plain_value("user", u).map_err(field("user")))
+                .transpose()?,
+            group: self
+                .group
+                .as_deref()
+                .map(|g| escape::plain_value("group", g).map_err(field("group")))
+                .transpose()?,
+            wanted_by: match self.scope {
+                Scope::System => "multi-user.target",
+                Scope::User => "default.target",
+            },
+        };
+        let mut text = template.render().map_err(|e| DaemonError::Io {
+            context: "render unit template".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    /// The properties for `StartTransientUnit`, from the same fields as
+    /// [`UnitSpec::render`].
+    pub fn transient_properties(&self) -> Vec<(&'static str, OwnedValue)> {
+        fn v<'a>(value: impl Into<Value<'a>>) -> OwnedValue {
+            OwnedValue::try_from(value.into()).expect("plain values have no file descriptors")
+        }
+        let usec = |d: Duration| d.as_micros() as u64;
+        let mut props = vec![
+            ("Description", v(self.description.as_str())),
+            ("Type", v(self.service_type())),
+            // ExecStartEx with "no-env-expand": argv reaches the process as
+            // given, `$FOO` included (the unit file gets the same by `$$`).
+            (
+                "ExecStartEx",
+                v(vec![(
+                    self.executable.clone(),
+                    self.argv.clone(),
+                    vec!["no-env-expand".to_owned()],
+                )]),
+            ),
+            (
+                "Environment",
+                v(self
+                    .environment
+                    .iter()
+                    .map(|(k, val)| format!("{k}={val}"))
+                    .collect::<Vec<_>>()),
+            ),
+            ("TimeoutStartUSec", v(usec(self.timeout_start))),
+            ("TimeoutStopUSec", v(usec(self.timeout_stop))),
+            ("Restart", v(self.restart_str())),
+            ("RestartUSec", v(usec(self.restart_delay))),
+            ("StartLimitBurst", v(self.start_limit_burst)),
+            ("StartLimitIntervalUSec", v(usec(self.start_limit_interval))),
+            ("KillMode", v("control-group")),
+        ];
+        if let Some(dir) = &self.working_directory {
+            props.push(("WorkingDirectory", v(dir.as_str())));
+        }
+        if let Some(n) = self.limits.nofile {
+            props.push(("LimitNOFILE", v(n)));
+            props.push(("LimitNOFILESoft", v(n)));
+        }
+        if let Some(n) = self.limits.cpu_secs {
+            props.push(("LimitCPU", v(n)));
+            props.push(("LimitCPUSoft", v(n)));
+        }
+        if let Some(n) = self.limits.memory_bytes {
+            props.push(("MemoryMax", v(n)));
+        }
+        if let Some(n) = self.limits.processes {
+            props.push(("TasksMax", v(n)));
+        }
+        if let Some(p) = &self.stdout_append {
+            props.push(("StandardOutputFileToAppend", v(p.as_str())));
+        }
+        if let Some(p) = &self.stderr_append {
+            props.push(("StandardErrorFileToAppend", v(p.as_str())));
+        }
+        if let Some(u) = &self.user {
+            props.push(("User", v(u.as_str())));
+        }
+        if let Some(g) = &self.group {
+            props.push(("Group", v(g.as_str())));
+        }
+        props
+    }
+}
+
+/// The askama view of a [`UnitSpec`]: every string already escaped.
+#[derive(Template)]
+#[template(path = "unit.service", escape = "none")]
+struct UnitFile {
+    description: String,
+    service_type: &'static str,
+    exec_start: String,
+    environment: Vec<String>,
+    working_directory: Option<String>,
+    timeout_start_usec: u64,
+    timeout_stop_usec: u64,
+    restart: &'static str,
+    restart_usec: u64,
+    start_limit_burst: u32,
+    start_limit_interval_usec: u64,
+    limit_nofile: Option<u64>,
+    limit_cpu: Option<u64>,
+    memory_max: Option<u64>,
+    tasks_max: Option<u64>,
+    standard_output: Option<String>,
+    standard_error: Option<String>,
+    user: Option<String>,
+    group: Option<String>,
+    wanted_by: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(config: DaemonConfig) -> UnitSpec {
+        UnitSpec::from_config(&config, Scope::User).unwrap()
+    }
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(unit_name("queen-rbee").unwrap(), "queen-rbee.service");
+        assert_eq!(unit_name("a.b_c:d").unwrap(), "a.b_c:d.service");
+        assert_eq!(unit_name("my daemon").unwrap(), "my\\x20daemon.service");
+        assert_eq!(unit_name("a@b").unwrap(), "a\\x40b.service");
+        assert!(unit_name(&"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn renders_a_hostile_config_safely() {
+        let config = DaemonConfig::new("/bin/echo", "/tmp/x.pid")
+            .with_name("hostile")
+            .with_args(["a b", "100%", "$HOME", ";", "quote\"d", "back\\slash\\"])
+            .with_env("GREETING", "hello \"world\" 50% $USER");
+        let text = spec(config).render().unwrap();
+        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        assert!(exec.contains("%%") && exec.contains("$$HOME"), "{exec}");
+        assert!(!exec.contains(" ; "), "a lone ; must be quoted: {exec}");
+        let env = text
+            .lines()
+            .find(|l| l.starts_with("Environment="))
+            .unwrap();
+        assert!(env.starts_with("Environment=\"GREETING="), "{env}");
+        assert!(env.contains("50%%"), "{env}");
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        let config =
+            DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_args(["a\nExecStartPre=/bin/evil"]);
+        let err = UnitSpec::from_config(&config, Scope::User).unwrap_err();
+        assert!(
+            matches!(err, DaemonError::InvalidConfig { ref field, .. } if field == "args"),
+            "{err:?}"
+        );
+        let config = DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_env("A", "x\ry");
+        assert!(UnitSpec::from_config(&config, Scope::User).is_err());
+    }
+
+    #[test]
+    fn user_scope_refuses_user_and_group() {
+        let mut config = DaemonConfig::new("/bin/echo", "/tmp/x.pid");
+        config.user = Some("nobody".into());
+        let err = UnitSpec::from_config(&config, Scope::User).unwrap_err();
+        assert!(matches!(err, DaemonError::InvalidConfig { ref field, .. } if field == "user"));
+        let text = UnitSpec::from_config(&config, Scope::System)
+            .unwrap()
+            .render()
+            .unwrap();
+        assert!(text.contains("\nUser=nobody\n"), "{text}");
+    }
+}

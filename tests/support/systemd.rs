@@ -1,0 +1,266 @@
+//! A private, real `systemd --user` for tests, started per test.
+//!
+//! Only systemd enters a namespace: `unshare --mount` with a tmpfs on `/run`
+//! holding an empty `/run/systemd/system` (so it believes it was booted by
+//! systemd) while `XDG_RUNTIME_DIR` points at a temp dir outside `/run`: its
+//! bus socket (`$XDG_RUNTIME_DIR/bus`) is reachable from the test process,
+//! and PIDs are the host's, so tests check real processes. It runs in a
+//! private cgroup of its own in every hierarchy, so parallel instances do
+//! not share `app.slice`, and teardown can kill whatever is left.
+//!
+//! Needs root and util-linux `unshare` (CI has both). When they are missing
+//! the tests skip with a note — unless `DAEMON_LIFECYCLE_REQUIRE_SYSTEMD=1`,
+//! when they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether tests that need systemd must fail instead of skipping.
+pub fn systemd_required() -> bool {
+    std::env::var("DAEMON_LIFECYCLE_REQUIRE_SYSTEMD").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns `None`) or fails, per [`systemd_required`].
+pub fn unavailable(why: &str) -> Option<UserManager> {
+    if systemd_required() {
+        panic!("systemd is required (DAEMON_LIFECYCLE_REQUIRE_SYSTEMD=1) but unavailable: {why}");
+    }
+    eprintln!("SKIPPED: no systemd for this test: {why}");
+    None
+}
+
+/// A running private user manager; stopped and cleaned up on drop.
+pub struct UserManager {
+    child: Option<Child>,
+    /// `XDG_RUNTIME_DIR` of the manager (the bus socket is `bus` in it).
+    pub runtime_dir: tempfile::TempDir,
+    /// `XDG_CONFIG_HOME` of the manager: user units go in `systemd/user` below it.
+    pub config_home: PathBuf,
+    cgroups: Vec<PathBuf>,
+    /// The D-Bus address of its session bus.
+    pub bus_address: String,
+    /// How long it took to come up.
+    pub startup: Duration,
+}
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+
+impl UserManager {
+    /// Starts one, or skips/fails (see [`systemd_required`]).
+    pub async fn start() -> Option<UserManager> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return unavailable("the private user manager needs root (for unshare and cgroups)");
+        }
+        for tool in [SYSTEMD, "/usr/bin/unshare", "/usr/bin/dbus-daemon"] {
+            if !Path::new(tool).exists() {
+                return unavailable(&format!("{tool} is not installed"));
+            }
+        }
+        let t0 = Instant::now();
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("dl-sd-user-")
+            .tempdir()
+            .unwrap();
+        let config_home = runtime_dir.path().join("config");
+        std::fs::create_dir_all(config_home.join("systemd/user")).unwrap();
+        let cgroups = make_cgroups(&format!(
+            "dltest-{}-{}",
+            std::process::id(),
+            runtime_dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let joins: String = cgroups
+            .iter()
+            .map(|cg| format!("echo $$ > '{}/cgroup.procs' 2>/dev/null; ", cg.display()))
+            .collect();
+        let log = std::fs::File::create(runtime_dir.path().join("systemd.log")).unwrap();
+        let child = Command::new("/usr/bin/unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "{joins}mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/systemd/system && exec {SYSTEMD} --user --log-target=console"
+            ))
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", runtime_dir.path())
+            .env("XDG_RUNTIME_DIR", runtime_dir.path())
+            .env("XDG_CONFIG_HOME", &config_home)
+            .env("USER", "root")
+            .env("LOGNAME", "root")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn unshare + systemd --user");
+        let bus_address = format!("unix:path={}/bus", runtime_dir.path().display());
+        let mut manager = UserManager {
+            child: Some(child),
+            runtime_dir,
+            config_home,
+            cgroups,
+            bus_address,
+            startup: Duration::ZERO,
+        };
+        // Wait for the socket-activated bus and a "running" manager.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = manager.child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(manager.runtime_dir.path().join("systemd.log"))
+                    .unwrap_or_default();
+                return unavailable(&format!("systemd --user exited ({status}): {log}"));
+            }
+            if manager.runtime_dir.path().join("bus").exists() {
+                if let Ok(state) = manager.system_state().await {
+                    if state == "running" || state == "degraded" {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(manager.runtime_dir.path().join("systemd.log"))
+                    .unwrap_or_default();
+                drop(manager);
+                return unavailable(&format!("systemd --user did not come up in 20 s: {log}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        manager.startup = t0.elapsed();
+        Some(manager)
+    }
+
+    async fn system_state(&self) -> zbus::Result<String> {
+        let conn = zbus::connection::Builder::address(self.bus_address.as_str())?
+            .build()
+            .await?;
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &("org.freedesktop.systemd1.Manager", "SystemState"),
+            )
+            .await?;
+        let value: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
+        Ok(String::try_from(value)?)
+    }
+
+    /// Where `daemonctl install --unit-dir` must write so this manager sees it.
+    pub fn unit_dir(&self) -> PathBuf {
+        self.config_home.join("systemd/user")
+    }
+
+    /// Environment for a `daemonctl` child that should talk to this manager.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DBUS_SESSION_BUS_ADDRESS", self.bus_address.clone()),
+            (
+                "XDG_RUNTIME_DIR",
+                self.runtime_dir.path().display().to_string(),
+            ),
+            ("XDG_CONFIG_HOME", self.config_home.display().to_string()),
+        ]
+    }
+
+    /// PIDs in the manager's cgroup other than the manager itself: the units'
+    /// processes (and the socket-activated bus).
+    pub fn unit_processes(&self) -> Vec<u32> {
+        let me = self.child.as_ref().map(|c| c.id());
+        let mut pids = Vec::new();
+        for cg in &self.cgroups {
+            for entry in walkdir(cg) {
+                if let Ok(text) = std::fs::read_to_string(entry.join("cgroup.procs")) {
+                    pids.extend(text.lines().filter_map(|l| l.parse::<u32>().ok()));
+                }
+            }
+        }
+        pids.sort();
+        pids.dedup();
+        pids.retain(|p| Some(*p) != me && !is_dbus(*p));
+        pids
+    }
+}
+
+fn is_dbus(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dbus-daemon")
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A private cgroup in every writable hierarchy (v1 cpuset skipped: it needs
+/// cpus/mems set before it takes processes).
+fn make_cgroups(name: &str) -> Vec<PathBuf> {
+    let mut made = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return made;
+    };
+    let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        if root.ends_with("cpuset") || !root.join("cgroup.procs").exists() {
+            continue;
+        }
+        let dir = root.join(name);
+        if std::fs::create_dir(&dir).is_ok() {
+            made.push(dir);
+        }
+    }
+    made
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // SIGTERM to a user manager starts exit.target: every unit stops.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        // Whatever is left in our cgroups dies, then the cgroups go.
+        for _ in 0..100 {
+            let mut left = false;
+            for cg in self.cgroups.iter().rev() {
+                for dir in walkdir(cg).into_iter().rev() {
+                    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                        for pid in text.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                            left = true;
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+            if !left && self.cgroups.iter().all(|c| !c.exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
