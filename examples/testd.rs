@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! testd [--tag TEXT] [--exit-code N] [--ignore-term] [--grandchild PIDFILE]
-//!       [--dump PATH] [--heartbeat PATH]
+//!       [--dump PATH] [--heartbeat PATH] [--ready-after MS] [--status TEXT]
+//!       [--extend-timeout-ms MS] [--ready-stamp PATH] [--mainpid-grandchild]
+//!       [--notify-from-outsider] [--listen ADDR] [--http ADDR] [--http-status N]
+//!       [--crash-after MS:CODE] [--lines N] [--stderr-lines N] [--line-bytes N]
+//!       [--starts PATH] [--dump-limits PATH] [--orphans N] [-- PAYLOAD...]
 //! ```
 //!
 //! - `--tag TEXT`: ignored; lets tests find their processes by command line.
@@ -14,31 +18,104 @@
 //!   group), write its PID to PIDFILE.
 //! - `--dump PATH`: write argv, environment and working directory as JSON.
 //! - `--heartbeat PATH`: append a line with a counter every 200 ms.
+//! - `--ready-after MS`: after MS milliseconds become ready: send `READY=1`
+//!   over `$NOTIFY_SOCKET` (with the `sd-notify` crate) and start the
+//!   `--listen`/`--http` servers. Without it a notify daemon never gets ready
+//!   (servers start at once).
+//! - `--status TEXT`: send `STATUS=TEXT` at start-up (and `STATUS=ready` with
+//!   `READY=1`).
+//! - `--extend-timeout-ms MS`: send `EXTEND_TIMEOUT_USEC` at start-up.
+//! - `--ready-stamp PATH`: write the time (µs since the epoch) just before
+//!   `READY=1` is sent.
+//! - `--mainpid-grandchild`: with `--grandchild`, send `MAINPID=<grandchild>`.
+//! - `--notify-from-outsider`: at start-up, a process in another session
+//!   sends `READY=1` and `STATUS=outsider` (to be ignored).
+//! - `--listen ADDR`: accept TCP connections on ADDR.
+//! - `--http ADDR`: serve HTTP on ADDR: `GET /health` answers `--http-status`
+//!   (default 200), anything else 404. A minimal hand-written server: the test
+//!   side is the library's HTTP client under test.
+//! - `--crash-after MS:CODE`: exit with CODE after MS milliseconds.
+//! - `--lines N` / `--stderr-lines N`: write N numbered lines to stdout /
+//!   stderr at start-up (`out 000001 xxx…`), `--line-bytes` long (default 40).
+//! - `--starts PATH`: append our PID to PATH at start-up (counts restarts).
+//! - `--dump-limits PATH`: write our rlimits, uid, gid and groups as JSON.
+//! - `--orphans N`: make N orphans: children that leave a grandchild behind
+//!   and exit; each grandchild exits after 300 ms (someone must reap it).
+//! - `--`: the rest is payload, not options (argv round-trip tests).
 //!
 //! Otherwise it waits for SIGTERM and exits 0.
 
-use std::io::Write;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+struct Options {
+    heartbeat: Option<String>,
+    ready_after: Option<u64>,
+    status: Option<String>,
+    extend_ms: Option<u64>,
+    ready_stamp: Option<String>,
+    grandchild: Option<u32>,
+    mainpid_grandchild: bool,
+    listen: Option<String>,
+    http: Option<String>,
+    http_status: u16,
+    crash_after: Option<(u64, i32)>,
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--sleep-forever") {
-        loop {
+    match args.get(1).map(String::as_str) {
+        Some("--sleep-forever") => loop {
             std::thread::sleep(Duration::from_secs(3600));
+        },
+        Some("--send-notify") => {
+            // Helper mode for --notify-from-outsider.
+            let _ = sd_notify::notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("outsider"),
+            ]);
+            return;
         }
+        Some("--orphan-maker") => {
+            // Leave a grandchild behind and exit: it becomes an orphan.
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .arg("--sleep-ms")
+                .args(&args[2..])
+                .spawn()
+                .expect("spawn orphan");
+            std::mem::forget(child);
+            return;
+        }
+        Some("--sleep-ms") => {
+            std::thread::sleep(Duration::from_millis(300));
+            return;
+        }
+        _ => {}
     }
+    let mut o = Options {
+        http_status: 200,
+        ..Default::default()
+    };
+    let mut lines = 0u64;
+    let mut stderr_lines = 0u64;
+    let mut line_bytes = 40usize;
     let mut i = 1;
-    let mut heartbeat = None;
     while i < args.len() {
         let value = |i: usize| -> String {
             args.get(i + 1)
                 .cloned()
                 .unwrap_or_else(|| panic!("{} needs a value", args[i]))
         };
+        let mut takes_value = true;
         match args[i].as_str() {
-            "--tag" => i += 1,
+            "--tag" => {}
+            // Everything after `--` is payload (for argv round-trip tests).
+            "--" => break,
             "--exit-code" => std::process::exit(value(i).parse().expect("exit code")),
             "--ignore-term" => {
+                takes_value = false;
                 // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
                 unsafe {
                     nix::sys::signal::signal(
@@ -55,10 +132,10 @@ fn main() {
                     .spawn()
                     .expect("spawn grandchild");
                 write_atomic(&value(i), &format!("{}\n", child.id()));
+                o.grandchild = Some(child.id());
                 // Deliberately not waited for: it must outlive us if the
                 // supervisor does not take care of the whole group.
                 std::mem::forget(child);
-                i += 1;
             }
             "--dump" => {
                 let dump = serde_json::json!({
@@ -70,22 +147,129 @@ fn main() {
                     "sid": nix::unistd::getsid(None).unwrap().as_raw(),
                 });
                 write_atomic(&value(i), &dump.to_string());
-                i += 1;
             }
-            "--heartbeat" => {
-                heartbeat = Some(value(i));
-                i += 1;
+            "--heartbeat" => o.heartbeat = Some(value(i)),
+            "--ready-after" => o.ready_after = Some(value(i).parse().expect("ms")),
+            "--status" => o.status = Some(value(i)),
+            "--extend-timeout-ms" => o.extend_ms = Some(value(i).parse().expect("ms")),
+            "--ready-stamp" => o.ready_stamp = Some(value(i)),
+            "--mainpid-grandchild" => {
+                takes_value = false;
+                o.mainpid_grandchild = true;
+            }
+            "--notify-from-outsider" => {
+                takes_value = false;
+                let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+                cmd.arg("--send-notify").args(&args[1..]);
+                // SAFETY: setsid is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+                }
+                let _ = cmd.status();
+            }
+            "--listen" => o.listen = Some(value(i)),
+            "--http" => o.http = Some(value(i)),
+            "--http-status" => o.http_status = value(i).parse().expect("status"),
+            "--crash-after" => {
+                let v = value(i);
+                let (ms, code) = v.split_once(':').expect("MS:CODE");
+                o.crash_after = Some((ms.parse().expect("ms"), code.parse().expect("code")));
+            }
+            "--lines" => lines = value(i).parse().expect("count"),
+            "--stderr-lines" => stderr_lines = value(i).parse().expect("count"),
+            "--line-bytes" => line_bytes = value(i).parse().expect("bytes"),
+            "--starts" => {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(value(i))
+                    .expect("starts file");
+                writeln!(f, "{}", std::process::id()).unwrap();
+            }
+            "--dump-limits" => write_atomic(&value(i), &limits_json().to_string()),
+            "--orphans" => {
+                for _ in 0..value(i).parse::<u32>().expect("count") {
+                    let mut maker = std::process::Command::new(std::env::current_exe().unwrap())
+                        .arg("--orphan-maker")
+                        .args(&args[1..])
+                        .spawn()
+                        .expect("spawn orphan maker");
+                    let _ = maker.wait();
+                }
             }
             other => {
                 eprintln!("testd: unknown argument {other:?}");
                 std::process::exit(64);
             }
         }
-        i += 1;
+        i += if takes_value { 2 } else { 1 };
+    }
+    write_lines(&mut std::io::stdout().lock(), "out", lines, line_bytes);
+    write_lines(
+        &mut std::io::stderr().lock(),
+        "err",
+        stderr_lines,
+        line_bytes,
+    );
+    run(o);
+}
+
+fn run(o: Options) {
+    if let Some(text) = &o.status {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
+    }
+    if let Some(ms) = o.extend_ms {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(
+            (ms * 1000) as u32,
+        )]);
+    }
+    if let Some((ms, code)) = o.crash_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("testd: crashing with code {code} as asked");
+            std::process::exit(code);
+        });
+    }
+    if let Some(ms) = o.ready_after {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    if let Some(addr) = o.listen.clone() {
+        let listener = std::net::TcpListener::bind(&addr).expect("listen");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+    }
+    if let Some(addr) = o.http.clone() {
+        let listener = std::net::TcpListener::bind(&addr).expect("http listen");
+        let status = o.http_status;
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                serve_http(conn, status);
+            }
+        });
+    }
+    if o.ready_after.is_some() {
+        if let Some(path) = &o.ready_stamp {
+            let us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_micros();
+            write_atomic(path, &format!("{us}\n"));
+        }
+        let mut states = vec![
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("ready"),
+        ];
+        if let (true, Some(gc)) = (o.mainpid_grandchild, o.grandchild) {
+            states.push(sd_notify::NotifyState::MainPid(gc));
+        }
+        let _ = sd_notify::notify(&states);
     }
     let mut n = 0u64;
     loop {
-        if let Some(path) = &heartbeat {
+        if let Some(path) = &o.heartbeat {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -97,6 +281,62 @@ fn main() {
         // Default SIGTERM disposition ends the process while it sleeps.
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `PREFIX 000001 xxxx…`: numbered, fixed-width lines for rotation checks.
+fn write_lines(out: &mut dyn Write, prefix: &str, count: u64, bytes: usize) {
+    for n in 1..=count {
+        let head = format!("{prefix} {n:06} ");
+        let pad = "x".repeat(bytes.saturating_sub(head.len() + 1));
+        // One write per line, as a line-buffered program would do.
+        out.write_all(format!("{head}{pad}\n").as_bytes()).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+fn serve_http(mut conn: std::net::TcpStream, status: u16) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 2048];
+    let mut request = Vec::new();
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&request);
+    let code = if line.starts_with("GET /health ") {
+        status
+    } else {
+        404
+    };
+    let body = format!("{code}\n");
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn limits_json() -> serde_json::Value {
+    use nix::sys::resource::{getrlimit, Resource};
+    let lim = |r| {
+        let (soft, hard) = getrlimit(r).unwrap();
+        serde_json::json!([soft, hard])
+    };
+    serde_json::json!({
+        "nofile": lim(Resource::RLIMIT_NOFILE),
+        "as": lim(Resource::RLIMIT_AS),
+        "cpu": lim(Resource::RLIMIT_CPU),
+        "nproc": lim(Resource::RLIMIT_NPROC),
+        "uid": nix::unistd::getuid().as_raw(),
+        "euid": nix::unistd::geteuid().as_raw(),
+        "gid": nix::unistd::getgid().as_raw(),
+        "egid": nix::unistd::getegid().as_raw(),
+        "groups": nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect::<Vec<_>>(),
+        "env_user": std::env::var("USER").ok(),
+        "env_home": std::env::var("HOME").ok(),
+    })
 }
 
 fn write_atomic(path: &str, content: &str) {

@@ -121,6 +121,10 @@ pub struct StatusReport {
     pub status: DaemonStatus,
     /// How the last run ended, when known.
     pub last_exit: Option<ExitInfo>,
+    /// The last `STATUS=` text the daemon sent over sd_notify, if any.
+    pub status_text: Option<String>,
+    /// How often the daemon was restarted after exiting on its own.
+    pub restarts: u32,
 }
 
 impl StatusReport {
@@ -131,6 +135,8 @@ impl StatusReport {
             backend,
             status,
             last_exit: None,
+            status_text: None,
+            restarts: 0,
         }
     }
 }

@@ -7,7 +7,22 @@
 //! environment (`PATH`, `HOME`, `USER`, `LOGNAME`, `SHELL`); `working_dir`
 //! defaults to `/`; stdio goes to `/dev/null`; `shutdown_timeout_secs` is the
 //! SIGTERM → SIGKILL delay for the whole process group.
+//!
+//! - `readiness`: `notify` — the supervisor owns a `NOTIFY_SOCKET` and answers
+//!   the caller only after `READY=1` ([`notify`]); `tcp`/`http`/`command` — the
+//!   caller probes ([`crate::readiness`]) after the supervisor answered. Either
+//!   way `start` returns once ready; not ready within `startup_timeout_secs`
+//!   → `Timeout` with the daemon stopped and its files removed; dead before
+//!   ready → `StartFailed` with its exit and the last lines of its stderr log.
+//! - `restart`: the supervisor restarts the daemon itself ([`supervise`]).
+//! - `logs`: stdout/stderr are pipes the supervisor copies line by line into
+//!   the files, rotating between lines ([`logs`]).
+//! - `limits`, `user`, `group`: resolved and checked in the caller, applied
+//!   between fork and exec ([`limits`]).
 
+pub(crate) mod limits;
+pub(crate) mod logs;
+pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod proc;
 pub(crate) mod supervise;
@@ -23,11 +38,14 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
-use crate::config::DaemonConfig;
+use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
+use crate::config::{DaemonConfig, Readiness};
 use crate::error::{DaemonError, Result};
+use crate::readiness::{self, ProbeError};
 use pidfile::{Lock, Paths, Record};
 use supervise::{Request, Response};
+
+pub use proc::PORTABLE_ENV;
 
 /// Set by [`crate::supervisor_init`]: the running executable can supervise.
 pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
@@ -82,6 +100,60 @@ impl ForkBackend {
         }
     }
 
+    /// Runs the daemon under a supervisor in *this* process, in the
+    /// foreground, until it is gone for good (stopped, or ended with no
+    /// restart left); returns the exit code to end with: 0 after a requested
+    /// stop, else the daemon's exit code (128 + signal number).
+    ///
+    /// Meant for a container entrypoint (`daemonctl run`): as PID 1 of its
+    /// PID namespace the supervisor reaps every orphan and forwards SIGTERM
+    /// and SIGINT to the daemon's process group (SIGKILL after
+    /// `shutdown_timeout_secs`). The PID file, identity record, restart
+    /// policy, logs, limits and notify readiness work as with
+    /// [`Backend::start`], so `status` and `stop` from another shell work too.
+    /// Probes (tcp/http/command) are not run: nothing waits for readiness
+    /// here.
+    ///
+    /// It reaps every child of this process, so the caller must not run
+    /// other child processes meanwhile.
+    pub async fn run_foreground(&self, config: &DaemonConfig) -> Result<i32> {
+        config.validate()?;
+        let paths = Paths::new(config.effective_pid_file());
+        ensure_pid_dir(config, &paths)?;
+        let request = {
+            // Held only for the checks: a `stop` from elsewhere needs it later.
+            let _lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
+            let found = self.inspect(config, &paths).await?;
+            match found.status {
+                DaemonStatus::Running(pid) => {
+                    return Err(DaemonError::StartFailed {
+                        name: config.name(),
+                        reason: format!("already running with PID {pid}"),
+                        source: None,
+                    })
+                }
+                DaemonStatus::Stale(_) => pidfile::remove(&paths.pid_file)?,
+                DaemonStatus::Failed(_) | DaemonStatus::Stopped => {
+                    if let Some(rec) = &found.record {
+                        retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+                    }
+                }
+            }
+            pidfile::remove(&paths.identity)?;
+            build_request(config, &paths)?
+        };
+        let (code, first) = supervise::run_foreground(request).await;
+        match first {
+            Some(Response::Started { .. }) => Ok(code),
+            Some(other) => Err(response_error(config, other)),
+            None => Err(DaemonError::StartFailed {
+                name: config.name(),
+                reason: "the supervisor ended without starting the daemon".into(),
+                source: None,
+            }),
+        }
+    }
+
     fn supervisor_program(&self) -> Result<PathBuf> {
         let path = match &self.supervisor {
             SupervisorProgram::Path(p) => p.clone(),
@@ -130,7 +202,7 @@ impl ForkBackend {
         }
     }
 
-    async fn start_locked(&self, config: &DaemonConfig, paths: &Paths) -> Result<u32> {
+    async fn start_locked(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
         let name = config.name();
         let found = self.inspect(config, paths).await?;
         match found.status {
@@ -144,41 +216,77 @@ impl ForkBackend {
                 pidfile::remove(&paths.identity)?;
             }
             DaemonStatus::Failed(_) | DaemonStatus::Stopped => {
+                // A supervisor still alive here is waiting out a restart
+                // delay: retire it, or two supervisors would run the daemon.
+                if let Some(rec) = &found.record {
+                    retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+                }
                 pidfile::remove(&paths.identity)?;
             }
         }
+        let request = build_request(config, paths)?;
         let program = self.supervisor_program()?;
-        let request = Request {
-            name: name.clone(),
-            binary_path: config.binary_path.clone(),
-            args: config.args.clone(),
-            env: daemon_env(config),
-            working_dir: config
-                .working_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/")),
-            pid_file: paths.pid_file.clone(),
-            shutdown_timeout_ms: config.shutdown_timeout().as_millis() as u64,
+        // The supervisor enforces the notify start-up timeout and then stops
+        // the daemon: give it the time for both.
+        let patience = config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE;
+        let started_at = Instant::now();
+        let response = run_supervisor(&program, &name, &request, patience).await?;
+        let pid = match response {
+            Response::Started { pid } => pid,
+            other => return Err(response_error(config, other)),
         };
-        let response = run_supervisor(&program, &name, &request, config.startup_timeout()).await?;
-        match response {
-            Response::Started { pid } => Ok(pid),
-            Response::ExecFailed { errno, message } => Err(exec_error(config, errno, message)),
-            Response::PidFileFailed {
-                path,
-                errno,
-                message,
-            } => Err(DaemonError::pid_file(
-                path,
-                errno
-                    .map(std::io::Error::from_raw_os_error)
-                    .unwrap_or_else(|| std::io::Error::other(message)),
-            )),
-            Response::Failed { message } => Err(DaemonError::StartFailed {
-                name,
-                reason: format!("supervisor: {message}"),
+        let probe = match &config.readiness {
+            Some(p) if !matches!(p, Readiness::Notify) => p,
+            _ => return Ok(pid),
+        };
+        // The caller probes tcp/http/command (the supervisor reaps every child
+        // it has, so it cannot also run probe commands through tokio).
+        let daemon = match pidfile::read_record(&paths.identity)? {
+            Some(rec) => rec.daemon,
+            None => return Err(self.start_gone(config, paths, lock).await),
+        };
+        let deadline = started_at + config.startup_timeout();
+        match readiness::wait_until_ready(probe, deadline, || daemon.is_same_live_process()).await {
+            Ok(()) => Ok(pid),
+            Err(ProbeError::Timeout { last }) => {
+                tracing::warn!(%name, pid, ?last, "not ready within the start-up timeout: stopping it");
+                self.stop_locked(config, paths, lock, false).await?;
+                Err(DaemonError::Timeout {
+                    name,
+                    operation: "readiness probe",
+                    after: config.startup_timeout(),
+                })
+            }
+            Err(ProbeError::DaemonGone) | Err(ProbeError::NotAProbe) => {
+                Err(self.start_gone(config, paths, lock).await)
+            }
+        }
+    }
+
+    /// The daemon died while the caller probed it: collect how it ended,
+    /// make sure no restart goes on behind the caller's back, and explain.
+    async fn start_gone(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> DaemonError {
+        let found = self.inspect(config, paths).await;
+        let record = found.ok().and_then(|f| f.record);
+        let exit = record.as_ref().and_then(|r| r.last_exit);
+        if let Some(rec) = &record {
+            if config.restart.policy == crate::config::RestartPolicy::Never {
+                // It exits on its own once it has copied the last log lines.
+                if let Some(sup) = &rec.supervisor {
+                    let deadline = Instant::now() + config.shutdown_timeout() + SUPERVISOR_GRACE;
+                    proc::wait_exit(sup.pid, deadline).await;
+                }
+            } else if let Err(e) = self.stop_locked(config, paths, lock, true).await {
+                return e;
+            }
+        }
+        match exit {
+            Some(exit) => died_before_ready(config, exit),
+            None => DaemonError::StartFailed {
+                name: config.name(),
+                reason: "the daemon ended before it was ready".into(),
                 source: None,
-            }),
+            },
         }
     }
 
@@ -202,9 +310,18 @@ impl ForkBackend {
                 lock.remove_file()?;
                 return Ok(());
             }
-            // A failed daemon keeps its record until cleanup or the next
-            // start, as a failed systemd unit does.
-            DaemonStatus::Failed(_) => return Ok(()),
+            DaemonStatus::Failed(_) => {
+                // A supervisor waiting out a restart delay is told to give up
+                // (it then removes its files: stopped). Otherwise a failed
+                // daemon keeps its record until cleanup or the next start, as
+                // a failed systemd unit does.
+                if let Some(rec) = &found.record {
+                    if retire_supervisor(rec, force, config.shutdown_timeout()).await? {
+                        let _ = lock.remove_file();
+                    }
+                }
+                return Ok(());
+            }
             DaemonStatus::Stopped => {
                 pidfile::remove(&paths.identity)?;
                 lock.remove_file()?;
@@ -212,7 +329,8 @@ impl ForkBackend {
             }
         };
         let record = found.record.expect("running implies a record");
-        let pgid = Pid::from_raw(pid as i32);
+        let pgid_raw = record.pgid();
+        let pgid = Pid::from_raw(pgid_raw as i32);
         let grace = if force {
             Duration::ZERO
         } else {
@@ -234,18 +352,22 @@ impl ForkBackend {
                 send(sup.pid, signal)?;
                 let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
                 let done = proc::wait_exit(sup.pid, deadline).await
-                    && proc::wait_group_gone(pid, deadline).await;
+                    && proc::wait_group_gone(pgid_raw, deadline).await;
                 if !done {
                     tracing::warn!(%name, supervisor = sup.pid, "supervisor did not finish the stop in time: killing the group");
                     let _ = killpg(pgid, Signal::SIGKILL);
                     let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
                 }
-                done || proc::wait_group_gone(pid, Instant::now() + SUPERVISOR_GRACE).await
+                done || proc::wait_group_gone(pgid_raw, Instant::now() + SUPERVISOR_GRACE).await
             }
             None => {
                 // No supervisor (it was killed): do the sequence ourselves.
                 tracing::warn!(%name, pid, "no live supervisor: stopping the process group directly");
-                terminate_group(pid, grace).await
+                let gone = terminate_group(pgid_raw, grace).await;
+                if let Some(dir) = &record.notify_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                gone
             }
         };
         if !gone {
@@ -281,21 +403,29 @@ fn inspect_once(paths: &Paths) -> Result<Inspection> {
         (Some(pid), Some(rec)) if rec.daemon.pid == pid => {
             if rec.daemon.is_same_live_process() {
                 DaemonStatus::Running(pid)
-            } else if let Some(exit) = rec.last_exit {
-                failed_or_stopped(exit)
+            } else if rec.last_exit.is_some() && !rec.supervisor_alive() {
+                ended(rec)
             } else {
+                // Dead, and a live supervisor has not recorded it yet (after a
+                // restart `last_exit` is the previous run's, so a live
+                // supervisor always gets the moment to record this one).
                 exit_in_progress = rec.supervisor_alive();
-                DaemonStatus::Stale(pid)
+                match rec.last_exit {
+                    Some(_) if !exit_in_progress => ended(rec),
+                    _ => DaemonStatus::Stale(pid),
+                }
             }
         }
         // A PID file with no record, or a record about another PID: we
         // cannot prove who that PID is, so it is never treated as ours.
         (Some(pid), _) => DaemonStatus::Stale(pid),
+        // The record comes before the PID file on start; or the PID file was
+        // removed by hand under a live daemon.
+        (None, Some(rec)) if rec.daemon.is_same_live_process() => {
+            DaemonStatus::Running(rec.daemon.pid)
+        }
         (None, Some(rec)) => match rec.last_exit {
-            Some(exit) => failed_or_stopped(exit),
-            // The record comes before the PID file on start; or the PID
-            // file was removed by hand under a live daemon.
-            None if rec.daemon.is_same_live_process() => DaemonStatus::Running(rec.daemon.pid),
+            Some(_) => ended(rec),
             None => {
                 exit_in_progress = rec.supervisor_alive();
                 DaemonStatus::Stopped
@@ -310,11 +440,30 @@ fn inspect_once(paths: &Paths) -> Result<Inspection> {
     })
 }
 
-fn failed_or_stopped(exit: crate::backend::ExitInfo) -> DaemonStatus {
-    use crate::backend::ExitInfo;
-    // systemd's rule for a service: exit code 0 and the signals HUP, INT,
-    // TERM and PIPE are a clean end, anything else is a failure.
-    let clean = match exit {
+/// The state of a daemon that is not running, from its record.
+fn ended(rec: &Record) -> DaemonStatus {
+    if let Some(failure) = &rec.failure {
+        return DaemonStatus::Failed(failure.clone());
+    }
+    let exit = rec.last_exit.expect("called with an exit");
+    if rec.restart_pending && rec.supervisor_alive() {
+        return DaemonStatus::Failed(format!("{exit}; restart pending"));
+    }
+    failed_or_stopped(exit)
+}
+
+fn failed_or_stopped(exit: ExitInfo) -> DaemonStatus {
+    if is_clean_exit(exit) {
+        DaemonStatus::Stopped
+    } else {
+        DaemonStatus::Failed(exit.to_string())
+    }
+}
+
+/// systemd's rule for a service: exit code 0 and the signals HUP, INT, TERM
+/// and PIPE are a clean end, anything else is a failure.
+pub(crate) fn is_clean_exit(exit: ExitInfo) -> bool {
+    match exit {
         ExitInfo::Code(0) => true,
         ExitInfo::Code(_) => false,
         ExitInfo::Signal(sig) => [
@@ -325,12 +474,156 @@ fn failed_or_stopped(exit: crate::backend::ExitInfo) -> DaemonStatus {
         ]
         .iter()
         .any(|s| *s as i32 == sig),
-    };
-    if clean {
-        DaemonStatus::Stopped
-    } else {
-        DaemonStatus::Failed(exit.to_string())
     }
+}
+
+/// Tells a live supervisor whose daemon is down (restart pending, or still
+/// recording the exit) to give up, and waits for it. Returns whether there
+/// was one.
+async fn retire_supervisor(rec: &Record, force: bool, shutdown: Duration) -> Result<bool> {
+    let Some(sup) = rec.supervisor.as_ref().filter(|_| rec.supervisor_alive()) else {
+        return Ok(false);
+    };
+    if rec.daemon.is_same_live_process() {
+        return Ok(false);
+    }
+    send(
+        sup.pid,
+        if force {
+            Signal::SIGUSR1
+        } else {
+            Signal::SIGTERM
+        },
+    )?;
+    if !proc::wait_exit(sup.pid, Instant::now() + shutdown + SUPERVISOR_GRACE).await {
+        let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+    }
+    Ok(true)
+}
+
+/// The error for a supervisor's answer other than `Started`.
+fn response_error(config: &DaemonConfig, response: Response) -> DaemonError {
+    let name = config.name();
+    match response {
+        Response::NotReady { .. } => DaemonError::Timeout {
+            name,
+            operation: "readiness (READY=1 over NOTIFY_SOCKET)",
+            after: config.startup_timeout(),
+        },
+        Response::ExitedBeforeReady { exit } => died_before_ready(config, exit),
+        Response::ExecFailed { errno, message } => exec_error(config, errno, message),
+        Response::PidFileFailed {
+            path,
+            errno,
+            message,
+        } => DaemonError::pid_file(
+            path,
+            errno
+                .map(std::io::Error::from_raw_os_error)
+                .unwrap_or_else(|| std::io::Error::other(message)),
+        ),
+        Response::SetupFailed {
+            path,
+            errno,
+            message,
+        } => DaemonError::io(
+            format!("{}: {message}", path.display()),
+            errno
+                .map(std::io::Error::from_raw_os_error)
+                .unwrap_or_else(|| std::io::Error::other(message.clone())),
+        ),
+        Response::Failed { message } => DaemonError::StartFailed {
+            name,
+            reason: format!("supervisor: {message}"),
+            source: None,
+        },
+        Response::Started { .. } | Response::Extended { .. } => DaemonError::StartFailed {
+            name,
+            reason: "unexpected supervisor answer".into(),
+            source: None,
+        },
+    }
+}
+
+/// `StartFailed` for a daemon that ended before it was ready, with the last
+/// lines of its stderr log when there is one.
+fn died_before_ready(config: &DaemonConfig, exit: ExitInfo) -> DaemonError {
+    let mut reason = format!("{exit} before it was ready");
+    if let Some(path) = config.logs.as_ref().and_then(|l| l.stderr.as_ref()) {
+        let tail = logs::tail(path, STDERR_TAIL_LINES);
+        if !tail.is_empty() {
+            reason.push_str(&format!(
+                "; last lines of {}:\n  {}",
+                path.display(),
+                tail.join("\n  ")
+            ));
+        }
+    }
+    DaemonError::StartFailed {
+        name: config.name(),
+        reason,
+        source: None,
+    }
+}
+
+/// How many stderr lines a start-up failure quotes.
+const STDERR_TAIL_LINES: usize = 10;
+
+/// Everything the supervisor needs, checked and resolved here in the
+/// caller, so a refused user or limit changes nothing.
+fn build_request(config: &DaemonConfig, paths: &Paths) -> Result<Request> {
+    let credentials = limits::resolve(config)?;
+    limits::check_limits(config)?;
+    if let Some(logs) = &config.logs {
+        for (field, path) in [("logs.stdout", &logs.stdout), ("logs.stderr", &logs.stderr)] {
+            if let Some(p) = path {
+                check_log_dir(field, p)?;
+            }
+        }
+    }
+    Ok(Request {
+        name: config.name(),
+        binary_path: config.binary_path.clone(),
+        args: config.args.clone(),
+        env: daemon_env(config, credentials.as_ref()),
+        working_dir: config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/")),
+        pid_file: paths.pid_file.clone(),
+        shutdown_timeout_ms: config.shutdown_timeout().as_millis() as u64,
+        startup_timeout_ms: config.startup_timeout().as_millis() as u64,
+        notify: matches!(config.readiness, Some(Readiness::Notify)),
+        restart: config.restart.clone(),
+        logs: config.logs.clone(),
+        limits: config.limits.clone(),
+        credentials,
+    })
+}
+
+/// A log file's directory must exist (we do not create directories the
+/// operator did not ask for) and be writable.
+fn check_log_dir(field: &str, path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        return Err(DaemonError::invalid(
+            field,
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    if nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_err()
+        && !path.exists()
+    {
+        return Err(DaemonError::PermissionDenied {
+            action: format!("create log file {} ({field})", path.display()),
+            source: None,
+        });
+    }
+    Ok(())
 }
 
 /// SIGTERM to the group, wait up to `grace`, SIGKILL, wait. True when the
@@ -380,10 +673,20 @@ fn exec_error(config: &DaemonConfig, errno: Option<i32>, message: String) -> Dae
 
 /// The daemon's environment: a clean base (as systemd gives a service) plus
 /// the config's `env`, which wins.
-fn daemon_env(config: &DaemonConfig) -> BTreeMap<String, String> {
+fn daemon_env(
+    config: &DaemonConfig,
+    creds: Option<&limits::Credentials>,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::effective()) {
+    if let Some(c) = creds.filter(|c| c.name.is_some()) {
+        // The user the daemon runs as, not the caller.
+        let name = c.name.clone().unwrap_or_default();
+        env.insert("USER".to_owned(), name.clone());
+        env.insert("LOGNAME".to_owned(), name);
+        env.extend(c.home.clone().map(|h| ("HOME".to_owned(), h)));
+        env.extend(c.shell.clone().map(|s| ("SHELL".to_owned(), s)));
+    } else if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::effective()) {
         env.insert("HOME".to_owned(), user.dir.to_string_lossy().into_owned());
         env.insert("USER".to_owned(), user.name.clone());
         env.insert("LOGNAME".to_owned(), user.name);
@@ -416,6 +719,7 @@ async fn run_supervisor(
     cmd.arg0(format!("daemon-lifecycle-supervise: {name}"))
         .env_clear()
         .env(supervise::SUPERVISE_ENV, "1")
+        .envs(std::env::var_os(PORTABLE_ENV).map(|v| (PORTABLE_ENV, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -439,12 +743,30 @@ async fn run_supervisor(
         let _ = stdin.write_all(&json).await;
     };
     let stdout = child.stdout.take().expect("piped stdout");
+    // Lines until a final one; `Extended` lines (EXTEND_TIMEOUT_USEC from a
+    // notify daemon) push the deadline out.
     let read = async move {
-        let mut line = String::new();
-        let n = BufReader::new(stdout).read_line(&mut line).await;
-        (n, line)
+        let mut reader = BufReader::new(stdout);
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            let mut line = String::new();
+            match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(n)) if n > 0 => {
+                    if let Ok(Response::Extended { timeout_ms }) =
+                        serde_json::from_str::<Response>(line.trim_end())
+                    {
+                        let wanted = Instant::now() + Duration::from_millis(timeout_ms) + timeout;
+                        deadline = deadline.max(wanted);
+                        continue;
+                    }
+                    return Ok((Ok(n), line));
+                }
+                Ok(other) => return Ok((other, line)),
+            }
+        }
     };
-    let answer = tokio::time::timeout(timeout, async { tokio::join!(write, read).1 }).await;
+    let answer = async { tokio::join!(write, read).1 }.await;
     // The first process exits right after forking; reap it so no zombie stays.
     let first_pid = child.id();
     let reaped = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
@@ -493,7 +815,7 @@ impl Backend for ForkBackend {
             let paths = Paths::new(config.effective_pid_file());
             ensure_pid_dir(config, &paths)?;
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let result = self.start_locked(config, &paths).await;
+            let result = self.start_locked(config, &paths, &lock).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
                 if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped)
@@ -534,7 +856,11 @@ impl Backend for ForkBackend {
             let paths = Paths::new(config.effective_pid_file());
             let found = self.inspect(config, &paths).await?;
             let mut report = StatusReport::new(config.name(), BackendKind::Fork, found.status);
-            report.last_exit = found.record.and_then(|r| r.last_exit);
+            if let Some(rec) = found.record {
+                report.last_exit = rec.last_exit;
+                report.status_text = rec.status_text;
+                report.restarts = rec.restarts;
+            }
             Ok(report)
         })
     }
@@ -548,24 +874,63 @@ impl Backend for ForkBackend {
             self.stop_locked(config, &paths, &lock, false).await?;
             // The stop may have unlinked the lock file; we still hold the lock on
             // its inode, and waiters re-check the inode, so this is safe.
-            self.start_locked(config, &paths).await
+            self.start_locked(config, &paths, &lock).await
         })
     }
 
     fn wait_ready<'a>(
         &'a self,
         config: &'a DaemonConfig,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            // Without a readiness probe, a running daemon is a ready one.
             let paths = Paths::new(config.effective_pid_file());
-            match self.inspect(config, &paths).await?.status {
-                DaemonStatus::Running(_) => Ok(()),
-                other => Err(DaemonError::NotRunning {
-                    name: config.name(),
-                    state: other.to_string(),
-                }),
+            let deadline = Instant::now() + timeout;
+            let not_running = |status: DaemonStatus| DaemonError::NotRunning {
+                name: config.name(),
+                state: status.to_string(),
+            };
+            let timed_out = |operation| DaemonError::Timeout {
+                name: config.name(),
+                operation,
+                after: timeout,
+            };
+            let found = self.inspect(config, &paths).await?;
+            let DaemonStatus::Running(_) = found.status else {
+                return Err(not_running(found.status));
+            };
+            let daemon = found.record.expect("running implies a record").daemon;
+            match &config.readiness {
+                // Without a readiness probe, a running daemon is a ready one.
+                None => Ok(()),
+                // The supervisor records READY=1; look at the record until it
+                // says so (a restarted daemon must say it again).
+                Some(Readiness::Notify) => loop {
+                    let found = self.inspect(config, &paths).await?;
+                    match (&found.status, &found.record) {
+                        (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
+                        (DaemonStatus::Running(_), _) => {}
+                        _ => return Err(not_running(found.status)),
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(timed_out("readiness (READY=1 over NOTIFY_SOCKET)"));
+                    }
+                    tokio::time::sleep_until(deadline.min(Instant::now() + NOTIFY_POLL)).await;
+                },
+                Some(probe) => {
+                    match readiness::wait_until_ready(probe, deadline, || {
+                        daemon.is_same_live_process()
+                    })
+                    .await
+                    {
+                        Ok(()) => Ok(()),
+                        Err(ProbeError::Timeout { .. }) => Err(timed_out("readiness probe")),
+                        Err(_) => {
+                            let status = self.inspect(config, &paths).await?.status;
+                            Err(not_running(status))
+                        }
+                    }
+                }
             }
         })
     }
@@ -594,6 +959,9 @@ impl Backend for ForkBackend {
         })
     }
 }
+
+/// How often `wait_ready` looks at the record for `READY=1`.
+const NOTIFY_POLL: Duration = Duration::from_millis(20);
 
 /// Long enough to outlast another operation holding the lock (a stop waits
 /// up to the shutdown timeout, a start up to the start-up timeout).

@@ -54,6 +54,7 @@ mod config;
 mod error;
 mod fork;
 mod manager;
+mod readiness;
 pub mod systemd;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
@@ -61,7 +62,7 @@ pub use config::{
     DaemonConfig, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
 };
 pub use error::{DaemonError, Result};
-pub use fork::{ForkBackend, SupervisorProgram, SUPERVISOR_PATH_ENV};
+pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
 pub use manager::{BackendChoice, DaemonManager};
 pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 

@@ -29,7 +29,8 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(
         json(&out),
-        serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null})
+        serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null,
+            "status_text": null, "restarts": 0, "last_exit": null})
     );
 
     // start prints the PID and nothing else.
@@ -50,7 +51,8 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         json(&out),
-        serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null})
+        serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null,
+            "status_text": null, "restarts": 0, "last_exit": null})
     );
     let out = daemonctl(&["status"], &toml);
     assert_eq!(out.status.code(), Some(0));

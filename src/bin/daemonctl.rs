@@ -56,6 +56,10 @@ enum Command {
     },
     /// Remove a stale PID file and identity record, or clear a failed state.
     Cleanup { config: PathBuf },
+    /// Fork backend: supervise the daemon in the foreground until it is gone
+    /// (a container entrypoint; as PID 1 it reaps orphans and forwards
+    /// SIGTERM/SIGINT). Exit code: 0 after a stop, else the daemon's.
+    Run { config: PathBuf },
     /// Write the persistent systemd unit (atomically; reload only if changed).
     Install {
         /// Also enable it (EnableUnitFiles).
@@ -92,6 +96,7 @@ impl Command {
             | Command::Status { config, .. }
             | Command::WaitReady { config, .. }
             | Command::Cleanup { config }
+            | Command::Run { config }
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
             | Command::Render { config, .. } => config,
@@ -193,11 +198,26 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             systemd.uninstall(&config, unit_dir.as_deref()).await?;
             return Ok(0);
         }
+        Command::Run { .. } => {
+            if choice == BackendChoice::Systemd {
+                return Err(DaemonError::BackendUnavailable {
+                    backend: "systemd",
+                    reason: "`run` supervises in the foreground: fork backend only".into(),
+                });
+            }
+            let code = daemon_lifecycle::ForkBackend::new()
+                .run_foreground(&config)
+                .await?;
+            return Ok(code.clamp(0, 255) as u8);
+        }
         _ => {}
     }
     let manager = DaemonManager::with_choice(config, choice);
     match cli.command {
-        Command::Render { .. } | Command::Install { .. } | Command::Uninstall { .. } => {
+        Command::Render { .. }
+        | Command::Install { .. }
+        | Command::Uninstall { .. }
+        | Command::Run { .. } => {
             unreachable!("handled above")
         }
         Command::Start { .. } => {
@@ -242,5 +262,8 @@ fn status_json(report: &StatusReport) -> serde_json::Value {
         "state": report.status.state_name(),
         "pid": report.status.pid(),
         "reason": reason,
+        "status_text": report.status_text,
+        "restarts": report.restarts,
+        "last_exit": report.last_exit.map(|e| e.to_string()),
     })
 }

@@ -54,8 +54,35 @@ pub(crate) struct Record {
     pub supervisor: Option<ProcRef>,
     /// When the daemon was started, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
-    /// How the daemon's run ended; `None` while it runs.
+    /// How the daemon's last run ended; `None` before the first exit. After
+    /// a restart it keeps the previous run's end while the new one runs.
     pub last_exit: Option<ExitInfo>,
+    /// The daemon's process group (the PID of the process the supervisor
+    /// spawned, which leads its own session). Differs from `daemon.pid` when
+    /// the daemon named another main PID with `MAINPID=`.
+    #[serde(default)]
+    pub pgid: Option<u32>,
+    /// The last `STATUS=` text the daemon sent over `NOTIFY_SOCKET`.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// Whether the daemon sent `READY=1` (notify readiness) in this run.
+    #[serde(default)]
+    pub ready: bool,
+    /// How often the supervisor restarted the daemon.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Set when the supervisor gave up (e.g. `start limit hit`): the state
+    /// is `Failed` with this reason.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// A restart is scheduled (the daemon is down, its supervisor waits
+    /// out the back-off delay).
+    #[serde(default)]
+    pub restart_pending: bool,
+    /// The private directory of the notify socket, for cleanup after a
+    /// supervisor that was SIGKILLed.
+    #[serde(default)]
+    pub notify_dir: Option<PathBuf>,
 }
 
 impl Record {
@@ -66,7 +93,19 @@ impl Record {
             supervisor,
             started_at_ms: now_ms(),
             last_exit: None,
+            pgid: None,
+            status_text: None,
+            ready: false,
+            restarts: 0,
+            failure: None,
+            restart_pending: false,
+            notify_dir: None,
         }
+    }
+
+    /// The process group to signal: the recorded one, else the daemon's PID.
+    pub fn pgid(&self) -> u32 {
+        self.pgid.unwrap_or(self.daemon.pid)
     }
 
     /// Whether the recorded supervisor is still alive (same process).
@@ -77,7 +116,7 @@ impl Record {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

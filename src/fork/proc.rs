@@ -2,6 +2,7 @@
 //! processes are in a group, and waiting for them to go — woken by the exit
 //! itself (a pidfd on Linux) rather than a sleep loop where the OS allows it.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -9,6 +10,20 @@ use nix::sys::signal::{kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+
+/// Set to `1` to make the fork backend take its portable code paths on Linux
+/// too (no pidfd, no `/proc`, no child subreaper), so they are tested where
+/// CI runs. Read once per process; the supervisor inherits it.
+pub const PORTABLE_ENV: &str = "DAEMON_LIFECYCLE_PORTABLE";
+
+/// Whether the Linux fast paths (pidfd, `/proc`, prctl) are in use: true on
+/// Linux unless [`PORTABLE_ENV`] is `1`; meaningless elsewhere.
+pub(crate) fn fast_paths() -> bool {
+    static FAST: OnceLock<bool> = OnceLock::new();
+    *FAST.get_or_init(|| {
+        cfg!(target_os = "linux") && std::env::var_os(PORTABLE_ENV).is_none_or(|v| v != "1")
+    })
+}
 
 /// Who a PID was when we recorded it: a PID plus the process's start time (and
 /// the boot it belongs to), so a reused PID is never mistaken for our process.
@@ -46,8 +61,8 @@ impl ProcRef {
         match (self.start_time, start_time(self.pid)) {
             (Some(recorded), Some(now)) => recorded == now,
             // Only trust a PID without a start time when neither side could
-            // have one (a platform without the lookup).
-            (None, None) => cfg!(not(target_os = "linux")),
+            // have one (a platform, or the forced portable path, without the lookup).
+            (None, None) => !fast_paths() || cfg!(not(target_os = "linux")),
             _ => false,
         }
     }
@@ -70,7 +85,8 @@ pub(crate) fn is_alive(pid: u32) -> bool {
 
 #[cfg(target_os = "linux")]
 fn is_zombie(pid: u32) -> bool {
-    matches!(procfs::process::Process::new(pid as i32).and_then(|p| p.stat()), Ok(s) if s.state == 'Z' || s.state == 'X')
+    fast_paths()
+        && matches!(procfs::process::Process::new(pid as i32).and_then(|p| p.stat()), Ok(s) if s.state == 'Z' || s.state == 'X')
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -81,26 +97,70 @@ fn is_zombie(_pid: u32) -> bool {
 /// A live process's start time in clock ticks since boot.
 #[cfg(target_os = "linux")]
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    if !fast_paths() {
+        return None;
+    }
     let stat = procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
         .ok()?;
     (stat.state != 'Z' && stat.state != 'X').then_some(stat.starttime)
 }
 
-/// Portable platforms: no start time yet (see the README's platform table).
-#[cfg(not(target_os = "linux"))]
+/// macOS: the start time from `proc_pidinfo(PROC_PIDTBSDINFO)` (libproc, no
+/// `ps`), in microseconds since the epoch.
+#[cfg(target_os = "macos")]
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    // SAFETY: zeroed proc_bsdinfo is valid plain data; proc_pidinfo fills at
+    // most `size` bytes of it.
+    unsafe {
+        let mut info: libc::proc_bsdinfo = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+        let n = libc::proc_pidinfo(
+            pid as libc::c_int,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        );
+        (n == size).then(|| info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
+    }
+}
+
+/// Other Unix systems: no start time yet (see the README's platform table).
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub(crate) fn start_time(_pid: u32) -> Option<u64> {
     None
 }
 
 #[cfg(target_os = "linux")]
 pub(crate) fn boot_id() -> Option<String> {
+    if !fast_paths() {
+        return None;
+    }
     procfs::sys::kernel::random::boot_id()
         .ok()
         .map(|s| s.trim().to_owned())
 }
 
-#[cfg(not(target_os = "linux"))]
+/// macOS: the boot time (`kern.boottime`) identifies the boot.
+#[cfg(target_os = "macos")]
+pub(crate) fn boot_id() -> Option<String> {
+    // SAFETY: sysctlbyname writes at most `size` bytes into the timeval.
+    unsafe {
+        let mut tv: libc::timeval = std::mem::zeroed();
+        let mut size = std::mem::size_of::<libc::timeval>();
+        let r = libc::sysctlbyname(
+            c"kern.boottime".as_ptr(),
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        );
+        (r == 0).then(|| format!("boottime:{}.{:06}", tv.tv_sec, tv.tv_usec))
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub(crate) fn boot_id() -> Option<String> {
     None
 }
@@ -116,6 +176,9 @@ pub(crate) fn group_exists(pgid: u32) -> bool {
 /// The live (non-zombie) members of process group `pgid`.
 #[cfg(target_os = "linux")]
 fn group_members(pgid: u32) -> Option<Vec<u32>> {
+    if !fast_paths() {
+        return None;
+    }
     let all = procfs::process::all_processes().ok()?;
     Some(
         all.filter_map(|p| p.ok()?.stat().ok())
@@ -137,12 +200,14 @@ pub(crate) async fn wait_exit(pid: u32, deadline: Instant) -> bool {
             return true;
         }
         #[cfg(target_os = "linux")]
-        if let Some(exited) = pidfd::wait(pid, deadline).await {
-            if exited || Instant::now() >= deadline {
-                return exited;
+        if fast_paths() {
+            if let Some(exited) = pidfd::wait(pid, deadline).await {
+                if exited || Instant::now() >= deadline {
+                    return exited;
+                }
+                // pidfd said "exited" for a process that still answers kill(0):
+                // a zombie whose parent has not reaped it yet; fall through.
             }
-            // pidfd said "exited" for a process that still answers kill(0):
-            // a zombie whose parent has not reaped it yet; fall through.
         }
         if Instant::now() >= deadline {
             return false;

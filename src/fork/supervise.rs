@@ -7,36 +7,55 @@
 //!
 //! Protocol: the caller starts the program with `DAEMON_LIFECYCLE_SUPERVISE=1`
 //! in its environment, writes one JSON [`Request`] on its stdin and closes it,
-//! and reads one JSON [`Response`] line from its stdout. The program forks once
-//! (so the caller, which reaps the short-lived first process, never collects a
-//! zombie later), detaches with `setsid`, becomes a child subreaper on Linux,
-//! spawns the daemon in its own session and process group with stdio on
-//! `/dev/null`, writes the identity record and the PID file, answers, and then
-//! waits for events:
+//! and reads JSON [`Response`] lines from its stdout until a final one
+//! (`Extended` lines before it move the caller's deadline, as
+//! `EXTEND_TIMEOUT_USEC=` does). The program forks once (so the caller, which
+//! reaps the short-lived first process, never collects a zombie later),
+//! detaches with `setsid`, becomes a child subreaper on Linux, spawns the
+//! daemon in its own session and process group (stdio on `/dev/null`, or on
+//! pipes it copies into the log files), writes the identity record and the PID
+//! file, and answers `Started` — at once, or for `readiness = notify` only
+//! after `READY=1` (`NotReady` after the start-up timeout, once the daemon is
+//! stopped; `ExitedBeforeReady` if it died first). Then it waits for events:
 //!
-//! - `SIGCHLD`: reap; when the daemon has exited, terminate what is left of its
-//!   process group, record how it ended and exit;
-//! - `SIGTERM`/`SIGINT`/`SIGHUP`: a stop request: SIGTERM to the group, SIGKILL
-//!   after the shutdown timeout, then exit and leave a clean "stopped" state;
-//! - `SIGUSR1`: a kill request: SIGKILL to the group at once.
-
-use std::collections::BTreeMap;
+//! - `SIGCHLD`: reap (every orphan too); when the daemon has exited, terminate
+//!   what is left of its process group, record how it ended, and restart it
+//!   per the `restart` policy with exponential back-off, or give up ("start
+//!   limit hit") or exit;
+//! - `SIGTERM`/`SIGINT`/`SIGHUP`: a stop request: the signal (SIGTERM for
+//!   SIGHUP) to the group, SIGKILL after the shutdown timeout, then exit and
+//!   leave a clean "stopped" state; never a restart;
+//! - `SIGUSR1`: a kill request: SIGKILL to the group at once;
+//! - a datagram on `NOTIFY_SOCKET`: see [`super::notify`].
+//!
+//! [`run_foreground`] runs the same loop in the calling process without the
+//! fork and `setsid`: `daemonctl run`, the entrypoint of a container, where the
+//! supervisor is PID 1 and so also reaps every orphan of the namespace.
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
 use nix::sys::signal::{killpg, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::limits::{self, Credentials};
+use super::logs::{self, LogFile, SharedLog};
+use super::notify::{self, NotifySocket};
 use super::pidfile::{self, Paths, Record};
 use super::proc::{self, ProcRef};
 use crate::backend::ExitInfo;
+use crate::config::{Limits, LogsConfig, RestartConfig, RestartPolicy};
 
 /// Environment variable that turns a program calling
 /// [`crate::supervisor_init`] into a supervisor.
@@ -53,14 +72,38 @@ pub(crate) struct Request {
     pub working_dir: PathBuf,
     pub pid_file: PathBuf,
     pub shutdown_timeout_ms: u64,
+    /// How long `notify` readiness may take.
+    #[serde(default)]
+    pub startup_timeout_ms: u64,
+    /// Hand the daemon a `NOTIFY_SOCKET` and answer only after `READY=1`.
+    #[serde(default)]
+    pub notify: bool,
+    #[serde(default)]
+    pub restart: RestartConfig,
+    #[serde(default)]
+    pub logs: Option<LogsConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Resolved by the caller (see [`super::limits`]).
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
 }
 
-/// The supervisor's one-line answer.
-#[derive(Debug, Serialize, Deserialize)]
+/// The supervisor's answer lines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Response {
-    /// The daemon runs with this PID; PID file and identity are written.
+    /// The daemon runs (and, for notify readiness, is ready) with this PID;
+    /// PID file and identity are written.
     Started { pid: u32 },
+    /// Not final: the daemon asked for more start-up time (`EXTEND_TIMEOUT_USEC`);
+    /// the new deadline is this far from now.
+    Extended { timeout_ms: u64 },
+    /// Notify readiness: no `READY=1` in time; the daemon has been stopped
+    /// and its files removed.
+    NotReady { after_ms: u64 },
+    /// Notify readiness: the daemon ended before `READY=1`.
+    ExitedBeforeReady { exit: ExitInfo },
     /// `exec` of the daemon failed (errno, message).
     ExecFailed { errno: Option<i32>, message: String },
     /// The PID file or identity record could not be written.
@@ -69,8 +112,21 @@ pub(crate) enum Response {
         errno: Option<i32>,
         message: String,
     },
+    /// A log file (or the notify socket) could not be opened.
+    SetupFailed {
+        path: PathBuf,
+        errno: Option<i32>,
+        message: String,
+    },
     /// Anything else (bad request, fork failed).
     Failed { message: String },
+}
+
+impl Response {
+    /// Whether this line ends the conversation.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Response::Extended { .. })
+    }
 }
 
 /// Runs the supervisor; called by [`crate::supervisor_init`] when
@@ -106,17 +162,48 @@ pub(crate) fn main() -> ! {
     }
     // Leave the caller's session: no terminal hang-up, no job-control signals.
     let _ = nix::unistd::setsid();
-    #[cfg(target_os = "linux")]
-    // Orphaned grandchildren of the daemon are re-parented to us, so we reap
-    // them and see the group empty without polling.
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+    become_subreaper();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("supervisor runtime");
-    let code = runtime.block_on(supervise(request));
+    let code = runtime.block_on(supervise(request, &mut |r: &Response| {
+        answer(r);
+        if r.is_final() {
+            detach_stdio();
+        }
+    }));
     std::process::exit(code);
+}
+
+/// Linux: orphaned grandchildren of the daemon are re-parented to us, so we
+/// reap them and see the group empty without polling. Elsewhere (and on the
+/// forced portable path) they go to init, which reaps them.
+fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    if proc::fast_paths() {
+        let _ = nix::sys::prctl::set_child_subreaper(true);
+    }
+}
+
+/// Supervises in the calling process (no fork, no `setsid`) until the daemon
+/// is gone for good; returns the exit code a container entrypoint should end
+/// with: 0 after a requested stop, else the daemon's code (128 + signal).
+/// The caller must not run other child processes through tokio meanwhile:
+/// every child is reaped here (as PID 1 must).
+pub(crate) async fn run_foreground(req: Request) -> (i32, Option<Response>) {
+    become_subreaper();
+    let mut first: Option<Response> = None;
+    let code = supervise(req, &mut |r: &Response| {
+        tracing::info!(response = ?r, "supervisor");
+        if r.is_final() && first.is_none() {
+            // Keep the first final answer: it tells the caller how start went.
+            first = Some(r.clone());
+        }
+    })
+    .await;
+    (code, first)
 }
 
 fn answer(response: &Response) {
@@ -141,7 +228,71 @@ fn detach_stdio() {
     }
 }
 
-async fn supervise(req: Request) -> i32 {
+/// One run of the daemon.
+struct Run {
+    /// The process we spawned (leads the session and group).
+    child: u32,
+    /// The main process: `child`, or what it named with `MAINPID=`.
+    main_pid: u32,
+    /// Copies of stdout/stderr into the log files.
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl Run {
+    fn pgid(&self) -> u32 {
+        self.child
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Running,
+    /// The daemon ended; what is left of its group is being terminated.
+    Exited(ExitInfo),
+    /// Waiting out the restart delay.
+    Backoff(Instant),
+}
+
+enum Event {
+    Child,
+    Stop(Signal),
+    Kill,
+    Notify(std::io::Result<(notify::Message, Option<u32>)>),
+    KillTimer,
+    ReadyTimer,
+    RestartTimer,
+    Recheck,
+}
+
+/// Open log files, shared across restarts.
+struct Logs {
+    stdout: Option<SharedLog>,
+    stderr: Option<SharedLog>,
+}
+
+fn open_logs(cfg: Option<&LogsConfig>) -> Result<Logs, (PathBuf, std::io::Error)> {
+    let Some(cfg) = cfg else {
+        return Ok(Logs {
+            stdout: None,
+            stderr: None,
+        });
+    };
+    let open = |p: &PathBuf| {
+        LogFile::open(p, cfg.max_bytes, cfg.keep)
+            .map(|f| Arc::new(Mutex::new(f)))
+            .map_err(|e| (p.clone(), e))
+    };
+    let stdout = cfg.stdout.as_ref().map(open).transpose()?;
+    let stderr = match (&cfg.stderr, &stdout) {
+        // The same file: one writer, so lines interleave whole.
+        (Some(p), Some(out)) if Some(p) == cfg.stdout.as_ref() => Some(out.clone()),
+        (Some(p), _) => Some(open(p)?),
+        (None, _) => None,
+    };
+    Ok(Logs { stdout, stderr })
+}
+
+async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     let paths = Paths::new(req.pid_file.clone());
     // Signal streams exist before the daemon does: no SIGCHLD can be missed.
     let (mut chld, mut term, mut int, mut hup, mut usr1) = match (
@@ -153,36 +304,79 @@ async fn supervise(req: Request) -> i32 {
     ) {
         (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
         _ => {
-            answer(&Response::Failed {
+            out(&Response::Failed {
                 message: "cannot install signal handlers".into(),
             });
             return 1;
         }
     };
-
-    let pid = match spawn_daemon(&req) {
-        Ok(pid) => pid,
-        Err(e) => {
-            answer(&Response::ExecFailed {
+    let logs = match open_logs(req.logs.as_ref()) {
+        Ok(l) => l,
+        Err((path, e)) => {
+            out(&Response::SetupFailed {
+                path,
                 errno: e.raw_os_error(),
                 message: e.to_string(),
             });
             return 1;
         }
     };
-    let pgid = pid; // the daemon leads its own session and group
+    let notify_socket = if req.notify {
+        let mut dir = paths.pid_file.clone().into_os_string();
+        dir.push(".notify");
+        let owner = req
+            .credentials
+            .as_ref()
+            .filter(|c| c.switch)
+            .map(|c| (c.uid, c.gid));
+        match NotifySocket::bind(&PathBuf::from(&dir), owner) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                out(&Response::SetupFailed {
+                    path: dir.into(),
+                    errno: e.raw_os_error(),
+                    message: format!("notify socket: {e}"),
+                });
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    // Computed before any fork: the child may not allocate.
+    let rlimits = limits::rlimits(&req.limits);
+    let groups: Vec<libc::gid_t> = req
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.iter().map(|g| *g as libc::gid_t).collect())
+        .unwrap_or_default();
+    let spawn = |req: &Request| spawn_daemon(req, &logs, notify_socket.as_ref(), &rlimits, &groups);
 
-    let daemon = ProcRef::of(pid).unwrap_or(ProcRef {
-        pid,
-        start_time: None,
-        boot_id: proc::boot_id(),
-    });
-    let record = Record::started(daemon, ProcRef::of(std::process::id()));
+    let mut run = match spawn(&req) {
+        Ok(run) => run,
+        Err(e) => {
+            out(&Response::ExecFailed {
+                errno: e.raw_os_error(),
+                message: e.to_string(),
+            });
+            return 1;
+        }
+    };
+    let mut record = Record::started(
+        ProcRef::of(run.child).unwrap_or(ProcRef {
+            pid: run.child,
+            start_time: None,
+            boot_id: proc::boot_id(),
+        }),
+        ProcRef::of(std::process::id()),
+    );
+    record.pgid = Some(run.pgid());
+    record.notify_dir = notify_socket.as_ref().map(|s| s.dir().to_owned());
     let written = pidfile::write_record(&paths.identity, &record)
-        .and_then(|_| pidfile::write_pid(&paths.pid_file, pid));
+        .and_then(|_| pidfile::write_pid(&paths.pid_file, run.child));
     if let Err(e) = written {
-        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-        let _ = waitpid(Pid::from_raw(pid as i32), None);
+        let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(run.child as i32), None);
         let _ = pidfile::remove(&paths.pid_file);
         let _ = pidfile::remove(&paths.identity);
         let (path, errno, message) = match e {
@@ -191,90 +385,303 @@ async fn supervise(req: Request) -> i32 {
             }
             other => (paths.pid_file.clone(), None, other.to_string()),
         };
-        answer(&Response::PidFileFailed {
+        out(&Response::PidFileFailed {
             path,
             errno,
             message,
         });
         return 1;
     }
-    answer(&Response::Started { pid });
-    detach_stdio();
+    let mut answered = !req.notify;
+    if answered {
+        out(&Response::Started { pid: run.child });
+    }
 
     let shutdown = Duration::from_millis(req.shutdown_timeout_ms);
+    let started = Instant::now();
+    let mut ready_deadline =
+        (!answered).then(|| started + Duration::from_millis(req.startup_timeout_ms.max(1)));
+    let mut not_ready = false;
     let mut stop_requested = false;
-    let mut daemon_exit: Option<ExitInfo> = None;
+    let mut phase = Phase::Running;
     // When set, SIGKILL the group at this instant (stop escalation).
     let mut kill_at: Option<Instant> = None;
+    // Restarts scheduled within the start-limit window.
+    let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
     // After the daemon's exit without a subreaper, leftover group members
     // are not our children: look again now and then.
     let mut recheck = tokio::time::interval(Duration::from_millis(50));
 
     loop {
-        if daemon_exit.is_some() && !proc::group_exists(pgid) {
-            break;
+        if let Phase::Exited(exit) = phase {
+            if !proc::group_exists(run.pgid()) {
+                kill_at = None;
+                drain(&mut run.pumps).await;
+                if !answered {
+                    if not_ready {
+                        clean_up(&paths);
+                        out(&Response::NotReady {
+                            after_ms: started.elapsed().as_millis() as u64,
+                        });
+                        return 1;
+                    }
+                    out(&Response::ExitedBeforeReady { exit });
+                    return exit_code(exit);
+                }
+                if stop_requested {
+                    clean_up(&paths);
+                    return 0;
+                }
+                if !should_restart(req.restart.policy, exit) {
+                    return exit_code(exit);
+                }
+                let now = Instant::now();
+                let window = Duration::from_secs(req.restart.window_secs);
+                while recent_restarts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > window)
+                {
+                    recent_restarts.pop_front();
+                }
+                if recent_restarts.len() >= req.restart.max_restarts as usize {
+                    tracing::warn!(name = %req.name, "start limit hit: not restarting");
+                    record.failure = Some("start limit hit".into());
+                    let _ = pidfile::write_record(&paths.identity, &record);
+                    return exit_code(exit);
+                }
+                let delay = backoff(&req.restart, recent_restarts.len() as u32);
+                recent_restarts.push_back(now);
+                record.restart_pending = true;
+                let _ = pidfile::write_record(&paths.identity, &record);
+                tracing::info!(name = %req.name, ?delay, "restarting after back-off");
+                phase = Phase::Backoff(now + delay);
+            }
         }
-        tokio::select! {
-            _ = chld.recv() => {
+        let restart_at = match phase {
+            Phase::Backoff(at) => Some(at),
+            _ => None,
+        };
+        let event = tokio::select! {
+            _ = chld.recv() => Event::Child,
+            _ = term.recv() => Event::Stop(Signal::SIGTERM),
+            _ = int.recv() => Event::Stop(Signal::SIGINT),
+            _ = hup.recv() => Event::Stop(Signal::SIGTERM),
+            _ = usr1.recv() => Event::Kill,
+            m = recv_notify(notify_socket.as_ref()) => Event::Notify(m),
+            _ = sleep_until_opt(kill_at) => Event::KillTimer,
+            _ = sleep_until_opt(ready_deadline) => Event::ReadyTimer,
+            _ = sleep_until_opt(restart_at) => Event::RestartTimer,
+            _ = recheck.tick(), if matches!(phase, Phase::Exited(_)) => Event::Recheck,
+        };
+        match event {
+            Event::Child | Event::Recheck => {
                 for (reaped, info) in reap_all() {
-                    if reaped == pid {
-                        tracing::debug!(pid, %info, "daemon exited");
-                        daemon_exit = Some(info);
+                    if reaped == run.main_pid && matches!(phase, Phase::Running) {
+                        tracing::debug!(pid = reaped, %info, "daemon exited");
+                        phase = Phase::Exited(info);
                         // Record at once (readers wait for this moment), then
                         // drop the PID file: a reader that still sees the PID
                         // file of a dead daemon finds the exit in the record.
-                        let mut ended = record.clone();
-                        ended.last_exit = Some(info);
-                        let _ = pidfile::write_record(&paths.identity, &ended);
+                        record.last_exit = Some(info);
+                        record.ready = false;
+                        let _ = pidfile::write_record(&paths.identity, &record);
                         let _ = pidfile::remove(&paths.pid_file);
                         // What is left of the group goes too (as systemd's
                         // KillMode=control-group does when the main process exits).
-                        if kill_at.is_none() && proc::group_exists(pgid) {
-                            let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGTERM);
+                        if kill_at.is_none() && proc::group_exists(run.pgid()) {
+                            let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGTERM);
                             kill_at = Some(Instant::now() + shutdown);
                         }
                     }
                 }
             }
-            _ = term.recv() => request_stop(pgid, shutdown, &mut stop_requested, &mut kill_at),
-            _ = int.recv() => request_stop(pgid, shutdown, &mut stop_requested, &mut kill_at),
-            _ = hup.recv() => request_stop(pgid, shutdown, &mut stop_requested, &mut kill_at),
-            _ = usr1.recv() => {
+            Event::Stop(sig) => {
+                if let Phase::Backoff(_) = phase {
+                    // Nothing runs: a stop during the back-off is immediate.
+                    clean_up(&paths);
+                    return 0;
+                }
+                if stop_requested && kill_at.is_some() {
+                    continue; // already stopping; a second signal must not reset the timer
+                }
                 stop_requested = true;
-                let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                let _ = killpg(Pid::from_raw(run.pgid() as i32), sig);
+                if kill_at.is_none() {
+                    kill_at = Some(Instant::now() + shutdown);
+                }
             }
-            _ = sleep_until_opt(kill_at) => {
-                tracing::debug!(pgid, "shutdown timeout: SIGKILL");
-                let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+            Event::Kill => {
+                if let Phase::Backoff(_) = phase {
+                    clean_up(&paths);
+                    return 0;
+                }
+                stop_requested = true;
+                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
+            }
+            Event::KillTimer => {
+                tracing::debug!(pgid = run.pgid(), "shutdown timeout: SIGKILL");
+                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
                 kill_at = None;
             }
-            _ = recheck.tick(), if daemon_exit.is_some() => {
-                reap_all();
+            Event::ReadyTimer => {
+                tracing::warn!(name = %req.name, "no READY=1 within the start-up timeout: stopping");
+                ready_deadline = None;
+                not_ready = true;
+                stop_requested = true;
+                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGTERM);
+                kill_at.get_or_insert(Instant::now() + shutdown);
+            }
+            Event::RestartTimer => match spawn(&req) {
+                Ok(new_run) => {
+                    run = new_run;
+                    phase = Phase::Running;
+                    record.daemon = ProcRef::of(run.child).unwrap_or(ProcRef {
+                        pid: run.child,
+                        start_time: None,
+                        boot_id: proc::boot_id(),
+                    });
+                    record.pgid = Some(run.pgid());
+                    record.started_at_ms = pidfile::now_ms();
+                    record.restarts += 1;
+                    record.restart_pending = false;
+                    record.ready = false;
+                    let _ = pidfile::write_record(&paths.identity, &record);
+                    let _ = pidfile::write_pid(&paths.pid_file, run.child);
+                }
+                Err(e) => {
+                    tracing::error!(name = %req.name, error = %e, "restart failed");
+                    record.failure = Some(format!("restart failed: {e}"));
+                    record.restart_pending = false;
+                    let _ = pidfile::write_record(&paths.identity, &record);
+                    return 1;
+                }
+            },
+            Event::Notify(Err(e)) => {
+                tracing::warn!(error = %e, "notify socket");
+            }
+            Event::Notify(Ok((msg, sender))) => {
+                if !matches!(phase, Phase::Running) {
+                    continue;
+                }
+                if let Some(sender) = sender {
+                    if !in_group(sender, &run) {
+                        tracing::warn!(
+                            sender,
+                            "ignoring sd_notify message from outside the daemon's process group"
+                        );
+                        continue;
+                    }
+                }
+                let mut dirty = false;
+                if let Some(text) = msg.status {
+                    record.status_text = Some(text);
+                    dirty = true;
+                }
+                if let Some(main) = msg.main_pid.filter(|p| *p != run.main_pid) {
+                    if accept_main_pid(main, &run) {
+                        run.main_pid = main;
+                        if let Some(r) = ProcRef::of(main) {
+                            record.daemon = r;
+                        }
+                        dirty = true;
+                        let _ = pidfile::write_pid(&paths.pid_file, main);
+                    } else {
+                        tracing::warn!(main, "ignoring MAINPID outside the daemon's process group");
+                    }
+                }
+                if let (Some(extra), Some(deadline)) = (msg.extend_timeout, ready_deadline) {
+                    let wanted = Instant::now() + extra;
+                    if wanted > deadline {
+                        ready_deadline = Some(wanted);
+                        out(&Response::Extended {
+                            timeout_ms: extra.as_millis() as u64,
+                        });
+                    }
+                }
+                if msg.stopping {
+                    tracing::info!(name = %req.name, "daemon reports STOPPING=1");
+                }
+                if msg.ready && !record.ready {
+                    record.ready = true;
+                    dirty = true;
+                }
+                if dirty {
+                    let _ = pidfile::write_record(&paths.identity, &record);
+                }
+                if record.ready && !answered {
+                    answered = true;
+                    ready_deadline = None;
+                    out(&Response::Started { pid: run.main_pid });
+                }
             }
         }
     }
-
-    if stop_requested {
-        // A requested stop ends in a clean "stopped": nothing stays on disk.
-        let _ = pidfile::remove(&paths.pid_file);
-        let _ = pidfile::remove(&paths.identity);
-    }
-    0
 }
 
-fn request_stop(
-    pgid: u32,
-    shutdown: Duration,
-    stop_requested: &mut bool,
-    kill_at: &mut Option<Instant>,
-) {
-    if *stop_requested && kill_at.is_some() {
-        return; // already stopping; a second SIGTERM must not reset the timer
+/// The exit code `daemonctl run` ends with for a daemon that ended this way.
+fn exit_code(exit: ExitInfo) -> i32 {
+    match exit {
+        ExitInfo::Code(c) => c,
+        ExitInfo::Signal(s) => 128 + s,
     }
-    *stop_requested = true;
-    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGTERM);
-    if kill_at.is_none() {
-        *kill_at = Some(Instant::now() + shutdown);
+}
+
+/// systemd's rule: `on-failure` restarts after an unclean end (non-zero code,
+/// or a signal other than HUP/INT/TERM/PIPE); `always` after any end that a
+/// stop did not ask for.
+fn should_restart(policy: RestartPolicy, exit: ExitInfo) -> bool {
+    match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !super::is_clean_exit(exit),
+    }
+}
+
+/// `delay_ms · 2^n`, capped at `max_delay_ms`.
+pub(crate) fn backoff(cfg: &RestartConfig, n: u32) -> Duration {
+    let factor = 1u64.checked_shl(n.min(62)).unwrap_or(u64::MAX);
+    Duration::from_millis(cfg.delay_ms.saturating_mul(factor).min(cfg.max_delay_ms))
+}
+
+/// Removes the PID file and the record: a requested stop ends in a clean
+/// "stopped", nothing left on disk.
+fn clean_up(paths: &Paths) {
+    let _ = pidfile::remove(&paths.pid_file);
+    let _ = pidfile::remove(&paths.identity);
+}
+
+/// Waits (bounded) for the log pumps to copy what the daemon wrote: the
+/// group is gone, so every write end is closed unless a process that left
+/// the group still holds one.
+async fn drain(pumps: &mut Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for pump in pumps.drain(..) {
+        if tokio::time::timeout_at(deadline, pump).await.is_err() {
+            tracing::warn!("a process outside the daemon's group keeps its output pipe open");
+        }
+    }
+}
+
+fn in_group(pid: u32, run: &Run) -> bool {
+    pid == run.main_pid
+        || pid == run.child
+        || nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+            .is_ok_and(|g| g.as_raw() as u32 == run.pgid())
+}
+
+/// `MAINPID=` is only honoured where we can reap that process when it ends:
+/// as a subreaper (Linux), every process of the daemon's tree is our child
+/// once its parent exits.
+fn accept_main_pid(pid: u32, run: &Run) -> bool {
+    cfg!(target_os = "linux") && proc::fast_paths() && in_group(pid, run)
+}
+
+async fn recv_notify(
+    socket: Option<&NotifySocket>,
+) -> std::io::Result<(notify::Message, Option<u32>)> {
+    match socket {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -285,7 +692,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Reaps every exited child without blocking.
+/// Reaps every exited child without blocking (orphans adopted as subreaper
+/// or as PID 1 included).
 fn reap_all() -> Vec<(u32, ExitInfo)> {
     let mut out = Vec::new();
     loop {
@@ -302,27 +710,92 @@ fn reap_all() -> Vec<(u32, ExitInfo)> {
 }
 
 /// Spawns the daemon: exec'd directly, in a new session (so it leads its own
-/// process group), with a clean environment and stdio on `/dev/null`.
-fn spawn_daemon(req: &Request) -> std::io::Result<u32> {
+/// process group), with a clean environment, limits and credentials applied,
+/// stdin on `/dev/null` and stdout/stderr on `/dev/null` or on pipes copied
+/// into the log files.
+fn spawn_daemon(
+    req: &Request,
+    logs: &Logs,
+    notify: Option<&NotifySocket>,
+    rlimits: &[(Resource, u64)],
+    groups: &[libc::gid_t],
+) -> std::io::Result<Run> {
     let mut cmd = Command::new(&req.binary_path);
     cmd.args(&req.args)
         .env_clear()
         .envs(&req.env)
         .current_dir(&req.working_dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(if logs.stdout.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if logs.stderr.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n.path());
+    }
+    let creds = req.credentials.clone();
+    let rlimits = rlimits.to_vec();
+    let groups = groups.to_vec();
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (setsid, sigprocmask).
+    // async-signal-safe functions (setsid, sigprocmask, setrlimit, setgroups,
+    // setgid, setuid) on data prepared before the fork; it allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
                 .map_err(std::io::Error::from)?;
-            Ok(())
+            limits::apply_in_child(&rlimits, creds.as_ref(), &groups)
         });
     }
-    let child = cmd.spawn()?;
+    let mut child = cmd.spawn()?;
+    let mut pumps = Vec::new();
+    if let (Some(out), Some(log)) = (child.stdout.take(), &logs.stdout) {
+        pumps.push(tokio::spawn(logs::pump(OwnedFd::from(out), log.clone())));
+    }
+    if let (Some(err), Some(log)) = (child.stderr.take(), &logs.stderr) {
+        pumps.push(tokio::spawn(logs::pump(OwnedFd::from(err), log.clone())));
+    }
     // The child is reaped by `reap_all`, not through `Child`.
-    Ok(child.id())
+    Ok(Run {
+        child: child.id(),
+        main_pid: child.id(),
+        pumps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let cfg = RestartConfig {
+            delay_ms: 100,
+            max_delay_ms: 1000,
+            ..Default::default()
+        };
+        let ms: Vec<u64> = (0..6)
+            .map(|n| backoff(&cfg, n).as_millis() as u64)
+            .collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(&cfg, 200).as_millis(), 1000);
+    }
+
+    #[test]
+    fn restart_policy_follows_systemd() {
+        use RestartPolicy::*;
+        let code = |c| ExitInfo::Code(c);
+        assert!(!should_restart(Never, code(1)));
+        assert!(should_restart(OnFailure, code(1)));
+        assert!(!should_restart(OnFailure, code(0)));
+        assert!(!should_restart(OnFailure, ExitInfo::Signal(15)));
+        assert!(should_restart(OnFailure, ExitInfo::Signal(9)));
+        assert!(should_restart(Always, code(0)));
+    }
 }

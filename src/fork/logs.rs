@@ -1,0 +1,231 @@
+//! The daemon's stdout and stderr, appended to files with size rotation.
+//!
+//! The daemon writes into pipes that the supervisor reads; the supervisor
+//! writes whole lines and rotates only between lines. Letting the daemon write
+//! to the file itself could not rotate safely: a rename under a writer loses
+//! or splits lines, and copy-truncate duplicates or drops them. Here every
+//! line the daemon wrote lands exactly once, in order, in `name` or one of
+//! `name.1` … `name.keep` (`name.1` the newest of the rotated ones).
+//!
+//! The price: with `logs` configured the daemon's stdio depends on its
+//! supervisor. A supervisor that is SIGKILLed closes the read ends, and the
+//! daemon's next write gets `EPIPE` (or `SIGPIPE`), as a systemd service does
+//! when journald is gone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A line longer than this is written in pieces (each piece still whole, and
+/// never split by a rotation), so a daemon printing without newlines cannot
+/// make the supervisor's memory grow without bound.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Default number of rotated files kept.
+pub(crate) const DEFAULT_KEEP: u32 = 5;
+
+/// One log file with its rotation rule. Shared (behind a mutex) when stdout
+/// and stderr name the same file, so their lines interleave whole.
+#[derive(Debug)]
+pub(crate) struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: Option<u64>,
+    keep: u32,
+    /// The last write ended inside a line (a piece of an over-long line):
+    /// no rotation until the line is complete.
+    mid_line: bool,
+}
+
+/// A [`LogFile`] shared between the stdout and stderr pumps.
+pub(crate) type SharedLog = Arc<Mutex<LogFile>>;
+
+impl LogFile {
+    /// Opens (creating, mode 0640) `path` for appending.
+    pub fn open(path: &Path, max_bytes: Option<u64>, keep: Option<u32>) -> io::Result<LogFile> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_owned(),
+            file,
+            size,
+            max_bytes,
+            keep: keep.unwrap_or(DEFAULT_KEEP),
+            mid_line: false,
+        })
+    }
+
+    /// Appends `piece` (a whole line, or a piece of an over-long one),
+    /// rotating first when it would push the file past `max_bytes`.
+    pub fn write_piece(&mut self, piece: &[u8]) -> io::Result<()> {
+        if let Some(max) = self.max_bytes {
+            if !self.mid_line && self.size > 0 && self.size + piece.len() as u64 > max {
+                self.rotate()?;
+            }
+        }
+        // One write on an O_APPEND file: the piece lands whole.
+        self.file.write_all(piece)?;
+        self.size += piece.len() as u64;
+        self.mid_line = !piece.ends_with(b"\n");
+        Ok(())
+    }
+
+    /// `name.(keep-1)` → `name.keep`, …, `name` → `name.1`, then a new `name`.
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |i: u32| {
+            let mut s = self.path.clone().into_os_string();
+            s.push(format!(".{i}"));
+            PathBuf::from(s)
+        };
+        for i in (1..self.keep).rev() {
+            match std::fs::rename(numbered(i), numbered(i + 1)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Copies lines from the read end of a daemon's stdout or stderr pipe into
+/// `log` until every writer has closed it.
+pub(crate) async fn pump(read_end: OwnedFd, log: SharedLog) {
+    let rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the daemon's output pipe");
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(MAX_LINE, rx);
+    let mut piece = Vec::with_capacity(1024);
+    loop {
+        piece.clear();
+        match read_piece(&mut reader, &mut piece).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the daemon's output failed");
+                return;
+            }
+        }
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = log.write_piece(&piece) {
+            // Keep reading (a full disk must not block the daemon on a full
+            // pipe); the lines are lost, and we say so once per failure.
+            tracing::warn!(path = %log.path.display(), error = %e, "cannot write log line");
+        }
+    }
+}
+
+/// Reads up to and including the next newline, or `MAX_LINE` bytes, or what
+/// is left before EOF. Returns the number of bytes read (0 at EOF).
+async fn read_piece<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(out.len());
+        }
+        let room = MAX_LINE - out.len();
+        match available.iter().position(|b| *b == b'\n') {
+            Some(i) if i < room => {
+                out.extend_from_slice(&available[..=i]);
+                reader.consume(i + 1);
+                return Ok(out.len());
+            }
+            _ => {
+                let take = available.len().min(room);
+                out.extend_from_slice(&available[..take]);
+                reader.consume(take);
+                if out.len() >= MAX_LINE {
+                    return Ok(out.len());
+                }
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a log file (for a start-up failure message).
+pub(crate) fn tail(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(8 * 1024);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    if from > 0 && !lines.is_empty() {
+        lines.remove(0); // probably cut in the middle
+    }
+    let skip = lines.len().saturating_sub(n);
+    lines.split_off(skip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_every_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.log");
+        let mut log = LogFile::open(&p, Some(100), Some(3)).unwrap();
+        for i in 0..50 {
+            log.write_piece(format!("line {i:04}\n").as_bytes())
+                .unwrap();
+        }
+        // 50 lines of 10 bytes, 10 per file: out.log.3 … out.log hold the last 40.
+        let mut all = Vec::new();
+        for name in ["out.log.3", "out.log.2", "out.log.1", "out.log"] {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(text.len() <= 100, "{name} has {} bytes", text.len());
+            all.extend(text.lines().map(str::to_owned));
+        }
+        let expected: Vec<String> = (10..50).map(|i| format!("line {i:04}")).collect();
+        assert_eq!(all, expected);
+        assert!(!dir.path().join("out.log.4").exists());
+    }
+
+    #[test]
+    fn no_rotation_inside_a_long_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.log");
+        let mut log = LogFile::open(&p, Some(10), Some(2)).unwrap();
+        log.write_piece(b"0123456789").unwrap(); // piece without newline
+        log.write_piece(b"abcdef\n").unwrap(); // the same line continues
+        log.write_piece(b"next\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.log.1")).unwrap(),
+            "0123456789abcdef\n"
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "next\n");
+        assert_eq!(tail(&p, 5), vec!["next".to_owned()]);
+    }
+}
