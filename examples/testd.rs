@@ -37,7 +37,8 @@
 //! - `--crash-after MS:CODE`: exit with CODE after MS milliseconds.
 //! - `--lines N` / `--stderr-lines N`: write N numbered lines to stdout /
 //!   stderr at start-up (`out 000001 xxx…`), `--line-bytes` long (default 40).
-//! - `--starts PATH`: append our PID to PATH at start-up (counts restarts).
+//! - `--starts PATH`: append our PID and the time (µs since the epoch) to
+//!   PATH at start-up (counts restarts, shows the back-off).
 //! - `--dump-limits PATH`: write our rlimits, uid, gid and groups as JSON.
 //! - `--orphans N`: make N orphans: children that leave a grandchild behind
 //!   and exit; each grandchild exits after 300 ms (someone must reap it).
@@ -184,7 +185,7 @@ fn main() {
                     .append(true)
                     .open(value(i))
                     .expect("starts file");
-                writeln!(f, "{}", std::process::id()).unwrap();
+                writeln!(f, "{} {}", std::process::id(), now_micros()).unwrap();
             }
             "--dump-limits" => write_atomic(&value(i), &limits_json().to_string()),
             "--orphans" => {
@@ -252,11 +253,7 @@ fn run(o: Options) {
     }
     if o.ready_after.is_some() {
         if let Some(path) = &o.ready_stamp {
-            let us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_micros();
-            write_atomic(path, &format!("{us}\n"));
+            write_atomic(path, &format!("{}\n", now_micros()));
         }
         let mut states = vec![
             sd_notify::NotifyState::Ready,
@@ -337,6 +334,13 @@ fn limits_json() -> serde_json::Value {
         "env_user": std::env::var("USER").ok(),
         "env_home": std::env::var("HOME").ok(),
     })
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
 }
 
 fn write_atomic(path: &str, content: &str) {

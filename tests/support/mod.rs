@@ -222,3 +222,15 @@ impl Sandbox {
         DaemonManager::with_backend(config, Arc::new(backend))
     }
 }
+
+/// A free loopback address (`127.0.0.1:PORT`) for a test daemon to listen on.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The identity record beside the sandbox's PID file, as JSON.
+pub fn identity(sb: &Sandbox) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(sb.path("daemon.pid.identity")).ok()?;
+    serde_json::from_str(&text).ok()
+}
