@@ -37,6 +37,8 @@ fn main() {
         };
         match args[i].as_str() {
             "--tag" => i += 1,
+            // Everything after `--` is payload (for argv round-trip tests).
+            "--" => break,
             "--exit-code" => std::process::exit(value(i).parse().expect("exit code")),
             "--ignore-term" => {
                 // SAFETY: setting a signal disposition to SIG_IGN installs no handler code.
@@ -68,6 +70,8 @@ fn main() {
                     "pid": std::process::id(),
                     "pgid": nix::unistd::getpgrp().as_raw(),
                     "sid": nix::unistd::getsid(None).unwrap().as_raw(),
+                    "uid": nix::unistd::getuid().as_raw(),
+                    "gid": nix::unistd::getgid().as_raw(),
                 });
                 write_atomic(&value(i), &dump.to_string());
                 i += 1;
