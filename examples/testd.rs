@@ -146,6 +146,8 @@ fn main() {
                     "pid": std::process::id(),
                     "pgid": nix::unistd::getpgrp().as_raw(),
                     "sid": nix::unistd::getsid(None).unwrap().as_raw(),
+                    "uid": nix::unistd::getuid().as_raw(),
+                    "gid": nix::unistd::getgid().as_raw(),
                 });
                 write_atomic(&value(i), &dump.to_string());
             }

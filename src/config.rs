@@ -43,8 +43,10 @@ const MAX_NAME_LEN: usize = 128;
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
     /// Daemon name, used in messages, unit names and the default PID file
-    /// path. Default: the file name of `binary_path`. Allowed: 1–128 of
-    /// `A-Z a-z 0-9 _ . -`, not starting with `.` or `-`.
+    /// path. Default: the file name of `binary_path`. 1–128 bytes, no control
+    /// characters or `/`, not starting with `.` or `-`. The systemd unit is
+    /// `NAME.service`, escaped with the systemd-escape algorithm unless NAME
+    /// only holds `A-Z a-z 0-9 : _ . -`.
     pub name: Option<String>,
 
     /// Absolute path of the executable. It is executed directly, never
@@ -526,12 +528,11 @@ fn validate_name(config: &DaemonConfig) -> Result<()> {
     if name.starts_with('.') || name.starts_with('-') {
         return bad(format!("name {name:?} must not start with '.' or '-'"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
+    // Any other character is fine: the name becomes a file name (no `/`)
+    // and a unit name (escaped with the systemd-escape algorithm where needed).
+    if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
         return bad(format!(
-            "name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 _ . -"
+            "name {name:?} contains {c:?}; control characters and '/' are not allowed"
         ));
     }
     Ok(())
@@ -756,8 +757,11 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let c = ok_config().with_name("bad name");
+        let c = ok_config().with_name("bad\nname");
         assert_eq!(field_of(c.validate().unwrap_err()), "name");
+        let c = ok_config().with_name("a/b");
+        assert_eq!(field_of(c.validate().unwrap_err()), "name");
+        ok_config().with_name("my daemon é").validate().unwrap();
         let c = ok_config().with_name("");
         assert_eq!(field_of(c.validate().unwrap_err()), "name");
         let c = ok_config().with_name(".hidden");

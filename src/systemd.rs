@@ -214,11 +214,15 @@ impl SystemdBackend {
             tracing::info!(unit = %spec.unit, path = %path.display(), "unit file unchanged");
         }
         if enable {
-            let path_str = path.to_string_lossy().into_owned();
-            self.manager
-                .enable_unit_files(&[path_str.as_str()], false, true)
+            // By name, not path: the unit directory is one the manager loads
+            // from, and the manager may see it under another path (a
+            // container or namespace).
+            let (_, changes) = self
+                .manager
+                .enable_unit_files(&[spec.unit.as_str()], false, true)
                 .await
                 .map_err(|e| bus_error(format!("EnableUnitFiles {}", spec.unit), e))?;
+            tracing::info!(unit = %spec.unit, ?changes, "enabled");
             self.manager
                 .reload()
                 .await

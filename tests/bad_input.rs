@@ -41,7 +41,7 @@ async fn missing_binary_is_typed_and_leaves_nothing() {
 async fn invalid_fields_are_typed_and_leave_nothing() {
     let sb = Sandbox::new("invalid_fields");
     let cases: Vec<(DaemonConfig, &str)> = vec![
-        (sb.config(&[]).with_name("bad name"), "name"),
+        (sb.config(&[]).with_name("bad\nname"), "name"),
         (sb.config(&[]).with_name("x/../../etc"), "name"),
         (sb.config(&[]).with_env("BAD-KEY", "v"), "env.BAD-KEY"),
         (sb.config(&[]).with_env("OK", "nul\0inside"), "env.OK"),

@@ -201,7 +201,9 @@ impl UnitSpec {
             working_directory: self
                 .working_directory
                 .as_deref()
-                .map(|d| escape::plain_value("working_dir", d).map_err(field("working_dir")))
+                .map(|d| {
+                    escape::absolute_path_value("WorkingDirectory", d).map_err(field("working_dir"))
+                })
                 .transpose()?,
             timeout_start_usec: self.timeout_start.as_micros() as u64,
             timeout_stop_usec: self.timeout_stop.as_micros() as u64,

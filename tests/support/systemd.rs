@@ -22,7 +22,7 @@ pub fn systemd_required() -> bool {
 }
 
 /// Skips (returns `None`) or fails, per [`systemd_required`].
-pub fn unavailable(why: &str) -> Option<UserManager> {
+pub fn unavailable<T>(why: &str) -> Option<T> {
     if systemd_required() {
         panic!("systemd is required (DAEMON_LIFECYCLE_REQUIRE_SYSTEMD=1) but unavailable: {why}");
     }
@@ -262,5 +262,177 @@ impl Drop for UserManager {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl UserManager {
+    /// A fresh connection to this manager's bus.
+    pub async fn connection(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.bus_address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap()
+    }
+
+    /// All properties of `interface` (e.g. `org.freedesktop.systemd1.Service`)
+    /// of a loaded unit, read over D-Bus.
+    pub async fn unit_properties(
+        &self,
+        unit: &str,
+        interface: &str,
+    ) -> std::collections::HashMap<String, zbus::zvariant::OwnedValue> {
+        let conn = self.connection().await;
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "GetUnit",
+                &(unit,),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("GetUnit {unit}: {e}"));
+        let path: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().unwrap();
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                &path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(interface,),
+            )
+            .await
+            .unwrap();
+        reply.body().deserialize().unwrap()
+    }
+
+    /// Names of the units this manager has loaded whose name starts with `prefix`.
+    pub async fn units_named(&self, prefix: &str) -> Vec<String> {
+        let conn = self.connection().await;
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "ListUnits",
+                &(),
+            )
+            .await
+            .unwrap();
+        #[allow(clippy::type_complexity)]
+        let units: Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            zbus::zvariant::OwnedObjectPath,
+            u32,
+            String,
+            zbus::zvariant::OwnedObjectPath,
+        )> = reply.body().deserialize().unwrap();
+        units
+            .into_iter()
+            .map(|u| u.0)
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+}
+
+/// A real systemd in system mode, PID 1 of its own namespaces (see
+/// `tests/support/systemd-system-harness.sh`), with its system bus reachable
+/// from the test process. Units inside share the host's files, but have their
+/// own `/run`, `/etc/systemd` and PID namespace (so their PIDs are not ours).
+pub struct SystemManager {
+    name: String,
+    base: tempfile::TempDir,
+    /// `unix:path=…` of its system bus.
+    pub bus_address: String,
+    /// The host path of its `/etc/systemd/system`.
+    pub unit_dir: PathBuf,
+}
+
+fn harness_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/systemd-system-harness.sh")
+}
+
+impl SystemManager {
+    /// Boots one, or skips/fails (see [`systemd_required`]).
+    pub fn start() -> Option<SystemManager> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return unavailable("the system-mode harness needs root");
+        }
+        for tool in [
+            SYSTEMD,
+            "/usr/bin/unshare",
+            "/usr/bin/nsenter",
+            "/usr/bin/script",
+            "/usr/bin/busctl",
+            "/usr/bin/dbus-daemon",
+        ] {
+            if !Path::new(tool).exists() {
+                return unavailable(&format!("{tool} is not installed"));
+            }
+        }
+        let base = tempfile::Builder::new()
+            .prefix("dl-sysh-")
+            .tempdir()
+            .unwrap();
+        let name = format!(
+            "dl{}-{}",
+            std::process::id(),
+            base.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("dl-sysh-")
+        );
+        let out = Command::new("bash")
+            .arg(harness_script())
+            .args(["start", &name])
+            .env("SYSH_BASE", base.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the system harness");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut manager = SystemManager {
+            name,
+            bus_address: String::new(),
+            unit_dir: PathBuf::new(),
+            base,
+        };
+        if !out.status.success() {
+            let why = format!(
+                "system harness failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            drop(manager);
+            return unavailable(&why);
+        }
+        let value = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("harness did not print {key}: {stdout}"))
+        };
+        manager.bus_address = value("DBUS_SYSTEM_BUS_ADDRESS");
+        manager.unit_dir = PathBuf::from(value("SYSH_ETC_SYSTEMD_SYSTEM"));
+        Some(manager)
+    }
+}
+
+impl Drop for SystemManager {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(harness_script())
+            .args(["stop", &self.name])
+            .env("SYSH_BASE", self.base.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
     }
 }

@@ -1,0 +1,82 @@
+//! System scope, the production case: a real systemd in system mode (PID 1 of
+//! its own namespaces), driven over its system bus from this process.
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use daemon_lifecycle::{BusTarget, DaemonManager, DaemonStatus, Scope, SystemdBackend, UnitSpec};
+use support::systemd::SystemManager;
+use support::{eventually, within, Sandbox};
+
+#[tokio::test]
+async fn persistent_unit_as_nobody_over_the_system_bus() {
+    let Some(sm) = SystemManager::start() else {
+        return;
+    };
+    let sb = Sandbox::new("sd_system");
+    // The daemon runs as nobody: it must be able to write its dump here.
+    let out = sb.path("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dump = out.join("dump.json");
+    let mut config = sb.config(&["--dump", dump.to_str().unwrap()]);
+    config.user = Some("nobody".into());
+    config.scope = Some(Scope::System);
+    let unit = UnitSpec::from_config(&config, Scope::System).unwrap().unit;
+
+    let backend =
+        SystemdBackend::connect_to(&BusTarget::Address(sm.bus_address.clone()), Scope::System)
+            .await
+            .unwrap();
+    assert!(
+        within(30, backend.install(&config, Some(&sm.unit_dir), true))
+            .await
+            .unwrap()
+    );
+    let unit_file = sm.unit_dir.join(&unit);
+    assert!(std::fs::read_to_string(&unit_file)
+        .unwrap()
+        .contains("\nUser=nobody\n"));
+    // (The link points at /etc/systemd/system as systemd sees it: do not follow it.)
+    let wants = sm.unit_dir.join("multi-user.target.wants").join(&unit);
+    assert!(wants.symlink_metadata().is_ok(), "not enabled");
+
+    let m = DaemonManager::with_backend(config.clone(), std::sync::Arc::new(backend.clone()));
+    let pid = within(30, m.start()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));
+    let text = eventually(10, || async { std::fs::read_to_string(&dump).ok() }).await;
+    let dumped: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dumped["uid"], 65534, "User=nobody not honoured: {dumped}");
+    // systemd runs in its own PID namespace: the PID it reports is its own.
+    assert_eq!(dumped["pid"], pid);
+
+    within(30, m.stop()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
+    within(30, backend.uninstall(&config, Some(&sm.unit_dir)))
+        .await
+        .unwrap();
+    assert!(!unit_file.exists());
+    assert!(wants.symlink_metadata().is_err(), "still enabled");
+    sb.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn transient_unit_on_the_system_manager() {
+    let Some(sm) = SystemManager::start() else {
+        return;
+    };
+    let sb = Sandbox::new("sd_system_transient");
+    let mut config = sb.config(&[]);
+    config.scope = Some(Scope::System);
+    let backend =
+        SystemdBackend::connect_to(&BusTarget::Address(sm.bus_address.clone()), Scope::System)
+            .await
+            .unwrap();
+    let m = DaemonManager::with_backend(config, std::sync::Arc::new(backend));
+    let pid = within(30, m.start()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));
+    within(30, m.kill()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
+    sb.assert_no_leaks();
+}
