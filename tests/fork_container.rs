@@ -93,7 +93,10 @@ fn pid1_run(test: &str, signal: Signal) {
         .find(|l| l.starts_with("NSpid:"))
         .unwrap()
         .to_owned();
-    assert!(nspid.trim_end().ends_with("\t1"), "supervisor is not PID 1: {nspid}");
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "supervisor is not PID 1: {nspid}"
+    );
 
     // The daemon runs (its PID file holds its PID inside the namespace).
     let deadline = Instant::now() + Duration::from_secs(10);

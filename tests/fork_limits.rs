@@ -62,7 +62,12 @@ async fn root_drops_to_nobody_with_its_groups_and_notify_still_works() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = sb.path("ids.json");
-    let mut cfg = sb.config(&["--dump-limits", out.to_str().unwrap(), "--ready-after", "100"]);
+    let mut cfg = sb.config(&[
+        "--dump-limits",
+        out.to_str().unwrap(),
+        "--ready-after",
+        "100",
+    ]);
     cfg.user = Some("nobody".into());
     cfg.readiness = Some(daemon_lifecycle::Readiness::Notify);
     let m = sb.manager(cfg);
@@ -95,11 +100,17 @@ async fn unknown_user_or_group_is_refused_before_anything_starts() {
     cfg.user = Some("no-such-user-dltest".into());
     let m = sb.manager(cfg);
     let err = within(10, m.start()).await.unwrap_err();
-    assert!(matches!(&err, DaemonError::InvalidConfig { field, .. } if field == "user"), "{err:?}");
+    assert!(
+        matches!(&err, DaemonError::InvalidConfig { field, .. } if field == "user"),
+        "{err:?}"
+    );
     let mut cfg = sb.config(&[]);
     cfg.group = Some("no-such-group-dltest".into());
     let err = within(10, sb.manager(cfg).start()).await.unwrap_err();
-    assert!(matches!(&err, DaemonError::InvalidConfig { field, .. } if field == "group"), "{err:?}");
+    assert!(
+        matches!(&err, DaemonError::InvalidConfig { field, .. } if field == "group"),
+        "{err:?}"
+    );
     assert_eq!(std::fs::read_dir(sb.dir.path()).unwrap().count(), 0);
     sb.assert_no_leaks();
 }
@@ -120,7 +131,10 @@ fn non_root_asking_for_another_user_or_a_higher_limit_is_permission_denied() {
         } else {
             Command::new(support::daemonctl())
         };
-        cmd.args(["--backend", "fork", "start"]).arg(&toml).output().unwrap()
+        cmd.args(["--backend", "fork", "start"])
+            .arg(&toml)
+            .output()
+            .unwrap()
     };
     let mut cfg = sb.config(&[]);
     cfg.user = Some("root".into());
@@ -129,13 +143,19 @@ fn non_root_asking_for_another_user_or_a_higher_limit_is_permission_denied() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
 
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     if hard < u64::MAX / 2 {
         let mut cfg = sb.config(&[]);
         cfg.limits.nofile = Some(hard + 1);
         // As root the hard limit can be raised; as nobody it cannot.
         let out = run_as_nobody(&cfg);
-        assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(!sb.path("daemon.pid").exists());
     std::thread::sleep(Duration::from_millis(100));

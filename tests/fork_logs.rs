@@ -59,10 +59,15 @@ async fn rotation_never_loses_or_duplicates_a_line() {
     // 1 MB in 100 kB files: about ten rotations, none over the limit.
     assert!(rotated >= 9, "only {rotated} rotated files");
     for i in 1..=rotated {
-        let len = std::fs::metadata(format!("{}.{i}", out.display())).unwrap().len();
+        let len = std::fs::metadata(format!("{}.{i}", out.display()))
+            .unwrap()
+            .len();
         assert!(len <= 100_000, "{}.{i} has {len} bytes", out.display());
     }
-    eprintln!("measured: {N} lines across {} files ({rotated} rotated), each exactly once", rotated + 1);
+    eprintln!(
+        "measured: {N} lines across {} files ({rotated} rotated), each exactly once",
+        rotated + 1
+    );
     within(20, m.stop()).await.unwrap();
     sb.assert_no_leaks();
 }
@@ -109,7 +114,10 @@ async fn logs_append_across_starts_and_devnull_without_logs() {
         let fd2 = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap();
         assert!(fd1.to_string_lossy().starts_with("pipe:"), "{fd1:?}");
         assert_eq!(fd2, std::path::Path::new("/dev/null"));
-        eventually(10, || async { (all_lines(&log, 1).len() == 3 * round).then_some(()) }).await;
+        eventually(10, || async {
+            (all_lines(&log, 1).len() == 3 * round).then_some(())
+        })
+        .await;
         within(20, m.stop()).await.unwrap();
     }
     // Without logs: both on /dev/null.

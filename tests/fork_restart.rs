@@ -44,7 +44,10 @@ async fn on_failure_backs_off_exponentially_then_hits_the_start_limit() {
     // Each gap is the run (100 ms) plus a delay of at least 100, 200, 400 ms.
     for (i, min_delay_ms) in [100u128, 200, 400].into_iter().enumerate() {
         let gap_ms = (s[i + 1].1 - s[i].1) / 1000;
-        assert!(gap_ms >= 100 + min_delay_ms, "gap {i} was {gap_ms} ms: {s:?}");
+        assert!(
+            gap_ms >= 100 + min_delay_ms,
+            "gap {i} was {gap_ms} ms: {s:?}"
+        );
     }
     // Stays down: no supervisor left to restart it.
     tokio::time::sleep(Duration::from_millis(600)).await;
