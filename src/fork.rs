@@ -686,6 +686,9 @@ fn daemon_env(
         env.insert("LOGNAME".to_owned(), name);
         env.extend(c.home.clone().map(|h| ("HOME".to_owned(), h)));
         env.extend(c.shell.clone().map(|s| ("SHELL".to_owned(), s)));
+    } else if creds.is_some_and(|c| c.switch) {
+        // A numeric user with no passwd entry: no HOME/USER to give (the
+        // caller's would be wrong), as systemd does.
     } else if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::effective()) {
         env.insert("HOME".to_owned(), user.dir.to_string_lossy().into_owned());
         env.insert("USER".to_owned(), user.name.clone());
