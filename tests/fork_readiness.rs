@@ -44,7 +44,11 @@ async fn notify_start_returns_after_ready_with_status_text() {
         .unwrap()
         .as_micros();
     // Not before READY=1 (sent after 700 ms) ...
-    assert!(t.elapsed() >= Duration::from_millis(700), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
     let ready_us: u128 = std::fs::read_to_string(&stamp)
         .unwrap()
         .trim()
@@ -262,7 +266,12 @@ async fn http_probe_needs_a_2xx() {
 async fn command_probe_uses_exit_status() {
     let sb = Sandbox::new("cmd_ready");
     let flag = sb.path("ready.flag");
-    let mut cfg = sb.config(&["--ready-after", "300", "--ready-stamp", flag.to_str().unwrap()]);
+    let mut cfg = sb.config(&[
+        "--ready-after",
+        "300",
+        "--ready-stamp",
+        flag.to_str().unwrap(),
+    ]);
     cfg.readiness = Some(Readiness::Command {
         argv: vec![
             "/usr/bin/test".into(),
@@ -273,7 +282,10 @@ async fn command_probe_uses_exit_status() {
     });
     let m = sb.manager(cfg);
     within(20, m.start()).await.unwrap();
-    assert!(flag.exists(), "start returned before the command probe passed");
+    assert!(
+        flag.exists(),
+        "start returned before the command probe passed"
+    );
     within(20, m.stop()).await.unwrap();
     sb.assert_no_leaks();
 }
@@ -305,10 +317,18 @@ fn daemonctl_start_waits_for_notify_and_shows_status_text() {
     };
     let t = Instant::now();
     let out = run(&["start"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(t.elapsed() >= Duration::from_millis(400));
     let out = run(&["wait-ready", "--timeout", "5"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["state"], "running");

@@ -141,7 +141,9 @@ async fn grandchildren_go_with_the_unit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_starts_give_one_unit() {
-    let Some(um) = UserManager::start().await else { return };
+    let Some(um) = UserManager::start().await else {
+        return;
+    };
     let sb = Sandbox::new("sd_concurrent");
     let config = sb.config(&[]);
     let mut tasks = Vec::new();
