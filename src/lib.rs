@@ -7,7 +7,12 @@
 //!   supervising process of ours, with a PID file (`12345\n`) and an identity
 //!   record (process start time, boot id) beside it, so a reused PID is
 //!   reported [`DaemonStatus::Stale`] and never signalled;
-//! - a systemd backend over D-Bus is planned behind the same [`Backend`] trait.
+//! - the **systemd backend** ([`SystemdBackend`]) runs it as a transient or
+//!   installed unit, driven over D-Bus with zbus, from the same config
+//!   ([`UnitSpec`] renders both the unit file and the transient properties).
+//!
+//! [`BackendChoice::Auto`] picks systemd when a manager answers on the bus of
+//! the config's scope, the fork backend otherwise.
 //!
 //! [`DaemonManager`] is the async API; [`blocking::DaemonManager`] mirrors it
 //! for callers without a runtime.

@@ -358,7 +358,6 @@ impl SystemdBackend {
             active: string(&u, "ActiveState"),
             sub: string(&u, "SubState"),
             load: string(&u, "LoadState"),
-            fragment_path: string(&u, "FragmentPath"),
             transient: u
                 .get("Transient")
                 .and_then(|v| bool::try_from(v).ok())
@@ -402,6 +401,14 @@ impl SystemdBackend {
             self.start_transient(&spec, job_timeout).await?
         };
         let state = self.unit_state(&unit).await?.unwrap_or_default();
+        if result != "done" && (result == "timeout" || state.result == "timeout") {
+            // Not ready within TimeoutStartSec: systemd stopped it already.
+            return Err(DaemonError::Timeout {
+                name,
+                operation: "start (systemd TimeoutStartSec)",
+                after: config.startup_timeout(),
+            });
+        }
         if result != "done" || !state.is_up() {
             return Err(DaemonError::StartFailed {
                 name,
@@ -421,13 +428,15 @@ impl SystemdBackend {
             .as_ref()
             .filter(|r| !matches!(r, Readiness::Notify))
         {
-            self.probe_ready(
-                config,
-                &unit,
-                probe,
-                Instant::now() + config.startup_timeout(),
-            )
-            .await?;
+            let deadline = Instant::now() + config.startup_timeout();
+            if let Err(e) = self.probe_ready(config, &unit, probe, deadline).await {
+                if matches!(e, DaemonError::Timeout { .. }) {
+                    // Not ready in time: nothing is left running (as on the
+                    // fork backend).
+                    let _ = self.stop_unit(config, &unit).await;
+                }
+                return Err(e);
+            }
         }
         let state = self.unit_state(&unit).await?.unwrap_or_default();
         if !state.is_up() || state.main_pid == 0 {
@@ -511,11 +520,17 @@ impl SystemdBackend {
         probe: &Readiness,
         deadline: Instant,
     ) -> Result<()> {
+        // The shared probes (crate::readiness); the liveness check between
+        // attempts asks systemd, so it is done here rather than in a closure.
         let interval = probe.interval();
         loop {
-            if probe_once(probe).await {
-                return Ok(());
-            }
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(100), BUS_GRACE);
+            let last = match crate::readiness::probe_once(probe, budget).await {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
             let state = self.unit_state(unit).await?.unwrap_or_default();
             if !state.is_up() {
                 return Err(DaemonError::StartFailed {
@@ -532,6 +547,7 @@ impl SystemdBackend {
                 });
             }
             if Instant::now() >= deadline {
+                tracing::info!(%unit, %last, "not ready in time");
                 return Err(DaemonError::Timeout {
                     name: config.name(),
                     operation: "readiness",
@@ -572,54 +588,12 @@ impl SystemdBackend {
     }
 }
 
-/// One attempt of a tcp/http/command probe. (To be replaced by the shared
-/// readiness module the fork backend uses.)
-async fn probe_once(probe: &Readiness) -> bool {
-    match probe {
-        Readiness::Notify => true,
-        Readiness::Tcp { address, .. } => tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(address.as_str()),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok()),
-        Readiness::Http { url, .. } => {
-            let url = url.clone();
-            tokio::task::spawn_blocking(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(2)))
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                agent
-                    .get(&url)
-                    .call()
-                    .is_ok_and(|r| r.status().is_success())
-            })
-            .await
-            .unwrap_or(false)
-        }
-        Readiness::Command { argv, .. } => tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await
-            .is_ok_and(|s| s.success()),
-    }
-}
-
 /// What we read of a unit.
 #[derive(Debug, Clone, Default)]
 struct UnitState {
     active: String,
-    #[allow(dead_code)] // kept for debugging output
     sub: String,
     load: String,
-    #[allow(dead_code)]
-    fragment_path: String,
     transient: bool,
     main_pid: u32,
     result: String,
@@ -758,7 +732,9 @@ impl Backend for SystemdBackend {
             let mut report = StatusReport::new(config.name(), BackendKind::Systemd, status);
             report.last_exit = state.as_ref().and_then(UnitState::last_exit);
             if let Some(s) = &state {
-                tracing::trace!(%unit, sub = %s.sub, restarts = s.n_restarts, status_text = %s.status_text, "unit state");
+                tracing::trace!(%unit, sub = %s.sub, "unit state");
+                report.restarts = s.n_restarts;
+                report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
             }
             Ok(report)
         })

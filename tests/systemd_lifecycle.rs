@@ -138,3 +138,27 @@ async fn grandchildren_go_with_the_unit() {
     assert!(!alive(grandchild), "grandchild survived the stop");
     sb.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_starts_give_one_unit() {
+    let Some(um) = UserManager::start().await else {
+        return;
+    };
+    let sb = Sandbox::new("sd_concurrent");
+    let config = sb.config(&[]);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let m = sb.systemd_manager(&um, config.clone()).await;
+        tasks.push(tokio::spawn(async move { m.start().await }));
+    }
+    let mut pids = Vec::new();
+    for t in tasks {
+        pids.push(within(60, t).await.unwrap().unwrap());
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_eq!(um.unit_processes(), pids);
+    let m = sb.systemd_manager(&um, config).await;
+    within(30, m.stop()).await.unwrap();
+    sb.assert_no_leaks();
+}
