@@ -54,6 +54,11 @@ async fn reused_pid_with_old_identity_is_stale() {
     within(20, m.stop()).await.unwrap();
 
     // Simulate PID reuse: an unrelated live process gets the old records.
+    // Start times are in clock ticks (10 ms at USER_HZ 100): a process started
+    // in the same tick as the daemon would be indistinguishable, so the
+    // stand-in for the reused PID starts a few ticks later, as a real reuse
+    // (after the PID space wrapped) always does.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let mut bystander = Bystander(Command::new("/bin/sleep").arg("300").spawn().unwrap());
     let other = bystander.0.id();
     let forged = identity.replace(&format!("\"pid\":{pid}"), &format!("\"pid\":{other}"));

@@ -66,6 +66,10 @@ fn check_dump(dump: &serde_json::Value, config: &DaemonConfig, how: &str) {
     }
 }
 
+/// One `ExecStart` entry as systemd reports it: path, argv, ignore-failure,
+/// start/stop timestamps, PID, exit code and status.
+type ExecEntry = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
+
 /// The properties that say what the unit means.
 async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap<String, String> {
     let service = um
@@ -96,8 +100,7 @@ async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap
         out.insert(k.to_owned(), show(&service, k));
     }
     // ExecStart: keep path and argv, drop run-time timestamps and PIDs.
-    let exec: Vec<(String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32)> = service
-        ["ExecStart"]
+    let exec: Vec<ExecEntry> = service["ExecStart"]
         .try_clone()
         .unwrap()
         .try_into()
@@ -105,7 +108,7 @@ async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap
     // A unit file says `$$` where the transient unit (no-env-expand) says
     // `$`; systemd keeps the `$$` until exec time. The bytes the process gets
     // are the same (checked by the dumps), so compare them unescaped.
-    let argv_of = |e: &(String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32)| {
+    let argv_of = |e: &ExecEntry| {
         e.1.iter()
             .map(|a| {
                 if from_unit_file {
