@@ -410,18 +410,10 @@ impl SystemdBackend {
             });
         }
         if result != "done" || !state.is_up() {
-            return Err(DaemonError::StartFailed {
-                name,
-                reason: format!(
-                    "systemd start job of {unit} ended with result '{result}'; unit is {}{}",
-                    state.active,
-                    state
-                        .failure_reason()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-                source: None,
-            });
+            return Err(state.start_failed(
+                &name,
+                &format!("systemd start job of {unit} ended with result '{result}'; unit is"),
+            ));
         }
         if let Some(probe) = config
             .readiness
@@ -440,18 +432,7 @@ impl SystemdBackend {
         }
         let state = self.unit_state(&unit).await?.unwrap_or_default();
         if !state.is_up() || state.main_pid == 0 {
-            return Err(DaemonError::StartFailed {
-                name,
-                reason: format!(
-                    "{unit} is {} right after starting{}",
-                    state.active,
-                    state
-                        .failure_reason()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-                source: None,
-            });
+            return Err(state.start_failed(&name, &format!("right after starting, {unit} is")));
         }
         Ok(state.main_pid)
     }
@@ -533,18 +514,10 @@ impl SystemdBackend {
             };
             let state = self.unit_state(unit).await?.unwrap_or_default();
             if !state.is_up() {
-                return Err(DaemonError::StartFailed {
-                    name: config.name(),
-                    reason: format!(
-                        "{unit} is {} before it became ready{}",
-                        state.active,
-                        state
-                            .failure_reason()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default()
-                    ),
-                    source: None,
-                });
+                return Err(state.start_failed(
+                    &config.name(),
+                    &format!("before it became ready, {unit} is"),
+                ));
             }
             if Instant::now() >= deadline {
                 tracing::info!(%unit, %last, "not ready in time");
@@ -617,6 +590,19 @@ impl UnitState {
             1 => Some(ExitInfo::Code(self.exec_main_status)),
             2 | 3 => Some(ExitInfo::Signal(self.exec_main_status)),
             _ => None,
+        }
+    }
+
+    /// `StartFailed` saying `{what} {active}: {failure reason}`.
+    fn start_failed(&self, name: &str, what: &str) -> DaemonError {
+        let why = self
+            .failure_reason()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        DaemonError::StartFailed {
+            name: name.to_owned(),
+            reason: format!("{what} {}{why}", self.active),
+            source: None,
         }
     }
 

@@ -80,3 +80,37 @@ async fn transient_unit_on_the_system_manager() {
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
     sb.assert_no_leaks();
 }
+
+/// A caller the system manager refuses (not root, no polkit rule) gets
+/// `PermissionDenied` naming the action, and nothing is started.
+#[test]
+fn unprivileged_caller_gets_permission_denied() {
+    let Some(sm) = SystemManager::start() else {
+        return;
+    };
+    let sb = Sandbox::new("sd_system_denied");
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = sb.config(&[]);
+    config.scope = Some(Scope::System);
+    let toml = sb.write_toml(&config);
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The bus socket lives under the harness's temp dir: let nobody reach it.
+    sm.open_bus_to_everyone();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(support::daemonctl())
+        .args(["--backend", "systemd", "--scope", "system", "start"])
+        .arg(&toml)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &sm.bus_address)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("StartTransientUnit"),
+        "{stderr}"
+    );
+    assert!(sb.processes().is_empty());
+    sb.assert_no_leaks();
+}

@@ -436,3 +436,22 @@ impl Drop for SystemManager {
             .status();
     }
 }
+
+impl SystemManager {
+    /// Makes the path to the bus socket traversable by any user (the
+    /// harness keeps its state in a root-only temp dir), so a test can call
+    /// the manager as an unprivileged user.
+    pub fn open_bus_to_everyone(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let socket = PathBuf::from(self.bus_address.trim_start_matches("unix:path="));
+        let mut dir = socket.parent();
+        while let Some(d) = dir {
+            if d == Path::new("/") || !d.starts_with(self.base.path()) && d != self.base.path() {
+                break;
+            }
+            let mode = std::fs::metadata(d).unwrap().permissions().mode();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+            dir = d.parent();
+        }
+    }
+}
