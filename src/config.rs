@@ -16,7 +16,7 @@ use crate::error::{DaemonError, Result};
 
 /// Longest accepted timeout: a year. Larger values would overflow `Instant`
 /// arithmetic on some platforms and are certainly typos.
-const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+pub(crate) const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// Longest accepted daemon name (it becomes a file name and a systemd unit name).
 const MAX_NAME_LEN: usize = 128;
 
@@ -556,6 +556,18 @@ fn validate_binary(path: &Path) -> Result<()> {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(DaemonError::BinaryNotFound {
+                path: path.to_owned(),
+            })
+        }
+        // A directory on the way that is not one, or cannot be searched:
+        // the binary cannot be run, which is what the caller needs to know.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Err(DaemonError::BinaryNotFound {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(DaemonError::BinaryNotExecutable {
                 path: path.to_owned(),
             })
         }

@@ -30,7 +30,7 @@ pub(crate) mod supervise;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -48,7 +48,17 @@ use supervise::{Request, Response};
 pub use proc::PORTABLE_ENV;
 
 /// Set by [`crate::supervisor_init`]: the running executable can supervise.
-pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INIT: AtomicU8 = AtomicU8::new(InitState::NotCalled as u8);
+
+/// What [`crate::supervisor_init`] found.
+#[repr(u8)]
+pub(crate) enum InitState {
+    NotCalled = 0,
+    Called = 1,
+    /// Called inside a tokio runtime: re-executing this program as the
+    /// supervisor would fork a multi-threaded process, so it is not used.
+    InsideRuntime = 2,
+}
 
 /// Environment variable naming a supervisor program (for example an installed
 /// `daemonctl`) for hosts that do not call [`crate::supervisor_init`].
@@ -159,7 +169,15 @@ impl ForkBackend {
             SupervisorProgram::Path(p) => p.clone(),
             SupervisorProgram::Auto => match std::env::var_os(SUPERVISOR_PATH_ENV) {
                 Some(p) if !p.is_empty() => PathBuf::from(p),
-                _ if INIT_CALLED.load(Ordering::Relaxed) => self_exe()?,
+                _ if INIT.load(Ordering::Relaxed) == InitState::Called as u8 => self_exe()?,
+                _ if INIT.load(Ordering::Relaxed) == InitState::InsideRuntime as u8 => {
+                    return Err(DaemonError::BackendUnavailable {
+                        backend: "fork",
+                        reason: "daemon_lifecycle::supervisor_init() was called inside a tokio runtime: \
+                                 call it first in a plain `fn main()`, before the runtime starts"
+                            .into(),
+                    })
+                }
                 _ => {
                     return Err(DaemonError::BackendUnavailable {
                         backend: "fork",
@@ -205,11 +223,16 @@ impl ForkBackend {
     async fn start_locked(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
         let name = config.name();
         let found = self.inspect(config, paths).await?;
+        if let DaemonStatus::Running(pid) = found.status {
+            tracing::info!(%name, pid, "already running");
+            return Ok(pid);
+        }
+        // Everything that can refuse the config comes before any change: a
+        // refused start leaves a failed record (and its reason) as it was.
+        let request = build_request(config, paths)?;
+        let program = self.supervisor_program()?;
         match found.status {
-            DaemonStatus::Running(pid) => {
-                tracing::info!(%name, pid, "already running");
-                return Ok(pid);
-            }
+            DaemonStatus::Running(_) => unreachable!("returned above"),
             DaemonStatus::Stale(pid) => {
                 tracing::warn!(%name, pid, "removing stale PID file before start (PID not signalled)");
                 pidfile::remove(&paths.pid_file)?;
@@ -224,8 +247,6 @@ impl ForkBackend {
                 pidfile::remove(&paths.identity)?;
             }
         }
-        let request = build_request(config, paths)?;
-        let program = self.supervisor_program()?;
         // The supervisor enforces the notify start-up timeout and then stops
         // the daemon: give it the time for both.
         let patience = config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE;
@@ -296,7 +317,7 @@ impl ForkBackend {
         &self,
         config: &DaemonConfig,
         paths: &Paths,
-        lock: &Lock,
+        _held: &Lock, // proof that the caller holds the lock
         force: bool,
     ) -> Result<()> {
         let name = config.name();
@@ -307,7 +328,6 @@ impl ForkBackend {
                 tracing::warn!(%name, pid, "PID file is stale: removing it, signalling nothing");
                 pidfile::remove(&paths.pid_file)?;
                 pidfile::remove(&paths.identity)?;
-                lock.remove_file()?;
                 return Ok(());
             }
             DaemonStatus::Failed(_) => {
@@ -316,15 +336,12 @@ impl ForkBackend {
                 // daemon keeps its record until cleanup or the next start, as
                 // a failed systemd unit does.
                 if let Some(rec) = &found.record {
-                    if retire_supervisor(rec, force, config.shutdown_timeout()).await? {
-                        let _ = lock.remove_file();
-                    }
+                    retire_supervisor(rec, force, config.shutdown_timeout()).await?;
                 }
                 return Ok(());
             }
             DaemonStatus::Stopped => {
                 pidfile::remove(&paths.identity)?;
-                lock.remove_file()?;
                 return Ok(());
             }
         };
@@ -356,7 +373,10 @@ impl ForkBackend {
                 if !done {
                     tracing::warn!(%name, supervisor = sup.pid, "supervisor did not finish the stop in time: killing the group");
                     let _ = killpg(pgid, Signal::SIGKILL);
-                    let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+                    // Its PID may have been reused while we waited.
+                    if sup.is_same_live_process() {
+                        let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+                    }
                 }
                 done || proc::wait_group_gone(pgid_raw, Instant::now() + SUPERVISOR_GRACE).await
             }
@@ -379,9 +399,20 @@ impl ForkBackend {
         }
         pidfile::remove(&paths.pid_file)?;
         pidfile::remove(&paths.identity)?;
-        lock.remove_file()?;
         Ok(())
     }
+}
+
+/// At the very end of an operation, still holding the lock: when neither PID
+/// file nor record is left, the lock file goes too, so a stopped daemon
+/// leaves nothing behind (waiters re-check the inode, see [`Lock::acquire`]).
+/// Never in the middle of an operation such as a restart: a newcomer would
+/// lock a fresh file and run beside us.
+fn release(paths: &Paths, lock: Lock) {
+    if !paths.pid_file.exists() && !paths.identity.exists() {
+        let _ = lock.remove_file();
+    }
+    drop(lock);
 }
 
 struct Inspection {
@@ -415,6 +446,13 @@ fn inspect_once(paths: &Paths) -> Result<Inspection> {
                     _ => DaemonStatus::Stale(pid),
                 }
             }
+        }
+        // A record about another PID while its supervisor lives: the
+        // supervisor is between rewriting the record and the PID file (a
+        // restart, or MAINPID=); look again.
+        (Some(pid), Some(rec)) if rec.supervisor_alive() => {
+            exit_in_progress = true;
+            DaemonStatus::Stale(pid)
         }
         // A PID file with no record, or a record about another PID: we
         // cannot prove who that PID is, so it is never treated as ours.
@@ -495,7 +533,9 @@ async fn retire_supervisor(rec: &Record, force: bool, shutdown: Duration) -> Res
             Signal::SIGTERM
         },
     )?;
-    if !proc::wait_exit(sup.pid, Instant::now() + shutdown + SUPERVISOR_GRACE).await {
+    if !proc::wait_exit(sup.pid, Instant::now() + shutdown + SUPERVISOR_GRACE).await
+        && sup.is_same_live_process()
+    {
         let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
     }
     Ok(true)
@@ -824,10 +864,9 @@ impl Backend for ForkBackend {
                 if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped)
                 {
                     let _ = pidfile::remove(&paths.identity);
-                    let _ = lock.remove_file();
                 }
             }
-            drop(lock);
+            release(&paths, lock);
             result
         })
     }
@@ -839,7 +878,9 @@ impl Backend for ForkBackend {
                 return Ok(()); // nothing to stop; do not create a lock file
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            self.stop_locked(config, &paths, &lock, false).await
+            let result = self.stop_locked(config, &paths, &lock, false).await;
+            release(&paths, lock);
+            result
         })
     }
 
@@ -850,7 +891,9 @@ impl Backend for ForkBackend {
                 return Ok(());
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            self.stop_locked(config, &paths, &lock, true).await
+            let result = self.stop_locked(config, &paths, &lock, true).await;
+            release(&paths, lock);
+            result
         })
     }
 
@@ -874,10 +917,13 @@ impl Backend for ForkBackend {
             ensure_pid_dir(config, &paths)?;
             // One lock across stop and start: nobody slips in between.
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            self.stop_locked(config, &paths, &lock, false).await?;
-            // The stop may have unlinked the lock file; we still hold the lock on
-            // its inode, and waiters re-check the inode, so this is safe.
-            self.start_locked(config, &paths, &lock).await
+            // The lock file stays in place between the two (see `release`).
+            let result = match self.stop_locked(config, &paths, &lock, false).await {
+                Ok(()) => self.start_locked(config, &paths, &lock).await,
+                Err(e) => Err(e),
+            };
+            release(&paths, lock);
+            result
         })
     }
 
@@ -945,8 +991,17 @@ impl Backend for ForkBackend {
                 return Ok(());
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            match self.inspect(config, &paths).await?.status {
-                DaemonStatus::Running(_) => return Ok(()),
+            let found = self.inspect(config, &paths).await?;
+            if let Some(rec) = &found.record {
+                // A supervisor waiting out a restart delay would start the
+                // daemon again behind our back: it goes first.
+                retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+            }
+            match found.status {
+                DaemonStatus::Running(_) => {
+                    release(&paths, lock);
+                    return Ok(());
+                }
                 DaemonStatus::Stale(pid) => {
                     tracing::info!(name = %config.name(), pid, "removing stale PID file and identity record");
                 }
@@ -957,7 +1012,7 @@ impl Backend for ForkBackend {
             }
             pidfile::remove(&paths.pid_file)?;
             pidfile::remove(&paths.identity)?;
-            lock.remove_file()?;
+            release(&paths, lock);
             Ok(())
         })
     }
@@ -987,6 +1042,28 @@ fn ensure_pid_dir(config: &DaemonConfig, paths: &Paths) -> Result<()> {
             .mode(mode)
             .create(dir)
             .map_err(|e| DaemonError::pid_file(&paths.pid_file, e))?;
+    }
+    if config.pid_file.as_os_str().is_empty() {
+        // The default directory may be a predictable name in /tmp: it must be
+        // ours, a real directory, and closed to others, or another user could
+        // plant a record that makes us signal their choice of process.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| DaemonError::pid_file(&paths.pid_file, e))?;
+        let me = nix::unistd::Uid::effective().as_raw();
+        let shared = !me.eq(&0) && meta.mode() & 0o077 != 0;
+        if !meta.is_dir() || meta.uid() != me || shared {
+            return Err(DaemonError::pid_file(
+                &paths.pid_file,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "default PID directory {} is not a private directory owned by UID {me}",
+                        dir.display()
+                    ),
+                ),
+            ));
+        }
     }
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}

@@ -29,26 +29,26 @@
 //! ```no_run
 //! use daemon_lifecycle::{DaemonConfig, DaemonManager, DaemonStatus};
 //!
-//! #[tokio::main]
-//! async fn main() -> Result<(), daemon_lifecycle::DaemonError> {
-//!     daemon_lifecycle::supervisor_init(); // first: this binary is also the supervisor
-//!
-//!     let config = DaemonConfig {
-//!         binary_path: "/usr/local/bin/queen-rbee".into(),
-//!         args: vec!["--config".into(), "/etc/rbee/queen.toml".into()],
-//!         pid_file: "/run/queen-rbee.pid".into(),
-//!         ..Default::default()
-//!     };
-//!     let manager = DaemonManager::new(config);
-//!     let pid = manager.start().await?;
-//!     println!("Started daemon with PID {pid}");
-//!     match manager.status().await? {
-//!         DaemonStatus::Running(pid) => println!("running with PID {pid}"),
-//!         DaemonStatus::Stale(pid) => manager.cleanup_stale().await?,
-//!         other => eprintln!("{other}"),
-//!     }
-//!     manager.stop().await?;
-//!     Ok(())
+//! fn main() -> Result<(), daemon_lifecycle::DaemonError> {
+//!     // First, before any runtime or thread: this binary is also the supervisor.
+//!     daemon_lifecycle::supervisor_init();
+//!     tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+//!         let config = DaemonConfig {
+//!             binary_path: "/usr/local/bin/queen-rbee".into(),
+//!             args: vec!["--config".into(), "/etc/rbee/queen.toml".into()],
+//!             pid_file: "/run/queen-rbee.pid".into(),
+//!             ..Default::default()
+//!         };
+//!         let manager = DaemonManager::new(config);
+//!         let pid = manager.start().await?;
+//!         println!("Started daemon with PID {pid}");
+//!         match manager.status().await? {
+//!             DaemonStatus::Running(pid) => println!("running with PID {pid}"),
+//!             DaemonStatus::Stale(_) => manager.cleanup_stale().await?,
+//!             other => eprintln!("{other}"),
+//!         }
+//!         manager.stop().await
+//!     })
 //! }
 //! ```
 #![warn(missing_docs)]
@@ -75,13 +75,31 @@ pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 /// one; otherwise returns at once (and lets the fork backend use this
 /// executable as its supervisor program).
 ///
-/// Call it first in `main`, before starting any runtime or thread: the
-/// supervisor forks once while it is still single-threaded.
+/// Call it first in a plain `fn main()`, before starting any runtime or
+/// thread (so not inside `#[tokio::main]`): the supervisor forks once while
+/// it is still single-threaded. Called inside a tokio runtime it does not
+/// enable the running executable as supervisor, and the fork backend's
+/// `start` then says why.
+///
+/// ```no_run
+/// fn main() {
+///     daemon_lifecycle::supervisor_init();
+///     let runtime = tokio::runtime::Runtime::new().unwrap();
+///     runtime.block_on(async {
+///         // ... DaemonManager::new(config).start().await ...
+///     });
+/// }
+/// ```
 pub fn supervisor_init() {
     if std::env::var_os(fork::supervise::SUPERVISE_ENV).is_some() {
         fork::supervise::main();
     }
-    fork::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let state = if tokio::runtime::Handle::try_current().is_ok() {
+        fork::InitState::InsideRuntime
+    } else {
+        fork::InitState::Called
+    };
+    fork::INIT.store(state as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 // The README's examples are compiled as doctests, so they cannot rot.

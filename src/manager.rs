@@ -200,9 +200,9 @@ impl DaemonManager {
     pub async fn wait_ready(&self, timeout_secs: u64) -> Result<()> {
         let t = Instant::now();
         let backend = self.ready().await?;
-        let result = backend
-            .wait_ready(&self.config, Duration::from_secs(timeout_secs))
-            .await;
+        // Clamped like the config's timeouts: `Instant + u64::MAX s` would panic.
+        let timeout = Duration::from_secs(timeout_secs.min(crate::config::MAX_TIMEOUT_SECS));
+        let result = backend.wait_ready(&self.config, timeout).await;
         self.log("wait_ready", t, &result);
         result
     }

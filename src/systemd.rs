@@ -252,9 +252,7 @@ impl SystemdBackend {
             .await
         {
             Ok(_) => {}
-            Err(e)
-                if dbus_error_name(&e).as_deref()
-                    == Some("org.freedesktop.systemd1.NoSuchUnit") => {}
+            Err(e) if is_no_such_unit(&e) => {}
             Err(e) => return Err(bus_error(format!("DisableUnitFiles {}", spec.unit), e)),
         }
         std::fs::remove_file(&path)
@@ -269,7 +267,13 @@ impl SystemdBackend {
 
     /// Subscribes to `JobRemoved`, runs `call` (which queues a job), and
     /// waits for that job's result.
-    async fn run_job<F, Fut>(&self, what: String, timeout: Duration, call: F) -> Result<String>
+    async fn run_job<F, Fut>(
+        &self,
+        name: &str,
+        what: String,
+        timeout: Duration,
+        call: F,
+    ) -> Result<String>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
@@ -302,7 +306,7 @@ impl SystemdBackend {
                 message: "the bus connection closed while waiting for the job".into(),
             }),
             Err(_) => Err(DaemonError::Timeout {
-                name: what,
+                name: name.to_owned(),
                 operation: "waiting for the systemd job",
                 after: timeout,
             }),
@@ -313,12 +317,7 @@ impl SystemdBackend {
     async fn unit_state(&self, unit: &str) -> Result<Option<UnitState>> {
         let path = match self.manager.get_unit(unit).await {
             Ok(p) => p,
-            Err(e)
-                if dbus_error_name(&e).as_deref()
-                    == Some("org.freedesktop.systemd1.NoSuchUnit") =>
-            {
-                return Ok(None)
-            }
+            Err(e) if is_no_such_unit(&e) => return Ok(None),
             Err(e) => return Err(bus_error(format!("GetUnit {unit}"), e)),
         };
         self.state_at(unit, path).await.map(Some)
@@ -393,12 +392,12 @@ impl SystemdBackend {
         }
         let job_timeout = config.startup_timeout() + BUS_GRACE;
         let result = if self.installed(&unit).await? {
-            self.run_job(format!("StartUnit {unit}"), job_timeout, || {
+            self.run_job(&name, format!("StartUnit {unit}"), job_timeout, || {
                 self.manager.start_unit(&unit, "replace")
             })
             .await?
         } else {
-            self.start_transient(&spec, job_timeout).await?
+            self.start_transient(&name, &spec, job_timeout).await?
         };
         let state = self.unit_state(&unit).await?.unwrap_or_default();
         if result != "done" && (result == "timeout" || state.result == "timeout") {
@@ -438,15 +437,18 @@ impl SystemdBackend {
     }
 
     /// `StartTransientUnit`, after clearing a failed unit of the same name.
-    async fn start_transient(&self, spec: &UnitSpec, timeout: Duration) -> Result<String> {
+    async fn start_transient(
+        &self,
+        name: &str,
+        spec: &UnitSpec,
+        timeout: Duration,
+    ) -> Result<String> {
         let unit = spec.unit.as_str();
         if self.unit_state(unit).await?.is_some() {
             // A failed (or not yet collected) unit holds the name.
             match self.manager.reset_failed_unit(unit).await {
                 Ok(()) => {}
-                Err(e)
-                    if dbus_error_name(&e).as_deref()
-                        == Some("org.freedesktop.systemd1.NoSuchUnit") => {}
+                Err(e) if is_no_such_unit(&e) => {}
                 Err(e) => return Err(bus_error(format!("ResetFailedUnit {unit}"), e)),
             }
         }
@@ -465,7 +467,7 @@ impl SystemdBackend {
         loop {
             attempts += 1;
             let outcome = self
-                .run_job(format!("StartTransientUnit {unit}"), timeout, || {
+                .run_job(name, format!("StartTransientUnit {unit}"), timeout, || {
                     self.manager
                         .start_transient_unit(unit, "fail", &props, &aux)
                 })
@@ -480,7 +482,7 @@ impl SystemdBackend {
                     if let Some(state) = self.unit_state(unit).await? {
                         if state.is_up() || state.active == "activating" {
                             return self
-                                .run_job(format!("StartUnit {unit}"), timeout, || {
+                                .run_job(name, format!("StartUnit {unit}"), timeout, || {
                                     self.manager.start_unit(unit, "replace")
                                 })
                                 .await;
@@ -541,7 +543,7 @@ impl SystemdBackend {
         }
         let timeout = config.shutdown_timeout() + BUS_GRACE;
         let result = self
-            .run_job(format!("StopUnit {unit}"), timeout, || {
+            .run_job(&config.name(), format!("StopUnit {unit}"), timeout, || {
                 self.manager.stop_unit(unit, "replace")
             })
             .await;
@@ -629,6 +631,11 @@ impl UnitState {
     }
 }
 
+/// Whether a call failed because the unit is not loaded.
+fn is_no_such_unit(e: &zbus::Error) -> bool {
+    dbus_error_name(e).as_deref() == Some("org.freedesktop.systemd1.NoSuchUnit")
+}
+
 /// The remote error name of a failed method call.
 fn dbus_error_name(e: &zbus::Error) -> Option<String> {
     match e {
@@ -690,12 +697,7 @@ impl Backend for SystemdBackend {
             if state.is_up() {
                 match self.manager.kill_unit(&unit, "all", libc::SIGKILL).await {
                     Ok(()) => {}
-                    Err(e)
-                        if dbus_error_name(&e).as_deref()
-                            == Some("org.freedesktop.systemd1.NoSuchUnit") =>
-                    {
-                        return Ok(())
-                    }
+                    Err(e) if is_no_such_unit(&e) => return Ok(()),
                     Err(e) => return Err(bus_error(format!("KillUnit {unit}"), e)),
                 }
                 // A stop job after the kill: no restart policy brings it back,
@@ -747,7 +749,10 @@ impl Backend for SystemdBackend {
         Box::pin(async move {
             let unit = self.spec(config)?.unit;
             let state = self.unit_state(&unit).await?.unwrap_or_default();
-            if !state.is_up() {
+            // Stopping, or waiting out a restart delay, is not "starting":
+            // a start job queued now would cancel the stop or skip RestartSec.
+            let starting = state.active == "activating" && state.sub != "auto-restart";
+            if !(state.active == "active" || state.active == "reloading" || starting) {
                 return Err(DaemonError::NotRunning {
                     name: config.name(),
                     state: state.status().to_string(),
@@ -755,13 +760,14 @@ impl Backend for SystemdBackend {
             }
             match &config.readiness {
                 // Type=notify: "active" means READY=1 arrived.
-                Some(Readiness::Notify) | None if state.active == "active" => Ok(()),
+                Some(Readiness::Notify) | None if !starting => Ok(()),
                 Some(Readiness::Notify) | None => {
-                    // Still activating: a start job is pending; queue ours
-                    // behind it and wait for its result.
+                    // Still activating: a start job is pending; ours merges
+                    // with it ("fail" never replaces a conflicting job) and
+                    // reports its result.
                     let result = self
-                        .run_job(format!("StartUnit {unit}"), timeout, || {
-                            self.manager.start_unit(&unit, "replace")
+                        .run_job(&config.name(), format!("StartUnit {unit}"), timeout, || {
+                            self.manager.start_unit(&unit, "fail")
                         })
                         .await?;
                     if result == "done" {
@@ -787,12 +793,7 @@ impl Backend for SystemdBackend {
             let unit = self.spec(config)?.unit;
             match self.manager.reset_failed_unit(&unit).await {
                 Ok(()) => Ok(()),
-                Err(e)
-                    if dbus_error_name(&e).as_deref()
-                        == Some("org.freedesktop.systemd1.NoSuchUnit") =>
-                {
-                    Ok(())
-                }
+                Err(e) if is_no_such_unit(&e) => Ok(()),
                 Err(e) => Err(bus_error(format!("ResetFailedUnit {unit}"), e)),
             }
         })

@@ -202,12 +202,11 @@ pub(crate) async fn wait_exit(pid: u32, deadline: Instant) -> bool {
         #[cfg(target_os = "linux")]
         if fast_paths() {
             if let Some(exited) = pidfd::wait(pid, deadline).await {
-                if exited || Instant::now() >= deadline {
-                    return exited;
-                }
-                // pidfd said "exited" for a process that still answers kill(0):
-                // a zombie whose parent has not reaped it yet; fall through.
+                // Readable: it terminated (a zombie counts, as in is_alive);
+                // not readable: the deadline passed.
+                return exited;
             }
+            // No pidfd (old kernel, or the PID vanished meanwhile): poll.
         }
         if Instant::now() >= deadline {
             return false;

@@ -133,6 +133,22 @@ impl Response {
 /// [`SUPERVISE_ENV`] is set. Never returns.
 pub(crate) fn main() -> ! {
     std::env::remove_var(SUPERVISE_ENV);
+    if let Some(why) = not_single_threaded() {
+        answer(&Response::Failed {
+            message: format!(
+                "the supervisor program is {why}: daemon_lifecycle::supervisor_init() must be the first \
+                 call in a plain `fn main()`, before any runtime or thread starts"
+            ),
+        });
+        std::process::exit(2);
+    }
+    // Nothing of the caller's may leak into the supervisor or the daemon:
+    // no inherited descriptors beyond stdio (a CI runner's pipe on fd 3 would
+    // otherwise stay open for the daemon's lifetime), no busy working
+    // directory, the umask systemd gives services.
+    close_inherited_fds();
+    let _ = nix::unistd::chdir("/");
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let mut input = Vec::new();
     let request = std::io::stdin()
         .read_to_end(&mut input)
@@ -204,6 +220,38 @@ pub(crate) async fn run_foreground(req: Request) -> (i32, Option<Response>) {
     })
     .await;
     (code, first)
+}
+
+/// Why this process must not fork (it is inside a tokio runtime or has
+/// other threads), or `None`.
+fn not_single_threaded() -> Option<&'static str> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Some("running inside a tokio runtime");
+    }
+    #[cfg(target_os = "linux")]
+    if std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() > 1) {
+        return Some("multi-threaded");
+    }
+    None
+}
+
+/// Closes every descriptor above stderr. Single-threaded here, so no other
+/// thread can be opening one meanwhile.
+fn close_inherited_fds() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscall on integers; closes fds nobody else uses yet.
+        if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == 0 {
+            return;
+        }
+    }
+    let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(65_536) as i32)
+        .unwrap_or(1024);
+    for fd in 3..max {
+        // SAFETY: closing an fd number; EBADF for unused ones is ignored.
+        unsafe { libc::close(fd) };
+    }
 }
 
 fn answer(response: &Response) {

@@ -143,7 +143,9 @@ impl UnitSpec {
             timeout_stop: config.shutdown_timeout(),
             restart: config.restart.policy,
             restart_delay: Duration::from_millis(config.restart.delay_ms),
-            start_limit_burst: config.restart.max_restarts,
+            // systemd counts every start in the window, the first included;
+            // `max_restarts` counts restarts only.
+            start_limit_burst: config.restart.max_restarts.saturating_add(1),
             start_limit_interval: Duration::from_secs(config.restart.window_secs),
             limits: config.limits.clone(),
             stdout_append,
