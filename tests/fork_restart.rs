@@ -199,3 +199,33 @@ async fn a_killed_supervisor_leaves_a_manageable_daemon() {
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
     sb.assert_no_leaks();
 }
+
+/// `cleanup` while a supervisor waits out its restart delay retires that
+/// supervisor: a following `start` gives one daemon, not two.
+#[tokio::test]
+async fn cleanup_during_the_back_off_retires_the_supervisor() {
+    let sb = Sandbox::new("restart_backoff_cleanup");
+    let log = sb.path("starts.log");
+    let mut cfg = sb.config(&["--starts", log.to_str().unwrap(), "--crash-after", "100:2"]);
+    cfg.restart.policy = RestartPolicy::OnFailure;
+    cfg.restart.delay_ms = 1500;
+    cfg.restart.max_delay_ms = 1500;
+    let crashing = sb.manager(cfg);
+    within(20, crashing.start()).await.unwrap();
+    eventually(10, || async {
+        matches!(crashing.status().await.unwrap(), DaemonStatus::Failed(r) if r.contains("restart pending"))
+            .then_some(())
+    })
+    .await;
+    within(20, crashing.cleanup_stale()).await.unwrap();
+    // The same name and PID file, now a daemon that stays up.
+    let healthy = sb.manager(sb.config(&["--starts", log.to_str().unwrap()]));
+    let pid = within(20, healthy.start()).await.unwrap();
+    // Past the old delay: had the old supervisor survived, it would have
+    // started a second daemon by now.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(starts(&log).len(), 2, "{:?}", starts(&log));
+    assert_eq!(healthy.status().await.unwrap(), DaemonStatus::Running(pid));
+    within(20, healthy.stop()).await.unwrap();
+    sb.assert_no_leaks();
+}
