@@ -90,6 +90,8 @@ pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 ///     });
 /// }
 /// ```
+// The example is about `main` itself, so it shows one.
+#[allow(clippy::needless_doctest_main)]
 pub fn supervisor_init() {
     if std::env::var_os(fork::supervise::SUPERVISE_ENV).is_some() {
         fork::supervise::main();
