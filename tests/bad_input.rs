@@ -138,14 +138,7 @@ fn unwritable_pid_directory_is_a_pid_file_error() {
     let toml = sb.write_toml(&config);
     std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut cmd = if nix::unistd::Uid::effective().is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(support::daemonctl());
-        c
-    } else {
-        Command::new(support::daemonctl())
-    };
+    let mut cmd = support::daemonctl_unprivileged();
     let out = cmd
         .args(["--backend", "fork", "start"])
         .arg(&toml)

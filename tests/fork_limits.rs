@@ -123,14 +123,7 @@ fn non_root_asking_for_another_user_or_a_higher_limit_is_permission_denied() {
     let run_as_nobody = |cfg: &daemon_lifecycle::DaemonConfig| {
         let toml = sb.write_toml(cfg);
         std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut cmd = if nix::unistd::Uid::effective().is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(support::daemonctl());
-            c
-        } else {
-            Command::new(support::daemonctl())
-        };
+        let mut cmd = support::daemonctl_unprivileged();
         cmd.args(["--backend", "fork", "start"])
             .arg(&toml)
             .output()

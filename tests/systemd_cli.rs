@@ -117,15 +117,16 @@ async fn render_install_uninstall() {
 fn unreachable_bus_is_a_clear_error_never_a_fallback() {
     let sb = Sandbox::new("sd_cli_nobus");
     let toml = sb.write_toml(&sb.config(&[]));
-    let out = Command::new(support::daemonctl())
-        .args(["--backend", "systemd", "--scope", "user", "start"])
-        .arg(&toml)
-        .env(
-            "DBUS_SESSION_BUS_ADDRESS",
-            format!("unix:path={}", sb.path("no-bus").display()),
-        )
-        .output()
-        .unwrap();
+    let no_bus = format!("unix:path={}", sb.path("no-bus").display());
+    let run = |args: &[&str]| {
+        Command::new(support::daemonctl())
+            .args(args)
+            .arg(&toml)
+            .env("DBUS_SESSION_BUS_ADDRESS", &no_bus)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--backend", "systemd", "--scope", "user", "start"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -135,26 +136,10 @@ fn unreachable_bus_is_a_clear_error_never_a_fallback() {
     );
     assert!(sb.processes().is_empty(), "something was started");
     // status: LSB "unknown".
-    let out = Command::new(support::daemonctl())
-        .args(["--backend", "systemd", "--scope", "user", "status"])
-        .arg(&toml)
-        .env(
-            "DBUS_SESSION_BUS_ADDRESS",
-            format!("unix:path={}", sb.path("no-bus").display()),
-        )
-        .output()
-        .unwrap();
+    let out = run(&["--backend", "systemd", "--scope", "user", "status"]);
     assert_eq!(out.status.code(), Some(4));
     // auto with no manager: the fork backend.
-    let out = Command::new(support::daemonctl())
-        .args(["--scope", "user", "status", "--json"])
-        .arg(&toml)
-        .env(
-            "DBUS_SESSION_BUS_ADDRESS",
-            format!("unix:path={}", sb.path("no-bus").display()),
-        )
-        .output()
-        .unwrap();
+    let out = run(&["--scope", "user", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["backend"], "fork");
     sb.assert_no_leaks();

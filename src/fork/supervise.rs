@@ -494,6 +494,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                 if recent_restarts.len() >= req.restart.max_restarts as usize {
                     tracing::warn!(name = %req.name, "start limit hit: not restarting");
                     record.failure = Some("start limit hit".into());
+                    record.restart_pending = false;
                     let _ = pidfile::write_record(&paths.identity, &record);
                     return exit_code(exit);
                 }
@@ -532,6 +533,11 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                         // file of a dead daemon finds the exit in the record.
                         record.last_exit = Some(info);
                         record.ready = false;
+                        // Say now whether a restart follows, in the same
+                        // write: a reader must never see a bare failure for
+                        // a daemon that is about to come back.
+                        record.restart_pending =
+                            answered && !stop_requested && should_restart(req.restart.policy, info);
                         let _ = pidfile::write_record(&paths.identity, &record);
                         let _ = pidfile::remove(&paths.pid_file);
                         // What is left of the group goes too (as systemd's

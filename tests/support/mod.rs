@@ -234,3 +234,16 @@ pub fn identity(sb: &Sandbox) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(sb.path("daemon.pid.identity")).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// A `daemonctl` command that runs unprivileged: as `nobody` through
+/// `setpriv` when the tests run as root (as in CI), as the caller otherwise.
+pub fn daemonctl_unprivileged() -> std::process::Command {
+    if nix::unistd::Uid::effective().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(daemonctl());
+        c
+    } else {
+        std::process::Command::new(daemonctl())
+    }
+}
