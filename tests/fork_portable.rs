@@ -45,7 +45,8 @@ async fn sigterm_timeout_and_exit_codes_on_the_portable_path() {
     within(30, m.stop()).await.unwrap();
     let took = t.elapsed();
     assert!(took >= Duration::from_secs(2), "{took:?}");
-    assert!(took < Duration::from_millis(3500), "{took:?}");
+    // Not much more than the timeout (a loaded CI machine adds a little).
+    assert!(took < Duration::from_millis(5000), "{took:?}");
 
     let failing = sb.manager(sb.config(&["--exit-code", "3"]));
     within(20, failing.start()).await.unwrap();

@@ -78,11 +78,13 @@ async fn restart_gives_a_new_pid_and_kill_is_immediate() {
     assert!(!alive(first));
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(second));
 
+    // SIGKILL at once: with a 30 s shutdown timeout, none of it is waited
+    // (the bound is loose on purpose: it checks behaviour, not speed).
+    let m = sb.manager(sb.config(&["--ignore-term"]).with_shutdown_timeout_secs(30));
     let t = std::time::Instant::now();
     within(20, m.kill()).await.unwrap();
-    // SIGKILL at once: no shutdown timeout was waited (it is 1 s here).
     assert!(
-        t.elapsed() < std::time::Duration::from_millis(900),
+        t.elapsed() < std::time::Duration::from_secs(10),
         "{:?}",
         t.elapsed()
     );
