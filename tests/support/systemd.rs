@@ -57,6 +57,12 @@ impl UserManager {
                 return unavailable(&format!("{tool} is not installed"));
             }
         }
+        // The user manager socket-activates its bus from this unit.
+        if !Path::new("/usr/lib/systemd/user/dbus.socket").exists() {
+            return unavailable(
+                "dbus-user-session is not installed (no /usr/lib/systemd/user/dbus.socket)",
+            );
+        }
         let t0 = Instant::now();
         let runtime_dir = tempfile::Builder::new()
             .prefix("dl-sd-user-")
