@@ -267,7 +267,11 @@ impl ForkBackend {
             None => return Err(self.start_gone(config, paths, lock).await),
         };
         let deadline = started_at + config.startup_timeout();
-        match readiness::wait_until_ready(probe, deadline, || daemon.is_same_live_process()).await {
+        match readiness::wait_until_ready(probe, deadline, || {
+            std::future::ready(daemon.is_same_live_process())
+        })
+        .await
+        {
             Ok(()) => Ok(pid),
             Err(ProbeError::Timeout { last }) => {
                 tracing::warn!(%name, pid, ?last, "not ready within the start-up timeout: stopping it");
@@ -968,7 +972,7 @@ impl Backend for ForkBackend {
                 },
                 Some(probe) => {
                     match readiness::wait_until_ready(probe, deadline, || {
-                        daemon.is_same_live_process()
+                        std::future::ready(daemon.is_same_live_process())
                     })
                     .await
                     {

@@ -34,22 +34,24 @@ pub(crate) enum ProbeError {
 /// but never answers) is retried rather than eating the whole deadline.
 const MAX_ATTEMPT: Duration = Duration::from_secs(5);
 
-/// Probes until ready, the deadline, or the daemon's end (checked before
-/// every attempt and after every failed one).
-pub(crate) async fn wait_until_ready(
+/// Probes until ready, the deadline, or the daemon's end. `still_alive` is
+/// asked once after every failed attempt (it may be a D-Bus round trip, so
+/// not more often): a daemon that died is reported at once, not waited for.
+pub(crate) async fn wait_until_ready<F, Fut>(
     probe: &Readiness,
     deadline: Instant,
-    mut still_alive: impl FnMut() -> bool,
-) -> Result<(), ProbeError> {
+    mut still_alive: F,
+) -> Result<(), ProbeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     if matches!(probe, Readiness::Notify) {
         return Err(ProbeError::NotAProbe);
     }
     let interval = probe.interval();
     let mut last = None;
     loop {
-        if !still_alive() {
-            return Err(ProbeError::DaemonGone);
-        }
         let now = Instant::now();
         if now >= deadline {
             return Err(ProbeError::Timeout { last });
@@ -65,7 +67,7 @@ pub(crate) async fn wait_until_ready(
                 last = Some(why);
             }
         }
-        if !still_alive() {
+        if !still_alive().await {
             return Err(ProbeError::DaemonGone);
         }
         tokio::time::sleep_until(deadline.min(Instant::now() + interval)).await;

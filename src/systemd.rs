@@ -24,6 +24,7 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
 use crate::config::{DaemonConfig, Readiness, Scope};
 use crate::error::{DaemonError, Result};
+use crate::readiness::{self, ProbeError};
 use dbus::ManagerProxy;
 pub use unit::UnitSpec;
 
@@ -419,8 +420,7 @@ impl SystemdBackend {
             .as_ref()
             .filter(|r| !matches!(r, Readiness::Notify))
         {
-            let deadline = Instant::now() + config.startup_timeout();
-            if let Err(e) = self.probe_ready(config, &unit, probe, deadline).await {
+            if let Err(e) = self.probe_ready(config, &unit, probe, config.startup_timeout()).await {
                 if matches!(e, DaemonError::Timeout { .. }) {
                     // Not ready in time: nothing is left running (as on the
                     // fork backend).
@@ -496,41 +496,40 @@ impl SystemdBackend {
         }
     }
 
+    /// Runs the shared probe (crate::readiness) until ready; between
+    /// attempts, systemd says whether the unit is still up.
     async fn probe_ready(
         &self,
         config: &DaemonConfig,
         unit: &str,
         probe: &Readiness,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<()> {
-        // The shared probes (crate::readiness); the liveness check between
-        // attempts asks systemd, so it is done here rather than in a closure.
-        let interval = probe.interval();
-        loop {
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(100), BUS_GRACE);
-            let last = match crate::readiness::probe_once(probe, budget).await {
-                Ok(()) => return Ok(()),
-                Err(why) => why,
-            };
-            let state = self.unit_state(unit).await?.unwrap_or_default();
-            if !state.is_up() {
-                return Err(state.start_failed(
-                    &config.name(),
-                    &format!("before it became ready, {unit} is"),
-                ));
+        let still_up = || async {
+            match self.unit_state(unit).await {
+                Ok(state) => state.is_some_and(|s| s.is_up()),
+                // A bus hiccup is not a death: keep probing until the deadline.
+                Err(e) => {
+                    tracing::debug!(%unit, %e, "unit state unknown during readiness probe");
+                    true
+                }
             }
-            if Instant::now() >= deadline {
-                tracing::info!(%unit, %last, "not ready in time");
-                return Err(DaemonError::Timeout {
+        };
+        let deadline = Instant::now() + timeout;
+        match readiness::wait_until_ready(probe, deadline, still_up).await {
+            Ok(()) => Ok(()),
+            Err(ProbeError::Timeout { last }) => {
+                tracing::info!(%unit, ?last, "not ready in time");
+                Err(DaemonError::Timeout {
                     name: config.name(),
-                    operation: "readiness",
-                    after: config.startup_timeout(),
-                });
+                    operation: "readiness probe",
+                    after: timeout,
+                })
             }
-            tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+            Err(ProbeError::DaemonGone | ProbeError::NotAProbe) => {
+                let state = self.unit_state(unit).await?.unwrap_or_default();
+                Err(state.start_failed(&config.name(), &format!("before it became ready, {unit} is")))
+            }
         }
     }
 
@@ -780,10 +779,7 @@ impl Backend for SystemdBackend {
                         })
                     }
                 }
-                Some(probe) => {
-                    self.probe_ready(config, &unit, probe, Instant::now() + timeout)
-                        .await
-                }
+                Some(probe) => self.probe_ready(config, &unit, probe, timeout).await,
             }
         })
     }
