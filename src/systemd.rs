@@ -174,6 +174,12 @@ impl SystemdBackend {
         }
     }
 
+    /// The unit name alone (no rendering): what status, stop, kill, restart,
+    /// wait-ready and cleanup need.
+    fn unit(config: &DaemonConfig) -> Result<String> {
+        unit::unit_name(&config.name())
+    }
+
     fn spec(&self, config: &DaemonConfig) -> Result<UnitSpec> {
         UnitSpec::from_config(config, self.scope)
     }
@@ -371,36 +377,34 @@ impl SystemdBackend {
         })
     }
 
-    /// Whether a persistent (installed) unit file exists for `unit`.
-    async fn installed(&self, unit: &str) -> Result<bool> {
-        let path = match self.manager.load_unit(unit).await {
-            Ok(p) => p,
-            Err(e) => return Err(bus_error(format!("LoadUnit {unit}"), e)),
-        };
-        let state = self.state_at(unit, path).await?;
-        Ok(state.load == "loaded" && !state.transient)
-    }
-
     async fn start_unit(&self, config: &DaemonConfig) -> Result<u32> {
         let spec = self.spec(config)?;
         let unit = spec.unit.clone();
         let name = config.name();
-        if let Some(state) = self.unit_state(&unit).await? {
-            if state.is_up() && state.main_pid != 0 {
-                tracing::info!(%unit, pid = state.main_pid, "already running");
-                return Ok(state.main_pid);
-            }
+        // One look answers three questions: running already? installed as a
+        // unit file? a leftover transient unit holding the name? (LoadUnit
+        // also loads a unit file that is not loaded yet.)
+        let path = self
+            .manager
+            .load_unit(&unit)
+            .await
+            .map_err(|e| bus_error(format!("LoadUnit {unit}"), e))?;
+        let before = self.state_at(&unit, path).await?;
+        if before.is_up() && before.main_pid != 0 {
+            tracing::info!(%unit, pid = before.main_pid, "already running");
+            return Ok(before.main_pid);
         }
         let job_timeout = config.startup_timeout() + BUS_GRACE;
-        let result = if self.installed(&unit).await? {
+        let result = if before.load == "loaded" && !before.transient {
             self.run_job(&name, format!("StartUnit {unit}"), job_timeout, || {
                 self.manager.start_unit(&unit, "replace")
             })
             .await?
         } else {
-            self.start_transient(&name, &spec, job_timeout).await?
+            self.start_transient(&name, &spec, job_timeout, before.transient)
+                .await?
         };
-        let state = self.unit_state(&unit).await?.unwrap_or_default();
+        let mut state = self.unit_state(&unit).await?.unwrap_or_default();
         if result != "done" && (result == "timeout" || state.result == "timeout") {
             // Not ready within TimeoutStartSec: systemd stopped it already.
             return Err(DaemonError::Timeout {
@@ -420,7 +424,10 @@ impl SystemdBackend {
             .as_ref()
             .filter(|r| !matches!(r, Readiness::Notify))
         {
-            if let Err(e) = self.probe_ready(config, &unit, probe, config.startup_timeout()).await {
+            if let Err(e) = self
+                .probe_ready(config, &unit, probe, config.startup_timeout())
+                .await
+            {
                 if matches!(e, DaemonError::Timeout { .. }) {
                     // Not ready in time: nothing is left running (as on the
                     // fork backend).
@@ -428,8 +435,8 @@ impl SystemdBackend {
                 }
                 return Err(e);
             }
+            state = self.unit_state(&unit).await?.unwrap_or_default();
         }
-        let state = self.unit_state(&unit).await?.unwrap_or_default();
         if !state.is_up() || state.main_pid == 0 {
             return Err(state.start_failed(&name, &format!("right after starting, {unit} is")));
         }
@@ -437,14 +444,17 @@ impl SystemdBackend {
     }
 
     /// `StartTransientUnit`, after clearing a failed unit of the same name.
+    /// `leftover`: a transient unit of this name is still loaded (failed, or
+    /// not collected yet) and must be reset first.
     async fn start_transient(
         &self,
         name: &str,
         spec: &UnitSpec,
         timeout: Duration,
+        leftover: bool,
     ) -> Result<String> {
         let unit = spec.unit.as_str();
-        if self.unit_state(unit).await?.is_some() {
+        if leftover {
             // A failed (or not yet collected) unit holds the name.
             match self.manager.reset_failed_unit(unit).await {
                 Ok(()) => {}
@@ -528,7 +538,10 @@ impl SystemdBackend {
             }
             Err(ProbeError::DaemonGone | ProbeError::NotAProbe) => {
                 let state = self.unit_state(unit).await?.unwrap_or_default();
-                Err(state.start_failed(&config.name(), &format!("before it became ready, {unit} is")))
+                Err(state.start_failed(
+                    &config.name(),
+                    &format!("before it became ready, {unit} is"),
+                ))
             }
         }
     }
@@ -682,14 +695,14 @@ impl Backend for SystemdBackend {
 
     fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             self.stop_unit(config, &unit).await
         })
     }
 
     fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             let Some(state) = self.unit_state(&unit).await? else {
                 return Ok(());
             };
@@ -711,7 +724,7 @@ impl Backend for SystemdBackend {
 
     fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             let state = self.unit_state(&unit).await?;
             let status = state
                 .as_ref()
@@ -729,7 +742,7 @@ impl Backend for SystemdBackend {
 
     fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             match self.unit_state(&unit).await? {
                 Some(state) if state.is_up() => {
                     self.stop_unit(config, &unit).await?;
@@ -746,7 +759,7 @@ impl Backend for SystemdBackend {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             let state = self.unit_state(&unit).await?.unwrap_or_default();
             // Stopping, or waiting out a restart delay, is not "starting":
             // a start job queued now would cancel the stop or skip RestartSec.
@@ -786,7 +799,7 @@ impl Backend for SystemdBackend {
 
     fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = self.spec(config)?.unit;
+            let unit = Self::unit(config)?;
             match self.manager.reset_failed_unit(&unit).await {
                 Ok(()) => Ok(()),
                 Err(e) if is_no_such_unit(&e) => Ok(()),

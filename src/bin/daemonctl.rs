@@ -175,6 +175,8 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         config.scope = Some(scope.parse::<Scope>().expect("clap checked the value"));
     }
     let scope = config.scope.unwrap_or_else(Scope::default_for_current_user);
+    // Validated before connecting, so a bad config is reported as such even
+    // where no bus answers.
     match &cli.command {
         Command::Render { .. } => {
             config.validate()?;
