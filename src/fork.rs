@@ -365,22 +365,12 @@ impl ForkBackend {
             Some(sup) => {
                 // The supervisor owns the shutdown sequence (and will not
                 // restart what it was told to stop); we wait for it to finish.
-                let signal = if force {
-                    Signal::SIGUSR1
-                } else {
-                    Signal::SIGTERM
-                };
-                send(sup.pid, signal)?;
                 let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
-                let done = proc::wait_exit(sup.pid, deadline).await
-                    && proc::wait_group_gone(pgid_raw, deadline).await;
+                let exited = ask_supervisor_to_stop(sup, force, deadline).await?;
+                let done = exited && proc::wait_group_gone(pgid_raw, deadline).await;
                 if !done {
                     tracing::warn!(%name, supervisor = sup.pid, "supervisor did not finish the stop in time: killing the group");
                     let _ = killpg(pgid, Signal::SIGKILL);
-                    // Its PID may have been reused while we waited.
-                    if sup.is_same_live_process() {
-                        let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
-                    }
                 }
                 done || proc::wait_group_gone(pgid_raw, Instant::now() + SUPERVISOR_GRACE).await
             }
@@ -529,6 +519,19 @@ async fn retire_supervisor(rec: &Record, force: bool, shutdown: Duration) -> Res
     if rec.daemon.is_same_live_process() {
         return Ok(false);
     }
+    ask_supervisor_to_stop(sup, force, Instant::now() + shutdown + SUPERVISOR_GRACE).await?;
+    Ok(true)
+}
+
+/// SIGTERM (stop) or SIGUSR1 (kill) to a live supervisor, then wait for its
+/// exit; past `deadline` it is SIGKILLed — after checking that its PID still
+/// names it, since the PID may have been reused while we waited. Returns
+/// whether it exited on its own.
+async fn ask_supervisor_to_stop(
+    sup: &proc::ProcRef,
+    force: bool,
+    deadline: Instant,
+) -> Result<bool> {
     send(
         sup.pid,
         if force {
@@ -537,12 +540,13 @@ async fn retire_supervisor(rec: &Record, force: bool, shutdown: Duration) -> Res
             Signal::SIGTERM
         },
     )?;
-    if !proc::wait_exit(sup.pid, Instant::now() + shutdown + SUPERVISOR_GRACE).await
-        && sup.is_same_live_process()
-    {
+    if proc::wait_exit(sup.pid, deadline).await {
+        return Ok(true);
+    }
+    if sup.is_same_live_process() {
         let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
     }
-    Ok(true)
+    Ok(false)
 }
 
 /// The error for a supervisor's answer other than `Started`.
