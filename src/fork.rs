@@ -960,20 +960,23 @@ impl Backend for ForkBackend {
             match &config.readiness {
                 // Without a readiness probe, a running daemon is a ready one.
                 None => Ok(()),
-                // The supervisor records READY=1; look at the record until it
-                // says so (a restarted daemon must say it again).
-                Some(Readiness::Notify) => loop {
-                    let found = self.inspect(config, &paths).await?;
-                    match (&found.status, &found.record) {
-                        (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
-                        (DaemonStatus::Running(_), _) => {}
-                        _ => return Err(not_running(found.status)),
+                // The supervisor records READY=1; wake on each rewrite of the
+                // record until it says so (a restarted daemon must say it again).
+                Some(Readiness::Notify) => {
+                    let watch = pidfile::RecordWatch::new(&paths.identity);
+                    loop {
+                        let found = self.inspect(config, &paths).await?;
+                        match (&found.status, &found.record) {
+                            (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
+                            (DaemonStatus::Running(_), _) => {}
+                            _ => return Err(not_running(found.status)),
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(timed_out("readiness (READY=1 over NOTIFY_SOCKET)"));
+                        }
+                        watch.changed(deadline).await;
                     }
-                    if Instant::now() >= deadline {
-                        return Err(timed_out("readiness (READY=1 over NOTIFY_SOCKET)"));
-                    }
-                    tokio::time::sleep_until(deadline.min(Instant::now() + NOTIFY_POLL)).await;
-                },
+                }
                 Some(probe) => {
                     match readiness::wait_until_ready(probe, deadline, || {
                         std::future::ready(daemon.is_same_live_process())
@@ -1025,9 +1028,6 @@ impl Backend for ForkBackend {
         })
     }
 }
-
-/// How often `wait_ready` looks at the record for `READY=1`.
-const NOTIFY_POLL: Duration = Duration::from_millis(20);
 
 /// Long enough to outlast another operation holding the lock (a stop waits
 /// up to the shutdown timeout, a start up to the start-up timeout).

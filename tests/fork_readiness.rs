@@ -338,3 +338,56 @@ fn daemonctl_start_waits_for_notify_and_shows_status_text() {
     assert!(run(&["stop"]).status.success());
     sb.assert_no_leaks();
 }
+
+/// `wait_ready` on a notify daemon that is still starting is woken by the
+/// supervisor's record write (inotify): it returns within a moment of
+/// READY=1, where the 1 s fallback recheck alone would be ~500 ms late (this
+/// test fails that way when the watch does not fire).
+#[tokio::test]
+async fn wait_ready_wakes_on_ready_not_on_a_timer() {
+    let sb = Sandbox::new("wait_ready_event");
+    let stamp = sb.path("ready.stamp");
+    let mut cfg = sb.config(&[
+        "--ready-after",
+        "1500",
+        "--ready-stamp",
+        stamp.to_str().unwrap(),
+    ]);
+    cfg.readiness = notify();
+    let toml = sb.write_toml(&cfg);
+    // `daemonctl start` blocks until READY=1; meanwhile the test waits too.
+    let mut starter = std::process::Command::new(support::daemonctl())
+        .arg("start")
+        .arg(&toml)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = sb.manager(cfg);
+    support::eventually(10, || async {
+        matches!(m.status().await.unwrap(), DaemonStatus::Running(_)).then_some(())
+    })
+    .await;
+    assert!(
+        !stamp.exists(),
+        "ready before wait_ready began: the test shows nothing"
+    );
+    within(10, m.wait_ready(10)).await.unwrap();
+    let returned = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let ready: u128 = std::fs::read_to_string(&stamp)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(returned >= ready);
+    assert!(
+        returned - ready < 300_000,
+        "wait_ready returned {} ms after READY=1: not woken by the record write",
+        (returned - ready) / 1000
+    );
+    assert!(starter.wait().unwrap().success());
+    within(20, m.stop()).await.unwrap();
+    sb.assert_no_leaks();
+}

@@ -265,6 +265,87 @@ impl Lock {
     }
 }
 
+/// Wakes when the record beside a PID file is rewritten (the supervisor
+/// replaces it atomically on every change: ready, status, exit, restart), so
+/// a waiter needs no sleep loop. Linux: inotify on the directory; elsewhere,
+/// and if inotify is unavailable, a short poll.
+pub(crate) struct RecordWatch {
+    #[cfg(target_os = "linux")]
+    inotify: Option<tokio::io::unix::AsyncFd<InotifyFd>>,
+}
+
+#[cfg(target_os = "linux")]
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+#[cfg(target_os = "linux")]
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// The poll interval where no event is available.
+const WATCH_POLL: Duration = Duration::from_millis(20);
+/// Even with events, look again this often: a supervisor killed with
+/// SIGKILL writes nothing when its daemon then dies.
+const WATCH_RECHECK: Duration = Duration::from_secs(1);
+
+impl RecordWatch {
+    /// Starts watching; create it before the first look, so no change
+    /// between that look and the wait is missed.
+    pub fn new(record: &Path) -> RecordWatch {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+            let dir = record.parent().unwrap_or(Path::new("/"));
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .and_then(|i| {
+                    i.add_watch(
+                        dir,
+                        AddWatchFlags::IN_MOVED_TO
+                            | AddWatchFlags::IN_CLOSE_WRITE
+                            | AddWatchFlags::IN_DELETE,
+                    )?;
+                    Ok(i)
+                })
+                .ok()
+                .and_then(|i| {
+                    // SAFETY: the Inotify owns its fd for the AsyncFd's lifetime.
+                    unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            InotifyFd(i),
+                            tokio::io::Interest::READABLE,
+                        )
+                    }
+                    .ok()
+                });
+            RecordWatch { inotify }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = record;
+            RecordWatch {}
+        }
+    }
+
+    /// Returns after a change in the directory (or a recheck interval), or
+    /// at `deadline`.
+    pub async fn changed(&self, deadline: tokio::time::Instant) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.inotify {
+            let until = deadline.min(tokio::time::Instant::now() + WATCH_RECHECK);
+            if let Ok(Ok(mut guard)) = tokio::time::timeout_at(until, fd.readable()).await {
+                // Drain the queue; which file changed does not matter.
+                let _ = fd.get_ref().0.read_events();
+                guard.clear_ready();
+            }
+            return;
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WATCH_POLL)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
