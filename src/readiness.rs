@@ -144,13 +144,13 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(5);
         assert_eq!(
-            wait_until_ready(&tcp(&addr), deadline, || true).await,
+            wait_until_ready(&tcp(&addr), deadline, || async { true }).await,
             Ok(())
         );
         drop(listener);
         let deadline = Instant::now() + Duration::from_millis(200);
         assert!(matches!(
-            wait_until_ready(&tcp(&addr), deadline, || true).await,
+            wait_until_ready(&tcp(&addr), deadline, || async { true }).await,
             Err(ProbeError::Timeout { last: Some(_) })
         ));
     }
@@ -158,7 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_daemon_ends_the_wait() {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let r = wait_until_ready(&tcp("127.0.0.1:1"), deadline, || false).await;
+        let r = wait_until_ready(&tcp("127.0.0.1:1"), deadline, || async { false }).await;
         assert_eq!(r, Err(ProbeError::DaemonGone));
     }
 
@@ -173,14 +173,17 @@ mod tests {
             interval_ms: Some(10),
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        assert_eq!(wait_until_ready(&ok, deadline, || true).await, Ok(()));
+        assert_eq!(
+            wait_until_ready(&ok, deadline, || async { true }).await,
+            Ok(())
+        );
         let deadline = Instant::now() + Duration::from_millis(100);
         assert!(matches!(
-            wait_until_ready(&bad, deadline, || true).await,
+            wait_until_ready(&bad, deadline, || async { true }).await,
             Err(ProbeError::Timeout { .. })
         ));
         assert_eq!(
-            wait_until_ready(&Readiness::Notify, deadline, || true).await,
+            wait_until_ready(&Readiness::Notify, deadline, || async { true }).await,
             Err(ProbeError::NotAProbe)
         );
     }
