@@ -247,3 +247,17 @@ pub fn daemonctl_unprivileged() -> std::process::Command {
         std::process::Command::new(daemonctl())
     }
 }
+
+/// For tests that need root: `true` when running as root. Otherwise they
+/// skip with a note — except in CI (`CI` set, as `.ci/run` does), where a
+/// skip would be counted as a pass, so they fail.
+pub fn have_root(why: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root ({why}) and CI must run it");
+    }
+    eprintln!("SKIPPED: needs root ({why})");
+    false
+}

@@ -137,15 +137,14 @@ impl UserManager {
         let conn = zbus::connection::Builder::address(self.bus_address.as_str())?
             .build()
             .await?;
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &("org.freedesktop.systemd1.Manager", "SystemState"),
-            )
-            .await?;
+        let reply = call(
+            &conn,
+            MANAGER_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            &("org.freedesktop.systemd1.Manager", "SystemState"),
+        )
+        .await?;
         let value: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
         Ok(String::try_from(value)?)
     }
@@ -184,6 +183,30 @@ impl UserManager {
         pids.retain(|p| Some(*p) != me && !is_dbus(*p));
         pids
     }
+}
+
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// One method call to systemd (`org.freedesktop.systemd1`).
+async fn call<B>(
+    conn: &zbus::Connection,
+    path: &str,
+    interface: &str,
+    method: &str,
+    body: &B,
+) -> zbus::Result<zbus::message::Message>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    conn.call_method(
+        Some("org.freedesktop.systemd1"),
+        path,
+        Some(interface),
+        method,
+        body,
+    )
+    .await
 }
 
 fn is_dbus(pid: u32) -> bool {
@@ -289,41 +312,26 @@ impl UserManager {
         interface: &str,
     ) -> std::collections::HashMap<String, zbus::zvariant::OwnedValue> {
         let conn = self.connection().await;
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.systemd1.Manager"),
-                "GetUnit",
-                &(unit,),
-            )
+        let reply = call(&conn, MANAGER_PATH, MANAGER, "GetUnit", &(unit,))
             .await
             .unwrap_or_else(|e| panic!("GetUnit {unit}: {e}"));
         let path: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().unwrap();
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                &path,
-                Some("org.freedesktop.DBus.Properties"),
-                "GetAll",
-                &(interface,),
-            )
-            .await
-            .unwrap();
+        let reply = call(
+            &conn,
+            path.as_str(),
+            "org.freedesktop.DBus.Properties",
+            "GetAll",
+            &(interface,),
+        )
+        .await
+        .unwrap();
         reply.body().deserialize().unwrap()
     }
 
     /// Names of the units this manager has loaded whose name starts with `prefix`.
     pub async fn units_named(&self, prefix: &str) -> Vec<String> {
         let conn = self.connection().await;
-        let reply = conn
-            .call_method(
-                Some("org.freedesktop.systemd1"),
-                "/org/freedesktop/systemd1",
-                Some("org.freedesktop.systemd1.Manager"),
-                "ListUnits",
-                &(),
-            )
+        let reply = call(&conn, MANAGER_PATH, MANAGER, "ListUnits", &())
             .await
             .unwrap();
         #[allow(clippy::type_complexity)]
