@@ -15,11 +15,19 @@ use crate::error::Result;
 /// be used as `dyn Backend`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The state of a daemon, as in the original design note.
+/// The state of a daemon, as in the original design note, plus `Starting`.
+///
+/// New states may be added (hence `#[non_exhaustive]`): match with a `_`
+/// arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DaemonStatus {
     /// Daemon is running with this PID.
     Running(u32),
+    /// Daemon runs with this PID but is not ready yet: no `READY=1` (notify
+    /// readiness), or the readiness probe has not succeeded. A start that
+    /// never gets there ends with the daemon stopped.
+    Starting(u32),
     /// Daemon is stopped.
     Stopped,
     /// Daemon failed to start or exited on its own; the reason names the exit
@@ -31,20 +39,24 @@ pub enum DaemonStatus {
 }
 
 impl DaemonStatus {
-    /// The state's one-word name: `running`, `stopped`, `failed` or `stale`.
+    /// The state's one-word name: `running`, `starting`, `stopped`, `failed`
+    /// or `stale`.
     pub fn state_name(&self) -> &'static str {
         match self {
             DaemonStatus::Running(_) => "running",
+            DaemonStatus::Starting(_) => "starting",
             DaemonStatus::Stopped => "stopped",
             DaemonStatus::Failed(_) => "failed",
             DaemonStatus::Stale(_) => "stale",
         }
     }
 
-    /// The PID, for `Running` and `Stale`.
+    /// The PID, for `Running`, `Starting` and `Stale`.
     pub fn pid(&self) -> Option<u32> {
         match self {
-            DaemonStatus::Running(pid) | DaemonStatus::Stale(pid) => Some(*pid),
+            DaemonStatus::Running(pid) | DaemonStatus::Starting(pid) | DaemonStatus::Stale(pid) => {
+                Some(*pid)
+            }
             _ => None,
         }
     }
@@ -54,6 +66,7 @@ impl fmt::Display for DaemonStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DaemonStatus::Running(pid) => write!(f, "running (PID {pid})"),
+            DaemonStatus::Starting(pid) => write!(f, "starting (PID {pid}, not ready yet)"),
             DaemonStatus::Stopped => f.write_str("stopped"),
             DaemonStatus::Failed(reason) => write!(f, "failed: {reason}"),
             DaemonStatus::Stale(pid) => write!(f, "stale PID file (PID {pid} is not the daemon)"),
@@ -125,6 +138,10 @@ pub struct StatusReport {
     pub status_text: Option<String>,
     /// How often the daemon was restarted after exiting on its own.
     pub restarts: u32,
+    /// Something wrong beside the state, in words: for the fork backend a
+    /// PID file or identity record that disagrees with the live supervisor
+    /// ("PID file names 1, supervisor 4242 runs daemon 4250").
+    pub problem: Option<String>,
 }
 
 impl StatusReport {
@@ -137,6 +154,7 @@ impl StatusReport {
             last_exit: None,
             status_text: None,
             restarts: 0,
+            problem: None,
         }
     }
 }

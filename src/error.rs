@@ -159,6 +159,34 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+
+    /// A file where the fork backend keeps its state (PID file, identity
+    /// record, lock, control socket, log file) is not one it wrote: a
+    /// symbolic link, another kind of file, or owned by another user. Nothing
+    /// was signalled, read out or removed.
+    #[error("{}: {reason}; refusing to use it (nothing was signalled or changed){}", path.display(), untrusted_hint(*owner))]
+    UntrustedFile {
+        /// The file at fault.
+        path: PathBuf,
+        /// Its owner's UID, when it could be seen.
+        owner: Option<u32>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Another operation (or another program) held the fork backend's lock
+    /// longer than this operation's own timeout.
+    #[error("{name}: lock {} is held{} and was not released within {}", path.display(), holder.map(|p| format!(" by PID {p}")).unwrap_or_default(), humanize(*after))]
+    LockTimeout {
+        /// Daemon name.
+        name: String,
+        /// The lock file.
+        path: PathBuf,
+        /// The PID holding it, where the OS says (Linux).
+        holder: Option<u32>,
+        /// How long was waited.
+        after: Duration,
+    },
 }
 
 impl DaemonError {
@@ -191,6 +219,15 @@ impl DaemonError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+fn untrusted_hint(owner: Option<u32>) -> String {
+    match owner {
+        Some(uid) if uid != nix::unistd::Uid::effective().as_raw() && uid != 0 => {
+            format!("; it belongs to UID {uid}: remove it or choose a pid_file in a directory only you can write")
+        }
+        _ => String::new(),
     }
 }
 

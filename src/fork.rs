@@ -20,11 +20,13 @@
 //! - `limits`, `user`, `group`: resolved and checked in the caller, applied
 //!   between fork and exec ([`limits`]).
 
+pub(crate) mod control;
 pub(crate) mod limits;
 pub(crate) mod logs;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod proc;
+pub(crate) mod state;
 pub(crate) mod supervise;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,9 @@ use crate::config::{DaemonConfig, Readiness};
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
 use pidfile::{Lock, Paths, Record};
+use state::Inspection;
+
+pub(crate) use state::is_clean_exit;
 use supervise::{Request, Response};
 
 pub use proc::PORTABLE_ENV;
@@ -129,29 +134,28 @@ impl ForkBackend {
     pub async fn run_foreground(&self, config: &DaemonConfig) -> Result<i32> {
         config.validate()?;
         let paths = Paths::new(config.effective_pid_file());
-        ensure_pid_dir(config, &paths)?;
-        let request = {
+        check_pid_dir(config, &paths, DirUse::Create)?;
+        control::check_path(&paths.control)?;
+        let mut request = {
             // Held only for the checks: a `stop` from elsewhere needs it later.
-            let _lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let found = self.inspect(config, &paths).await?;
-            match found.status {
-                DaemonStatus::Running(pid) => {
+            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
+            match self
+                .prepare_start(config, &paths, &lock, || build_request(config, &paths))
+                .await?
+            {
+                Prepared::Running(pid) | Prepared::Starting(pid) => {
                     return Err(DaemonError::StartFailed {
                         name: config.name(),
                         reason: format!("already running with PID {pid}"),
                         source: None,
                     })
                 }
-                DaemonStatus::Stale(_) => pidfile::remove(&paths.pid_file)?,
-                DaemonStatus::Failed(_) | DaemonStatus::Stopped => {
-                    if let Some(rec) = &found.record {
-                        retire_supervisor(rec, false, config.shutdown_timeout()).await?;
-                    }
-                }
+                Prepared::Ready(request) => request,
             }
-            pidfile::remove(&paths.identity)?;
-            build_request(config, &paths)?
         };
+        // Nothing here probes readiness: no supervisor waits for that news.
+        request.await_probe = false;
+        let request = *request;
         let (code, first) = supervise::run_foreground(request).await;
         match first {
             Some(Response::Started { .. }) => Ok(code),
@@ -201,9 +205,11 @@ impl ForkBackend {
         Ok(path)
     }
 
-    /// Reads PID file and record and decides the state. Needs no lock: every
-    /// file is replaced atomically, and the record is written before the PID
-    /// file appears and before it goes.
+    /// Looks at the daemon. A live supervisor is asked over its control
+    /// socket (the truth, whatever the files say; disagreeing files become
+    /// the report's `problem`); otherwise the PID file and record decide.
+    /// Needs no lock: every file is replaced atomically, and the record is
+    /// written before the PID file appears and before it goes.
     ///
     /// One moment is ambiguous on disk: the daemon has just died and its live
     /// supervisor has not yet reaped it and recorded the exit (a few
@@ -211,7 +217,7 @@ impl ForkBackend {
     async fn inspect(&self, config: &DaemonConfig, paths: &Paths) -> Result<Inspection> {
         let deadline = Instant::now() + EXIT_RECORD_WAIT;
         loop {
-            let found = inspect_once(paths)?;
+            let found = inspect_once(paths).await?;
             if !found.exit_in_progress || Instant::now() >= deadline {
                 tracing::trace!(name = %config.name(), status = %found.status, "inspected");
                 return Ok(found);
@@ -220,33 +226,73 @@ impl ForkBackend {
         }
     }
 
-    async fn start_locked(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
+    /// Everything a start does before the supervisor runs: find a running
+    /// daemon, run `check` (every refusal comes before any change), then clear
+    /// what a previous run left (only files that are provably ours).
+    async fn prepare_start(
+        &self,
+        config: &DaemonConfig,
+        paths: &Paths,
+        _held: &Lock,
+        check: impl FnOnce() -> Result<Request>,
+    ) -> Result<Prepared> {
         let name = config.name();
         let found = self.inspect(config, paths).await?;
-        if let DaemonStatus::Running(pid) = found.status {
-            tracing::info!(%name, pid, "already running");
-            return Ok(pid);
-        }
-        // Everything that can refuse the config comes before any change: a
-        // refused start leaves a failed record (and its reason) as it was.
-        let request = build_request(config, paths)?;
-        let program = self.supervisor_program()?;
         match found.status {
-            DaemonStatus::Running(_) => unreachable!("returned above"),
-            DaemonStatus::Stale(pid) => {
-                tracing::warn!(%name, pid, "removing stale PID file before start (PID not signalled)");
-                pidfile::remove(&paths.pid_file)?;
-                pidfile::remove(&paths.identity)?;
-            }
-            DaemonStatus::Failed(_) | DaemonStatus::Stopped => {
-                // A supervisor still alive here is waiting out a restart
-                // delay: retire it, or two supervisors would run the daemon.
-                if let Some(rec) = &found.record {
-                    retire_supervisor(rec, false, config.shutdown_timeout()).await?;
-                }
-                pidfile::remove(&paths.identity)?;
-            }
+            DaemonStatus::Running(pid) => return Ok(Prepared::Running(pid)),
+            DaemonStatus::Starting(pid) => return Ok(Prepared::Starting(pid)),
+            _ => {}
         }
+        let request = check()?;
+        if found.foreign_pid_file {
+            return Err(pidfile::untrusted(
+                &paths.pid_file,
+                None,
+                "exists but has no identity record beside it, so daemon-lifecycle did not write it \
+                 (another program's PID file?): choose another pid_file, or remove it yourself if it is garbage",
+            ));
+        }
+        if let DaemonStatus::Stale(pid) = found.status {
+            tracing::warn!(%name, pid, "removing stale PID file before start (PID not signalled)");
+        }
+        // A supervisor still alive here is waiting out a restart delay (or
+        // finishing an exit): retire it, or two supervisors would run the daemon.
+        if found.live.is_some() {
+            retire_live(paths, config.shutdown_timeout()).await?;
+        } else if let Some(rec) = &found.record {
+            retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+        }
+        pidfile::remove(&paths.pid_file)?;
+        pidfile::remove(&paths.identity)?;
+        clear_dead_supervisor_files(paths).await?;
+        Ok(Prepared::Ready(Box::new(request)))
+    }
+
+    async fn start_locked(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
+        let name = config.name();
+        let mut program = None;
+        let prepared = self
+            .prepare_start(config, paths, lock, || {
+                let request = build_request(config, paths)?;
+                program = Some(self.supervisor_program()?);
+                Ok(request)
+            })
+            .await?;
+        let request = match prepared {
+            Prepared::Running(pid) => {
+                tracing::info!(%name, pid, "already running");
+                return Ok(pid);
+            }
+            Prepared::Starting(pid) => {
+                // An earlier start was interrupted while it waited for
+                // readiness: finish its job (wait, probe) rather than call a
+                // daemon ready that never was.
+                tracing::info!(%name, pid, "a start is under way: waiting for readiness");
+                return self.finish_start(config, paths, lock).await;
+            }
+            Prepared::Ready(request) => request,
+        };
+        let program = program.expect("set by the check");
         // The supervisor enforces the notify start-up timeout and then stops
         // the daemon: give it the time for both.
         let patience = config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE;
@@ -256,25 +302,48 @@ impl ForkBackend {
             Response::Started { pid } => pid,
             other => return Err(response_error(config, other)),
         };
-        let probe = match &config.readiness {
-            Some(p) if !matches!(p, Readiness::Notify) => p,
-            _ => return Ok(pid),
+        if !request.await_probe {
+            return Ok(pid);
+        }
+        self.probe_until_ready(config, paths, lock, started_at + config.startup_timeout())
+            .await?;
+        Ok(pid)
+    }
+
+    /// The caller's half of tcp/http/command readiness: probe until it works,
+    /// then tell the supervisor (which otherwise stops the daemon once the
+    /// start-up timeout has passed). On a timeout the daemon is stopped here.
+    async fn probe_until_ready(
+        &self,
+        config: &DaemonConfig,
+        paths: &Paths,
+        lock: &Lock,
+        deadline: Instant,
+    ) -> Result<()> {
+        let name = config.name();
+        let Some(probe) = config
+            .readiness
+            .as_ref()
+            .filter(|p| !matches!(p, Readiness::Notify))
+        else {
+            return Ok(());
         };
-        // The caller probes tcp/http/command (the supervisor reaps every child
-        // it has, so it cannot also run probe commands through tokio).
-        let daemon = match pidfile::read_record(&paths.identity)? {
-            Some(rec) => rec.daemon,
-            None => return Err(self.start_gone(config, paths, lock).await),
+        let found = self.inspect(config, paths).await?;
+        let daemon = match (&found.status, found.record) {
+            (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec.daemon,
+            _ => return Err(self.start_gone(config, paths, lock).await),
         };
-        let deadline = started_at + config.startup_timeout();
         match readiness::wait_until_ready(probe, deadline, || {
             std::future::ready(daemon.is_same_live_process())
         })
         .await
         {
-            Ok(()) => Ok(pid),
+            Ok(()) => match control_call(paths, control::Op::Ready).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(self.start_gone(config, paths, lock).await),
+            },
             Err(ProbeError::Timeout { last }) => {
-                tracing::warn!(%name, pid, ?last, "not ready within the start-up timeout: stopping it");
+                tracing::warn!(%name, pid = daemon.pid, ?last, "not ready within the start-up timeout: stopping it");
                 self.stop_locked(config, paths, lock, false).await?;
                 Err(DaemonError::Timeout {
                     name,
@@ -285,6 +354,66 @@ impl ForkBackend {
             Err(ProbeError::DaemonGone) | Err(ProbeError::NotAProbe) => {
                 Err(self.start_gone(config, paths, lock).await)
             }
+        }
+    }
+
+    /// A start found the daemon `starting` (the start that launched it was
+    /// interrupted): wait for readiness within the start-up timeout, as
+    /// that start would have; not ready in time, it is stopped.
+    async fn finish_start(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
+        let deadline = Instant::now() + config.startup_timeout();
+        match config.readiness {
+            Some(Readiness::Notify) => {
+                match self.wait_notify_ready(config, paths, deadline).await {
+                    Ok(()) => {}
+                    Err(e @ DaemonError::Timeout { .. }) => {
+                        self.stop_locked(config, paths, lock, false).await?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => self.probe_until_ready(config, paths, lock, deadline).await?,
+        }
+        match self.inspect(config, paths).await?.status {
+            DaemonStatus::Running(pid) => Ok(pid),
+            other => Err(DaemonError::NotRunning {
+                name: config.name(),
+                state: other.to_string(),
+            }),
+        }
+    }
+
+    /// Waits until a notify daemon's supervisor recorded `READY=1` for the
+    /// current run, waking on each rewrite of the record.
+    async fn wait_notify_ready(
+        &self,
+        config: &DaemonConfig,
+        paths: &Paths,
+        deadline: Instant,
+    ) -> Result<()> {
+        let watch = pidfile::RecordWatch::new(&paths.identity);
+        let started = Instant::now();
+        loop {
+            let found = self.inspect(config, paths).await?;
+            match (&found.status, &found.record) {
+                (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
+                (DaemonStatus::Running(_) | DaemonStatus::Starting(_), _) => {}
+                _ => {
+                    return Err(DaemonError::NotRunning {
+                        name: config.name(),
+                        state: found.status.to_string(),
+                    })
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(DaemonError::Timeout {
+                    name: config.name(),
+                    operation: "readiness (READY=1 over NOTIFY_SOCKET)",
+                    after: deadline.saturating_duration_since(started),
+                });
+            }
+            watch.changed(deadline).await;
         }
     }
 
@@ -315,8 +444,9 @@ impl ForkBackend {
         }
     }
 
-    /// Stops (or with `force`, kills) the daemon. Never signals a PID whose
-    /// identity does not match the record.
+    /// Stops (or with `force`, kills) the daemon. A live supervisor is told
+    /// over its control socket; without one, the recorded process group is
+    /// stopped here — never a PID whose identity does not match the record.
     async fn stop_locked(
         &self,
         config: &DaemonConfig,
@@ -325,13 +455,31 @@ impl ForkBackend {
         force: bool,
     ) -> Result<()> {
         let name = config.name();
+        let grace = if force {
+            Duration::ZERO
+        } else {
+            config.shutdown_timeout()
+        };
         let found = self.inspect(config, paths).await?;
+        if let Some(live) = &found.live {
+            if stop_live(&name, paths, live, force, grace).await? {
+                return Ok(());
+            }
+            // The supervisor went away between the two calls: look at the
+            // disk as it left it.
+            return Box::pin(self.stop_locked(config, paths, _held, force)).await;
+        }
         let pid = match found.status {
-            DaemonStatus::Running(pid) => pid,
+            DaemonStatus::Running(pid) | DaemonStatus::Starting(pid) => pid,
+            DaemonStatus::Stale(pid) if found.foreign_pid_file => {
+                tracing::warn!(%name, pid, "PID file was not written by daemon-lifecycle: signalling nothing, removing nothing");
+                return Ok(());
+            }
             DaemonStatus::Stale(pid) => {
                 tracing::warn!(%name, pid, "PID file is stale: removing it, signalling nothing");
                 pidfile::remove(&paths.pid_file)?;
                 pidfile::remove(&paths.identity)?;
+                clear_dead_supervisor_files(paths).await?;
                 return Ok(());
             }
             DaemonStatus::Failed(_) => {
@@ -346,25 +494,21 @@ impl ForkBackend {
             }
             DaemonStatus::Stopped => {
                 pidfile::remove(&paths.identity)?;
+                clear_dead_supervisor_files(paths).await?;
                 return Ok(());
             }
         };
         let record = found.record.expect("running implies a record");
         let pgid_raw = record.pgid();
         let pgid = Pid::from_raw(pgid_raw as i32);
-        let grace = if force {
-            Duration::ZERO
-        } else {
-            config.shutdown_timeout()
-        };
         let supervisor = record
             .supervisor
             .as_ref()
             .filter(|_| record.supervisor_alive());
         let gone = match supervisor {
             Some(sup) => {
-                // The supervisor owns the shutdown sequence (and will not
-                // restart what it was told to stop); we wait for it to finish.
+                // A supervisor of ours that did not answer on its socket (the
+                // socket was removed): the signal protocol still reaches it.
                 let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
                 let exited = ask_supervisor_to_stop(sup, force, deadline).await?;
                 let done = exited && proc::wait_group_gone(pgid_raw, deadline).await;
@@ -377,11 +521,7 @@ impl ForkBackend {
             None => {
                 // No supervisor (it was killed): do the sequence ourselves.
                 tracing::warn!(%name, pid, "no live supervisor: stopping the process group directly");
-                let gone = terminate_group(pgid_raw, grace).await;
-                if let Some(dir) = &record.notify_dir {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                gone
+                terminate_group(pgid_raw, grace).await
             }
         };
         if !gone {
@@ -393,120 +533,225 @@ impl ForkBackend {
         }
         pidfile::remove(&paths.pid_file)?;
         pidfile::remove(&paths.identity)?;
+        clear_dead_supervisor_files(paths).await?;
         Ok(())
     }
 }
 
-/// At the very end of an operation, still holding the lock: when neither PID
-/// file nor record is left, the lock file goes too, so a stopped daemon
+/// What [`ForkBackend::prepare_start`] found.
+enum Prepared {
+    Running(u32),
+    Starting(u32),
+    Ready(Box<Request>),
+}
+
+/// At the very end of an operation, still holding the lock: when nothing of
+/// ours is left beside it, the lock file goes too, so a stopped daemon
 /// leaves nothing behind (waiters re-check the inode, see [`Lock::acquire`]).
 /// Never in the middle of an operation such as a restart: a newcomer would
 /// lock a fresh file and run beside us.
+/// (A PID file without a record beside it is not ours and does not count:
+/// we always write the record first and remove it last.)
 fn release(paths: &Paths, lock: Lock) {
-    if !paths.pid_file.exists() && !paths.identity.exists() {
+    if !pidfile::present(&paths.identity) && !pidfile::present(&paths.control) {
         let _ = lock.remove_file();
     }
     drop(lock);
-}
-
-struct Inspection {
-    status: DaemonStatus,
-    record: Option<Record>,
-    /// The daemon is dead but its live supervisor has not recorded the exit yet.
-    exit_in_progress: bool,
 }
 
 /// How long [`ForkBackend::inspect`] waits for a live supervisor to record a
 /// daemon's exit (it does so right after reaping it).
 const EXIT_RECORD_WAIT: Duration = Duration::from_secs(2);
 
-fn inspect_once(paths: &Paths) -> Result<Inspection> {
-    let pid = pidfile::read_pid(&paths.pid_file)?;
-    let record = pidfile::read_record(&paths.identity)?;
-    let mut exit_in_progress = false;
-    let status = match (pid, &record) {
-        (Some(pid), Some(rec)) if rec.daemon.pid == pid => {
-            if rec.daemon.is_same_live_process() {
-                DaemonStatus::Running(pid)
-            } else if rec.last_exit.is_some() && !rec.supervisor_alive() {
-                ended(rec)
-            } else {
-                // Dead, and a live supervisor has not recorded it yet (after a
-                // restart `last_exit` is the previous run's, so a live
-                // supervisor always gets the moment to record this one).
-                exit_in_progress = rec.supervisor_alive();
-                match rec.last_exit {
-                    Some(_) if !exit_in_progress => ended(rec),
-                    _ => DaemonStatus::Stale(pid),
-                }
+/// The files as they are; content that is not ours becomes a reason, a file
+/// that is not ours (link, other owner) an error.
+fn read_disk(paths: &Paths) -> Result<state::Disk> {
+    fn soft<T>(r: Result<T>) -> Result<std::result::Result<T, String>> {
+        match r {
+            Ok(v) => Ok(Ok(v)),
+            Err(DaemonError::PidFileError { source, .. })
+                if source.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Ok(Err(source.to_string()))
             }
+            Err(e) => Err(e),
         }
-        // A record about another PID while its supervisor lives: the
-        // supervisor is between rewriting the record and the PID file (a
-        // restart, or MAINPID=); look again.
-        (Some(pid), Some(rec)) if rec.supervisor_alive() => {
-            exit_in_progress = true;
-            DaemonStatus::Stale(pid)
-        }
-        // A PID file with no record, or a record about another PID: we
-        // cannot prove who that PID is, so it is never treated as ours.
-        (Some(pid), _) => DaemonStatus::Stale(pid),
-        // The record comes before the PID file on start; or the PID file was
-        // removed by hand under a live daemon.
-        (None, Some(rec)) if rec.daemon.is_same_live_process() => {
-            DaemonStatus::Running(rec.daemon.pid)
-        }
-        (None, Some(rec)) => match rec.last_exit {
-            Some(_) => ended(rec),
-            None => {
-                exit_in_progress = rec.supervisor_alive();
-                DaemonStatus::Stopped
-            }
-        },
-        (None, None) => DaemonStatus::Stopped,
-    };
-    Ok(Inspection {
-        status,
-        record,
-        exit_in_progress,
+    }
+    Ok(state::Disk {
+        pid: soft(pidfile::read_pid(&paths.pid_file))?,
+        record: soft(pidfile::read_record(&paths.identity))?,
     })
 }
 
-/// The state of a daemon that is not running, from its record.
-fn ended(rec: &Record) -> DaemonStatus {
-    if let Some(failure) = &rec.failure {
-        return DaemonStatus::Failed(failure.clone());
+async fn inspect_once(paths: &Paths) -> Result<Inspection> {
+    if let Some(mut client) = control::Client::connect(&paths.control).await? {
+        let peer = client.peer_pid;
+        match client.call(control::Op::Status, control::QUERY_TIMEOUT).await {
+            // The kernel's word on who answered beats the answer's own.
+            Ok(reply) if peer.is_some_and(|p| p != reply.supervisor) => {
+                return Err(pidfile::untrusted(
+                    &paths.control,
+                    None,
+                    format!(
+                        "is served by PID {}, which claims to be supervisor {}",
+                        peer.unwrap_or_default(),
+                        reply.supervisor
+                    ),
+                ))
+            }
+            Ok(reply) if reply.pid_file == paths.pid_file => {
+                let disk = read_disk(paths)?;
+                return Ok(state::from_live(
+                    reply,
+                    &disk,
+                    &paths.pid_file.display().to_string(),
+                ));
+            }
+            Ok(reply) => {
+                return Err(pidfile::untrusted(
+                    &paths.control,
+                    None,
+                    format!(
+                        "is served by a supervisor of another PID file ({})",
+                        reply.pid_file.display()
+                    ),
+                ))
+            }
+            // It exited between connect and answer: the disk tells the rest.
+            Err(DaemonError::Io { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let exit = rec.last_exit.expect("called with an exit");
-    if rec.restart_pending && rec.supervisor_alive() {
-        return DaemonStatus::Failed(format!("{exit}; restart pending"));
-    }
-    failed_or_stopped(exit)
+    let disk = read_disk(paths)?;
+    let garbage = |path: &Path, why: String| {
+        DaemonError::pid_file(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{why}; no supervisor of ours answers: `cleanup` removes it"),
+            ),
+        )
+    };
+    let pid = disk.pid.map_err(|why| garbage(&paths.pid_file, why))?;
+    let record = disk.record.map_err(|why| garbage(&paths.identity, why))?;
+    Ok(state::from_disk(
+        pid,
+        record,
+        &|p: &proc::ProcRef| p.is_same_live_process(),
+        &proc::is_alive,
+    ))
 }
 
-fn failed_or_stopped(exit: ExitInfo) -> DaemonStatus {
-    if is_clean_exit(exit) {
-        DaemonStatus::Stopped
+/// One control request to the live supervisor, if there is one.
+async fn control_call(paths: &Paths, op: control::Op) -> Result<Option<control::ControlReply>> {
+    match control::Client::connect(&paths.control).await? {
+        Some(mut c) => Ok(Some(c.call(op, control::QUERY_TIMEOUT).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Asks the live supervisor to stop (or kill) and waits for its exit, which
+/// closes the connection. Past the deadline the daemon's group and the
+/// supervisor (each after checking it is still the recorded process) get
+/// SIGKILL. `Ok(false)`: no supervisor answered any more.
+async fn stop_live(
+    name: &str,
+    paths: &Paths,
+    live: &control::ControlReply,
+    force: bool,
+    grace: Duration,
+) -> Result<bool> {
+    let Some(mut client) = control::Client::connect(&paths.control).await? else {
+        return Ok(false);
+    };
+    let op = if force {
+        control::Op::Kill
     } else {
-        DaemonStatus::Failed(exit.to_string())
+        control::Op::Stop
+    };
+    let reply = match client.call(op, control::QUERY_TIMEOUT).await {
+        Ok(r) => r,
+        Err(DaemonError::Io { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let rec = &reply.record;
+    let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
+    if !client.wait_closed(deadline).await {
+        tracing::warn!(%name, supervisor = live.supervisor, "supervisor did not finish the stop in time: killing");
+        if rec.daemon.is_same_live_process() || proc::group_exists(rec.pgid()) {
+            let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
+        }
+        if let Some(sup) = rec.supervisor.as_ref().filter(|s| s.is_same_live_process()) {
+            let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+        }
     }
+    if let Some(sup) = &rec.supervisor {
+        proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
+    }
+    if !proc::wait_group_gone(rec.pgid(), Instant::now() + SUPERVISOR_GRACE).await {
+        return Err(DaemonError::StopFailed {
+            name: name.to_owned(),
+            pid: rec.daemon.pid,
+            reason: "processes of its group survived SIGKILL".into(),
+        });
+    }
+    // A supervisor that finished removed its files; one that had to be
+    // killed left them: ours to remove, while they are its generation's.
+    match pidfile::read_record(&paths.identity) {
+        Ok(Some(on_disk)) if on_disk.supervisor != rec.supervisor => {}
+        _ => {
+            pidfile::remove(&paths.pid_file)?;
+            pidfile::remove(&paths.identity)?;
+        }
+    }
+    clear_dead_supervisor_files(paths).await?;
+    Ok(true)
 }
 
-/// systemd's rule for a service: exit code 0 and the signals HUP, INT, TERM
-/// and PIPE are a clean end, anything else is a failure.
-pub(crate) fn is_clean_exit(exit: ExitInfo) -> bool {
-    match exit {
-        ExitInfo::Code(0) => true,
-        ExitInfo::Code(_) => false,
-        ExitInfo::Signal(sig) => [
-            Signal::SIGHUP,
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGPIPE,
-        ]
-        .iter()
-        .any(|s| *s as i32 == sig),
+/// Tells a live supervisor over its socket to give up (its daemon is down:
+/// restart pending, or still recording the exit) and waits for its exit.
+async fn retire_live(paths: &Paths, shutdown: Duration) -> Result<()> {
+    let Some(mut client) = control::Client::connect(&paths.control).await? else {
+        return Ok(());
+    };
+    let reply = match client
+        .call(control::Op::Stop, control::QUERY_TIMEOUT)
+        .await
+    {
+        Ok(r) => r,
+        Err(DaemonError::Io { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !client
+        .wait_closed(Instant::now() + shutdown + SUPERVISOR_GRACE)
+        .await
+    {
+        if let Some(sup) = reply
+            .record
+            .supervisor
+            .as_ref()
+            .filter(|s| s.is_same_live_process())
+        {
+            let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+            proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
+        }
     }
+    Ok(())
+}
+
+/// What a supervisor that was killed leaves: its control socket (nobody
+/// answers on it) and its notify directory. Both paths come from the config.
+async fn clear_dead_supervisor_files(paths: &Paths) -> Result<()> {
+    if pidfile::present(&paths.control)
+        && control::Client::connect(&paths.control).await?.is_none()
+    {
+        pidfile::remove_socket(&paths.control)?;
+    }
+    if pidfile::present(&paths.notify_dir) {
+        notify::remove_dir(&paths.notify_dir)
+            .map_err(|e| DaemonError::pid_file(&paths.notify_dir, e))?;
+    }
+    Ok(())
 }
 
 /// Tells a live supervisor whose daemon is down (restart pending, or still
@@ -532,6 +777,9 @@ async fn ask_supervisor_to_stop(
     force: bool,
     deadline: Instant,
 ) -> Result<bool> {
+    if !sup.is_same_live_process() {
+        return Ok(true);
+    }
     send(
         sup.pid,
         if force {
@@ -626,6 +874,7 @@ fn build_request(config: &DaemonConfig, paths: &Paths) -> Result<Request> {
         for (field, path) in [("logs.stdout", &logs.stdout), ("logs.stderr", &logs.stderr)] {
             if let Some(p) = path {
                 check_log_dir(field, p)?;
+                logs::check_log_file(p)?;
             }
         }
     }
@@ -646,6 +895,10 @@ fn build_request(config: &DaemonConfig, paths: &Paths) -> Result<Request> {
         logs: config.logs.clone(),
         limits: config.limits.clone(),
         credentials,
+        await_probe: config
+            .readiness
+            .as_ref()
+            .is_some_and(|r| !matches!(r, Readiness::Notify)),
     })
 }
 
@@ -864,12 +1117,13 @@ impl Backend for ForkBackend {
     fn start<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            ensure_pid_dir(config, &paths)?;
+            check_pid_dir(config, &paths, DirUse::Create)?;
+            control::check_path(&paths.control)?;
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
             let result = self.start_locked(config, &paths, &lock).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
-                if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped)
+                if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped && i.live.is_none())
                 {
                     let _ = pidfile::remove(&paths.identity);
                 }
@@ -882,7 +1136,7 @@ impl Backend for ForkBackend {
     fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            if !paths.pid_file.exists() && !paths.identity.exists() {
+            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(()); // nothing to stop; do not create a lock file
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
@@ -895,10 +1149,37 @@ impl Backend for ForkBackend {
     fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            if !paths.pid_file.exists() && !paths.identity.exists() {
+            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(());
             }
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
+            // A kill must not wait behind a slow stop holding the lock: a
+            // live supervisor is told at once, without the lock...
+            let mut lock = None;
+            if let Some(mut client) = control::Client::connect(&paths.control).await? {
+                if client
+                    .call(control::Op::Kill, control::QUERY_TIMEOUT)
+                    .await
+                    .is_ok()
+                {
+                    client
+                        .wait_closed(Instant::now() + SUPERVISOR_GRACE)
+                        .await;
+                }
+            } else {
+                lock = Lock::try_acquire(&paths.lock)?;
+                if lock.is_none() {
+                    // ... and without one, the recorded group (identity
+                    // checked) gets SIGKILL while the lock holder finishes.
+                    let found = inspect_once(&paths).await?;
+                    if let (DaemonStatus::Running(_), Some(rec)) = (&found.status, &found.record) {
+                        let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+            let lock = match lock {
+                Some(l) => l,
+                None => Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?,
+            };
             let result = self.stop_locked(config, &paths, &lock, true).await;
             release(&paths, lock);
             result
@@ -908,8 +1189,10 @@ impl Backend for ForkBackend {
     fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
+            check_pid_dir(config, &paths, DirUse::Read)?;
             let found = self.inspect(config, &paths).await?;
             let mut report = StatusReport::new(config.name(), BackendKind::Fork, found.status);
+            report.problem = found.problem;
             if let Some(rec) = found.record {
                 report.last_exit = rec.last_exit;
                 report.status_text = rec.status_text;
@@ -922,7 +1205,8 @@ impl Backend for ForkBackend {
     fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            ensure_pid_dir(config, &paths)?;
+            check_pid_dir(config, &paths, DirUse::Create)?;
+            control::check_path(&paths.control)?;
             // One lock across stop and start: nobody slips in between.
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
             // The lock file stays in place between the two (see `release`).
@@ -942,19 +1226,17 @@ impl Backend for ForkBackend {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
+            check_pid_dir(config, &paths, DirUse::Read)?;
             let deadline = Instant::now() + timeout;
             let not_running = |status: DaemonStatus| DaemonError::NotRunning {
                 name: config.name(),
                 state: status.to_string(),
             };
-            let timed_out = |operation| DaemonError::Timeout {
-                name: config.name(),
-                operation,
-                after: timeout,
-            };
             let found = self.inspect(config, &paths).await?;
-            let DaemonStatus::Running(_) = found.status else {
-                return Err(not_running(found.status));
+            let starting = match found.status {
+                DaemonStatus::Running(_) => false,
+                DaemonStatus::Starting(_) => true,
+                other => return Err(not_running(other)),
             };
             let daemon = found.record.expect("running implies a record").daemon;
             match &config.readiness {
@@ -962,29 +1244,34 @@ impl Backend for ForkBackend {
                 None => Ok(()),
                 // The supervisor records READY=1; wake on each rewrite of the
                 // record until it says so (a restarted daemon must say it again).
-                Some(Readiness::Notify) => {
-                    let watch = pidfile::RecordWatch::new(&paths.identity);
-                    loop {
-                        let found = self.inspect(config, &paths).await?;
-                        match (&found.status, &found.record) {
-                            (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
-                            (DaemonStatus::Running(_), _) => {}
-                            _ => return Err(not_running(found.status)),
-                        }
-                        if Instant::now() >= deadline {
-                            return Err(timed_out("readiness (READY=1 over NOTIFY_SOCKET)"));
-                        }
-                        watch.changed(deadline).await;
-                    }
-                }
+                Some(Readiness::Notify) => match self.wait_notify_ready(config, &paths, deadline).await
+                {
+                    Err(DaemonError::Timeout { operation, .. }) => Err(DaemonError::Timeout {
+                        name: config.name(),
+                        operation,
+                        after: timeout,
+                    }),
+                    other => other,
+                },
                 Some(probe) => {
                     match readiness::wait_until_ready(probe, deadline, || {
                         std::future::ready(daemon.is_same_live_process())
                     })
                     .await
                     {
-                        Ok(()) => Ok(()),
-                        Err(ProbeError::Timeout { .. }) => Err(timed_out("readiness probe")),
+                        Ok(()) => {
+                            if starting {
+                                // The probe worked: the supervisor waiting for
+                                // that news must not stop the daemon.
+                                control_call(&paths, control::Op::Ready).await?;
+                            }
+                            Ok(())
+                        }
+                        Err(ProbeError::Timeout { .. }) => Err(DaemonError::Timeout {
+                            name: config.name(),
+                            operation: "readiness probe",
+                            after: timeout,
+                        }),
                         Err(_) => {
                             let status = self.inspect(config, &paths).await?.status;
                             Err(not_running(status))
@@ -998,35 +1285,88 @@ impl Backend for ForkBackend {
     fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let paths = Paths::new(config.effective_pid_file());
-            if !paths.pid_file.exists() && !paths.identity.exists() {
+            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(());
             }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let found = self.inspect(config, &paths).await?;
-            if let Some(rec) = &found.record {
-                // A supervisor waiting out a restart delay would start the
-                // daemon again behind our back: it goes first.
-                retire_supervisor(rec, false, config.shutdown_timeout()).await?;
-            }
-            match found.status {
-                DaemonStatus::Running(_) => {
-                    release(&paths, lock);
-                    return Ok(());
-                }
-                DaemonStatus::Stale(pid) => {
-                    tracing::info!(name = %config.name(), pid, "removing stale PID file and identity record");
-                }
-                DaemonStatus::Failed(reason) => {
-                    tracing::info!(name = %config.name(), %reason, "clearing failed state");
-                }
-                DaemonStatus::Stopped => {}
-            }
-            pidfile::remove(&paths.pid_file)?;
-            pidfile::remove(&paths.identity)?;
+            let result = self.cleanup_locked(config, &paths).await;
             release(&paths, lock);
-            Ok(())
+            result
         })
     }
+}
+
+impl ForkBackend {
+    async fn cleanup_locked(&self, config: &DaemonConfig, paths: &Paths) -> Result<()> {
+        let name = config.name();
+        if let Some(live) = control_call(paths, control::Op::Status).await? {
+            if matches!(
+                live.phase,
+                control::Phase::Starting | control::Phase::Running | control::Phase::Stopping
+            ) {
+                return Ok(()); // a daemon of ours runs: nothing to clean
+            }
+            // A supervisor waiting out a restart delay would start the
+            // daemon again behind our back: it goes first.
+            retire_live(paths, config.shutdown_timeout()).await?;
+        }
+        let disk = read_disk(paths)?;
+        // Garbage (content that is not ours, in a file owned by us or root)
+        // may go once no daemon of ours runs: judge by what is readable.
+        let pid = disk.pid.as_ref().ok().copied().flatten();
+        let record = disk.record.as_ref().ok().cloned().flatten();
+        let found = state::from_disk(
+            pid,
+            record.clone(),
+            &|p: &proc::ProcRef| p.is_same_live_process(),
+            &proc::is_alive,
+        );
+        if let Some(rec) = &record {
+            retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+        }
+        match &found.status {
+            DaemonStatus::Running(_) | DaemonStatus::Starting(_) => return Ok(()),
+            DaemonStatus::Stale(pid) if found.foreign_pid_file => {
+                return Err(pidfile::untrusted(
+                    &paths.pid_file,
+                    None,
+                    format!(
+                        "names PID {pid} but has no identity record beside it, so daemon-lifecycle did not write it \
+                         (another program's PID file?): cleanup never removes a file it cannot prove it wrote"
+                    ),
+                ));
+            }
+            DaemonStatus::Stale(pid) => {
+                tracing::info!(%name, pid, "removing stale PID file and identity record");
+            }
+            DaemonStatus::Failed(reason) => {
+                tracing::info!(%name, %reason, "clearing failed state");
+            }
+            _ => {}
+        }
+        if let Err(why) = &disk.pid {
+            tracing::info!(%name, %why, "removing an unreadable PID file");
+        }
+        if let Err(why) = &disk.record {
+            tracing::info!(%name, %why, "removing an unreadable identity record");
+        }
+        pidfile::remove(&paths.pid_file)?;
+        pidfile::remove(&paths.identity)?;
+        clear_dead_supervisor_files(paths).await?;
+        Ok(())
+    }
+}
+
+/// Whether any file of ours may be there (dangling links included).
+fn anything_there(paths: &Paths) -> bool {
+    [
+        &paths.pid_file,
+        &paths.identity,
+        &paths.control,
+        &paths.notify_dir,
+    ]
+    .iter()
+    .any(|p| pidfile::present(p))
 }
 
 /// Long enough to outlast another operation holding the lock (a stop waits
@@ -1035,77 +1375,130 @@ fn lock_timeout(config: &DaemonConfig) -> Duration {
     config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE * 2
 }
 
-/// The PID file's directory must exist and be writable; the default runtime
-/// directory is created (mode 0700 for a user's, 0755 for root's).
-fn ensure_pid_dir(config: &DaemonConfig, paths: &Paths) -> Result<()> {
+/// What an operation does in the PID directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DirUse {
+    /// Looks only.
+    Read,
+    /// Writes or removes files there.
+    Write,
+    /// Writes, and creates the default directory if it is missing.
+    Create,
+}
+
+/// The PID file's directory, checked the same way by every operation:
+///
+/// - the default directory (which may be a predictable name in `/tmp`) must
+///   be a real directory owned by us, closed to others (it is created, mode
+///   0700, or 0755 for root's under `/run`, by `start`);
+/// - any directory other users can write (mode `o+w`, or `g+w` for a group
+///   that is not root's or, for a non-root caller, not the caller's own) must
+///   be sticky, so no one can replace our files there;
+/// - every file of our set that exists must be ours (see
+///   [`pidfile::check_ours`]), and the PID file must not be a directory.
+///
+/// `Ok(false)`: the directory does not exist (nothing there to act on).
+fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
     let dir = paths.pid_file.parent().unwrap_or(Path::new("/"));
-    if config.pid_file.as_os_str().is_empty() && !dir.exists() {
-        let mode = if nix::unistd::Uid::effective().is_root() {
-            0o755
-        } else {
-            0o700
-        };
+    let default = config.pid_file.as_os_str().is_empty();
+    let me = nix::unistd::Uid::effective();
+    let dir_error = |kind: std::io::ErrorKind, msg: String| {
+        DaemonError::pid_file(&paths.pid_file, std::io::Error::new(kind, msg))
+    };
+    if default && usage == DirUse::Create && !pidfile::present(dir) {
+        let mode = if me.is_root() { 0o755 } else { 0o700 };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
             .create(dir)
             .map_err(|e| DaemonError::pid_file(&paths.pid_file, e))?;
     }
-    if config.pid_file.as_os_str().is_empty() {
-        // The default directory may be a predictable name in /tmp: it must be
-        // ours, a real directory, and closed to others, or another user could
-        // plant a record that makes us signal their choice of process.
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(dir)
-            .map_err(|e| DaemonError::pid_file(&paths.pid_file, e))?;
-        let me = nix::unistd::Uid::effective().as_raw();
-        let shared = !me.eq(&0) && meta.mode() & 0o077 != 0;
-        if !meta.is_dir() || meta.uid() != me || shared {
-            return Err(DaemonError::pid_file(
-                &paths.pid_file,
-                std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "default PID directory {} is not a private directory owned by UID {me}",
-                        dir.display()
-                    ),
-                ),
-            ));
-        }
-    }
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(DaemonError::pid_file(
-                &paths.pid_file,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotADirectory,
-                    format!("{} is not a directory", dir.display()),
-                ),
-            ))
+    let meta = match if default {
+        std::fs::symlink_metadata(dir)
+    } else {
+        std::fs::metadata(dir)
+    } {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && usage != DirUse::Create => {
+            return Ok(false)
         }
         Err(e) => {
-            return Err(DaemonError::pid_file(
-                &paths.pid_file,
-                std::io::Error::new(e.kind(), format!("directory {}: {e}", dir.display())),
-            ))
+            return Err(dir_error(e.kind(), format!("directory {}: {e}", dir.display())));
         }
+    };
+    if !meta.is_dir() {
+        return Err(dir_error(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
     }
-    if nix::unistd::access(
-        dir,
-        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-    )
-    .is_err()
-    {
-        return Err(DaemonError::pid_file(
-            &paths.pid_file,
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("directory {} is not writable", dir.display()),
+    if default && (meta.uid() != me.as_raw() || (!me.is_root() && meta.mode() & 0o077 != 0)) {
+        return Err(dir_error(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "default PID directory {} is not a private directory owned by UID {me}",
+                dir.display()
             ),
         ));
     }
-    Ok(())
+    let group_ok = meta.gid() == 0 || (!me.is_root() && meta.gid() == nix::unistd::getegid().as_raw());
+    let others_write = meta.mode() & 0o002 != 0
+        || (meta.mode() & 0o020 != 0 && !group_ok)
+        || !pidfile::trusted_uid(meta.uid());
+    if others_write && meta.mode() & 0o1000 == 0 {
+        return Err(dir_error(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "directory {} can be written by other users (owner UID {}, mode {:o}) and is not sticky: \
+                 anyone could replace the PID file and make us signal their choice of process; \
+                 use a directory only you (or root) can write, e.g. /run for root",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    // Every file of our set that is there must be ours, before anything is
+    // created (the lock file included).
+    for (path, socket) in [
+        (&paths.pid_file, false),
+        (&paths.identity, false),
+        (&paths.lock, false),
+        (&paths.control, true),
+    ] {
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            if m.is_dir() && path == &paths.pid_file {
+                return Err(DaemonError::invalid(
+                    "pid_file",
+                    format!("{} is a directory", path.display()),
+                ));
+            }
+            pidfile::check_ours(path, &m, socket)?;
+        }
+    }
+    if let Ok(m) = std::fs::symlink_metadata(&paths.notify_dir) {
+        if m.file_type().is_symlink() || !m.is_dir() {
+            return Err(pidfile::untrusted(
+                &paths.notify_dir,
+                Some(m.uid()),
+                "is not a directory we made",
+            ));
+        }
+    }
+    if usage != DirUse::Read
+        && nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_err()
+    {
+        return Err(dir_error(
+            std::io::ErrorKind::PermissionDenied,
+            format!("directory {} is not writable", dir.display()),
+        ));
+    }
+    Ok(true)
 }
 
 use std::os::unix::fs::DirBuilderExt;

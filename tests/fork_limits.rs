@@ -59,7 +59,7 @@ async fn root_drops_to_nobody_with_its_groups_and_notify_still_works() {
     let sb = Sandbox::new("limits_user");
     // nobody must be able to write its dump into the sandbox.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let out = sb.path("ids.json");
     let mut cfg = sb.config(&[
         "--dump-limits",
@@ -118,7 +118,7 @@ async fn unknown_user_or_group_is_refused_before_anything_starts() {
 fn non_root_asking_for_another_user_or_a_higher_limit_is_permission_denied() {
     let sb = Sandbox::new("limits_nonroot");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let run_as_nobody = |cfg: &daemon_lifecycle::DaemonConfig| {
         let toml = sb.write_toml(cfg);
         std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();

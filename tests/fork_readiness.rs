@@ -363,8 +363,9 @@ async fn wait_ready_wakes_on_ready_not_on_a_timer() {
         .spawn()
         .unwrap();
     let m = sb.manager(cfg);
+    // Until READY=1 the daemon runs but is not ready: `starting`.
     support::eventually(10, || async {
-        matches!(m.status().await.unwrap(), DaemonStatus::Running(_)).then_some(())
+        matches!(m.status().await.unwrap(), DaemonStatus::Starting(_)).then_some(())
     })
     .await;
     assert!(

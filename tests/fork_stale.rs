@@ -4,7 +4,7 @@ mod support;
 
 use std::process::{Child, Command};
 
-use daemon_lifecycle::DaemonStatus;
+use daemon_lifecycle::{DaemonError, DaemonStatus};
 use support::{alive, within, Sandbox};
 
 /// An unrelated process, killed when the test ends.
@@ -33,15 +33,28 @@ async fn unrelated_live_pid_is_stale_and_untouched() {
 
     within(20, m.kill()).await.unwrap();
     assert!(alive(pid), "kill signalled an unrelated process");
-    std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
     within(20, m.stop()).await.unwrap();
     assert!(alive(pid), "stop signalled an unrelated process");
-    std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
-    within(20, m.cleanup_stale()).await.unwrap();
-    assert!(alive(pid), "cleanup signalled an unrelated process");
-    assert!(!pid_file.exists());
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
+    // Not ours (no identity record beside it): never removed, by start,
+    // stop or cleanup; the errors say why.
+    let err = within(20, m.cleanup_stale()).await.unwrap_err();
+    assert!(
+        matches!(&err, DaemonError::UntrustedFile { path, .. } if path == &pid_file),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no identity record"), "{err}");
+    let err = within(20, m.start()).await.unwrap_err();
+    assert!(matches!(&err, DaemonError::UntrustedFile { .. }), "{err:?}");
+    assert!(alive(pid), "cleanup or start signalled an unrelated process");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{pid}\n")
+    );
+    let report = m.status_report().await.unwrap();
+    assert_eq!(report.status, DaemonStatus::Stale(pid));
+    assert!(report.problem.unwrap().contains("not written by daemon-lifecycle"));
     assert!(bystander.0.try_wait().unwrap().is_none());
+    std::fs::remove_file(&pid_file).unwrap();
     sb.assert_no_leaks();
 }
 
@@ -74,8 +87,10 @@ async fn reused_pid_with_old_identity_is_stale() {
     sb.assert_no_leaks();
 }
 
+/// Another program's PID file (here: naming a dead PID, no identity record)
+/// is not ours: `start` refuses to replace it, and leaves it as it was.
 #[tokio::test]
-async fn dead_pid_is_stale_and_start_replaces_it() {
+async fn a_pid_file_we_did_not_write_is_never_replaced() {
     let sb = Sandbox::new("stale_dead");
     let mut gone = Command::new("/bin/true").spawn().unwrap();
     let dead = gone.id();
@@ -83,8 +98,50 @@ async fn dead_pid_is_stale_and_start_replaces_it() {
     std::fs::write(sb.path("daemon.pid"), format!("{dead}\n")).unwrap();
     let m = sb.manager(sb.config(&[]));
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Stale(dead));
+    let err = within(20, m.start()).await.unwrap_err();
+    assert!(matches!(&err, DaemonError::UntrustedFile { .. }), "{err:?}");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("daemon.pid")).unwrap(),
+        format!("{dead}\n")
+    );
+    // Nothing else was created beside it (no lock, no record, no socket).
+    let names: Vec<_> = std::fs::read_dir(sb.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("daemon.pid"))
+        .collect();
+    assert_eq!(names, ["daemon.pid"]);
+    std::fs::remove_file(sb.path("daemon.pid")).unwrap();
+    sb.assert_no_leaks();
+}
+
+/// Our own stale files (supervisor and daemon both SIGKILLed) are ours to
+/// replace: status says what happened, and start runs a new daemon.
+#[tokio::test]
+async fn supervisor_and_daemon_killed_status_says_so_and_start_replaces() {
+    let sb = Sandbox::new("stale_ours");
+    let m = sb.manager(sb.config(&[]));
     let pid = within(20, m.start()).await.unwrap();
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));
+    let rec = support::identity(&sb).unwrap();
+    let sup = rec["supervisor"]["pid"].as_u64().unwrap() as u32;
+    for p in [sup, pid] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        support::eventually(5, || async move { (!alive(p)).then_some(()) }).await;
+    }
+    match m.status().await.unwrap() {
+        DaemonStatus::Failed(reason) => assert!(
+            reason.starts_with(&format!("supervisor gone; daemon {pid} exited")),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let new = within(20, m.start()).await.unwrap();
+    assert_ne!(new, pid);
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(new));
     within(20, m.stop()).await.unwrap();
     sb.assert_no_leaks();
 }

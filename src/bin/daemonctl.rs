@@ -241,11 +241,15 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 println!("{}", status_json(&report));
             } else {
                 println!("{}: {} [{}]", report.name, report.status, report.backend);
+                if let Some(problem) = &report.problem {
+                    eprintln!("daemonctl: warning: {problem}");
+                }
             }
             return Ok(match report.status {
-                DaemonStatus::Running(_) => 0,
+                DaemonStatus::Running(_) | DaemonStatus::Starting(_) => 0,
                 DaemonStatus::Stale(_) => 1,
                 DaemonStatus::Stopped | DaemonStatus::Failed(_) => 3,
+                _ => 4,
             });
         }
     }
@@ -267,5 +271,6 @@ fn status_json(report: &StatusReport) -> serde_json::Value {
         "status_text": report.status_text,
         "restarts": report.restarts,
         "last_exit": report.last_exit.map(|e| e.to_string()),
+        "problem": report.problem,
     })
 }

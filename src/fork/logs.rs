@@ -15,7 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -97,13 +97,44 @@ impl LogFile {
     }
 }
 
+/// Opens (or creates) a log file for appending: `O_NOFOLLOW` (a symbolic
+/// link planted where the log should be is refused, never followed) and
+/// `O_NONBLOCK` (nor a FIFO), then it must be a regular file of ours.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::InvalidInput, "is a symbolic link; refusing to follow it")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || !super::pidfile::trusted_uid(meta.uid()) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("is not a regular file of ours (owner UID {})", meta.uid()),
+        ));
+    }
+    // Writes block as usual; O_NONBLOCK was only for the open.
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(file)
+}
+
+/// The caller's check of a configured log path before anything starts: what
+/// is there already must be a regular file of ours, not a symbolic link.
+pub(crate) fn check_log_file(path: &Path) -> crate::error::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => super::pidfile::check_ours(path, &meta, false),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Copies lines from the read end of a daemon's stdout or stderr pipe into

@@ -71,8 +71,9 @@ impl NotifySocket {
     /// under the temp dir is used instead.
     pub fn bind(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
         let dir = if dir.join("notify").as_os_str().len() <= MAX_SOCKET_PATH {
-            // A directory left by a supervisor that was SIGKILLed: ours to replace.
-            let _ = std::fs::remove_dir_all(dir);
+            // A directory left by a supervisor that was SIGKILLed: emptied
+            // of our socket and removed, never as a tree (see `remove_dir`).
+            remove_dir(dir)?;
             std::fs::DirBuilder::new().mode(0o700).create(dir)?;
             dir.to_owned()
         } else {
@@ -98,7 +99,7 @@ impl NotifySocket {
         match bound {
             Ok(socket) => Ok(NotifySocket { socket, dir, path }),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = remove_dir(&dir);
                 Err(e)
             }
         }
@@ -130,7 +131,7 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = remove_dir(&self.dir);
     }
 }
 
@@ -219,6 +220,33 @@ fn recv_with_sender(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Optio
         return Err(io::Error::last_os_error());
     }
     Ok((n as usize, None))
+}
+
+/// Removes a notify directory we made: the `notify` socket in it, then the
+/// (then empty) directory. Never a tree: a directory holding anything else,
+/// a symbolic link, or one owned by another user is refused and left alone.
+pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let me = nix::unistd::Uid::effective().as_raw();
+    // The directory is handed to the daemon's user when it switches users.
+    if !meta.is_dir() || (meta.uid() != me && me != 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} is not our notify directory", dir.display()),
+        ));
+    }
+    let socket = dir.join("notify");
+    if let Ok(m) = std::fs::symlink_metadata(&socket) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(&socket)?;
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 #[cfg(test)]

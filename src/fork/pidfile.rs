@@ -7,7 +7,15 @@
 //! - `NAME.pid.lock`: an `flock` that serialises start/stop/cleanup, so twenty
 //!   concurrent starts give one daemon.
 //!
-//! Writes are atomic (temporary file in the same directory, then rename).
+//! - `NAME.pid.ctl`: the live supervisor's control socket (see
+//!   [`super::control`]).
+//!
+//! Writes are atomic (temporary file created with `O_EXCL` in the same
+//! directory, then rename). Trust: a file is read, replaced or removed only
+//! when it is ours — a regular file (a socket for `.ctl`), not a symbolic link
+//! (every open uses `O_NOFOLLOW`), owned by the caller or by root. Anything
+//! else is refused with [`DaemonError::UntrustedFile`], whose message never
+//! quotes the file's bytes. No function here removes a directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -22,12 +30,17 @@ use super::proc::ProcRef;
 use crate::backend::ExitInfo;
 use crate::error::{DaemonError, Result};
 
-/// The three paths derived from one PID file path.
+/// The paths derived from one PID file path. Every path we create or
+/// remove comes from here (that is, from the config), never from a record.
 #[derive(Debug, Clone)]
 pub(crate) struct Paths {
     pub pid_file: PathBuf,
     pub identity: PathBuf,
     pub lock: PathBuf,
+    /// The supervisor's control socket.
+    pub control: PathBuf,
+    /// The notify socket's private directory.
+    pub notify_dir: PathBuf,
 }
 
 impl Paths {
@@ -40,6 +53,8 @@ impl Paths {
         Paths {
             identity: with(".identity"),
             lock: with(".lock"),
+            control: with(".ctl"),
+            notify_dir: with(".notify"),
             pid_file,
         }
     }
@@ -123,30 +138,100 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads the PID file: `Ok(None)` when it does not exist, `PidFileError`
-/// (`InvalidData`) when its content is not a positive PID.
-pub(crate) fn read_pid(path: &Path) -> Result<Option<u32>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(DaemonError::pid_file(path, e)),
-    };
-    match text.trim().parse::<u32>() {
-        Ok(pid) if pid > 0 && pid <= i32::MAX as u32 => Ok(Some(pid)),
-        _ => Err(DaemonError::pid_file(
-            path,
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("content {:?} is not a PID", truncate(&text, 40)),
-            ),
-        )),
+/// Whether a file owned by `uid` may be trusted: written by the caller, or by
+/// root (whom no attacker can impersonate).
+pub(crate) fn trusted_uid(uid: u32) -> bool {
+    uid == nix::unistd::Uid::effective().as_raw() || uid == 0
+}
+
+/// The refusal for a file that is not ours.
+pub(crate) fn untrusted(path: &Path, owner: Option<u32>, reason: impl Into<String>) -> DaemonError {
+    DaemonError::UntrustedFile {
+        path: path.to_owned(),
+        owner,
+        reason: reason.into(),
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+/// Checks what `lstat` says about one of our files: a regular file (or,
+/// with `socket`, a Unix socket) owned by a trusted user.
+pub(crate) fn check_ours(path: &Path, meta: &fs::Metadata, socket: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        return Err(untrusted(path, Some(meta.uid()), "is a symbolic link"));
+    }
+    let kind_ok = if socket { ft.is_socket() } else { ft.is_file() };
+    if !kind_ok {
+        let what = if socket { "a socket" } else { "a regular file" };
+        return Err(untrusted(path, Some(meta.uid()), format!("is not {what}")));
+    }
+    if !trusted_uid(meta.uid()) {
+        return Err(untrusted(
+            path,
+            Some(meta.uid()),
+            format!(
+                "is owned by UID {}, not by UID {} or root",
+                meta.uid(),
+                nix::unistd::Uid::effective()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens one of our files for reading: `O_NOFOLLOW` (a symbolic link is
+/// refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
+/// not block us), then checked with `fstat`. At most `max` bytes are read.
+/// `Ok(None)` when it does not exist.
+fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            let owner = fs::symlink_metadata(path).ok().map(|m| m.uid());
+            return Err(untrusted(path, owner, "is a symbolic link"));
+        }
+        Err(e) => return Err(DaemonError::pid_file(path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| DaemonError::pid_file(path, e))?;
+    check_ours(path, &meta, false)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DaemonError::pid_file(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(not_ours_content(path, "is too large to be one of our files"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Content that is not what we write. The bytes are never quoted: the file
+/// may be a secret someone linked or copied there.
+fn not_ours_content(path: &Path, what: &str) -> DaemonError {
+    DaemonError::pid_file(path, io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+}
+
+/// Reads the PID file: `Ok(None)` when it does not exist, `PidFileError`
+/// (`InvalidData`, "not a PID file") when its content is not a positive PID,
+/// `UntrustedFile` when it is not ours.
+pub(crate) fn read_pid(path: &Path) -> Result<Option<u32>> {
+    let Some(bytes) = read_ours(path, 64)? else {
+        return Ok(None);
+    };
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        Some(pid) if pid > 0 && pid <= i32::MAX as u32 => Ok(Some(pid)),
+        _ => Err(not_ours_content(path, "not a PID file")),
     }
 }
 
@@ -158,14 +243,12 @@ pub(crate) fn write_pid(path: &Path, pid: u32) -> Result<()> {
 /// Reads the identity record; `Ok(None)` when absent. A record that does not
 /// parse is reported, not ignored: it may be another program's file.
 pub(crate) fn read_record(path: &Path) -> Result<Option<Record>> {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(DaemonError::pid_file(path, e)),
+    let Some(bytes) = read_ours(path, 64 * 1024)? else {
+        return Ok(None);
     };
-    serde_json::from_slice(&text)
+    serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| DaemonError::pid_file(path, io::Error::new(io::ErrorKind::InvalidData, e)))
+        .map_err(|_| not_ours_content(path, "not an identity record of daemon-lifecycle"))
 }
 
 /// Writes the identity record atomically.
@@ -175,8 +258,24 @@ pub(crate) fn write_record(path: &Path, record: &Record) -> Result<()> {
     write_atomic(path, &json)
 }
 
-/// Removes a file; a missing file is fine.
+/// Removes one of our files; a missing file is fine. A file that is not ours
+/// (a symbolic link, another kind of file, another owner) is refused and left.
 pub(crate) fn remove(path: &Path) -> Result<()> {
+    remove_checked(path, false)
+}
+
+/// [`remove`] for our control socket.
+pub(crate) fn remove_socket(path: &Path) -> Result<()> {
+    remove_checked(path, true)
+}
+
+fn remove_checked(path: &Path, socket: bool) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DaemonError::pid_file(path, e)),
+    };
+    check_ours(path, &meta, socket)?;
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -184,13 +283,25 @@ pub(crate) fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Temporary file in the same directory, written, synced, renamed over `path`.
-/// Readers see the old content or the new, never a part.
+/// Whether something (anything, a dangling link included) is at `path`.
+pub(crate) fn present(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// Temporary file in the same directory (created with `O_EXCL`, so nothing
+/// planted is followed), written, synced, renamed over `path`. Readers see
+/// the old content or the new, never a part. What is at `path` already must
+/// be ours: a symbolic link or another user's file is refused, not replaced.
 pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("/"));
+    match fs::symlink_metadata(path) {
+        Ok(meta) => check_ours(path, &meta, false)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DaemonError::pid_file(path, e)),
+    }
     let err = |e: io::Error| DaemonError::pid_file(path, e);
     let mut tmp = tempfile::Builder::new()
         .prefix(".daemon-lifecycle-")
@@ -210,48 +321,85 @@ pub(crate) struct Lock {
     path: PathBuf,
 }
 
+/// How often a waiter tries the lock again (`flock` has no timeout; a
+/// blocking `flock` in a thread would keep the process alive past ours).
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
 impl Lock {
-    /// Takes the lock, waiting for other holders at most `timeout`.
+    /// Takes the lock, waiting for other holders at most `timeout`; then
+    /// `LockTimeout`, naming the holder's PID where the OS says (Linux
+    /// `/proc/locks`).
+    ///
+    /// The lock file is ours or refused: opened with `O_NOFOLLOW`, a regular
+    /// file owned by the caller or root, mode 0600 (so no other user can
+    /// open it to hold it).
     ///
     /// The lock file may be unlinked by a holder that finished a stop (so a
     /// stopped daemon leaves nothing behind); a waiter that then wins the lock
     /// on the unlinked inode notices (its inode no longer matches the path) and
     /// tries again on the new file.
     pub async fn acquire(path: &Path, name: &str, timeout: Duration) -> Result<Lock> {
-        let owned = path.to_owned();
-        let task = tokio::task::spawn_blocking(move || Lock::acquire_blocking(&owned));
-        match tokio::time::timeout(timeout, task).await {
-            Ok(joined) => joined.expect("lock task panicked"),
-            Err(_) => Err(DaemonError::Timeout {
-                name: name.to_owned(),
-                operation: "waiting for the lock held by another operation",
-                after: timeout,
-            }),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut wait = LOCK_RETRY;
+        loop {
+            if let Some(lock) = Lock::try_acquire(path)? {
+                return Ok(lock);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(DaemonError::LockTimeout {
+                    name: name.to_owned(),
+                    path: path.to_owned(),
+                    holder: lock_holder(path),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep_until(deadline.min(now + wait)).await;
+            wait = (wait * 2).min(Duration::from_millis(50));
         }
     }
 
-    fn acquire_blocking(path: &Path) -> Result<Lock> {
+    /// One non-blocking try: `Ok(None)` while another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<Lock>> {
+        use std::os::fd::AsFd;
         loop {
-            let file = OpenOptions::new()
+            let file = match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o644)
-                .custom_flags(libc::O_CLOEXEC)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(path)
-                .map_err(|e| DaemonError::pid_file(path, e))?;
-            let flock = Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, errno)| DaemonError::pid_file(path, io::Error::from(errno)))?;
+            {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    let owner = fs::symlink_metadata(path).ok().map(|m| m.uid());
+                    return Err(untrusted(path, owner, "is a symbolic link"));
+                }
+                Err(e) => return Err(DaemonError::pid_file(path, e)),
+            };
+            let meta = file.metadata().map_err(|e| DaemonError::pid_file(path, e))?;
+            check_ours(path, &meta, false)?;
+            if meta.mode() & 0o077 != 0 {
+                // A lock file of an older version (0644): close it to others.
+                nix::sys::stat::fchmod(file.as_fd(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(|e| DaemonError::pid_file(path, e.into()))?;
+            }
+            let flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(f) => f,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, errno)) => return Err(DaemonError::pid_file(path, io::Error::from(errno))),
+            };
             let held = flock
                 .metadata()
                 .map_err(|e| DaemonError::pid_file(path, e))?;
-            match fs::metadata(path) {
+            match fs::symlink_metadata(path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(Lock {
+                    return Ok(Some(Lock {
                         _flock: flock,
                         path: path.to_owned(),
-                    })
+                    }))
                 }
                 // Unlinked or replaced while we waited: lock the current file.
                 _ => continue,
@@ -262,6 +410,33 @@ impl Lock {
     /// Removes the lock file while still holding the lock (see [`Lock::acquire`]).
     pub fn remove_file(&self) -> Result<()> {
         remove(&self.path)
+    }
+}
+
+/// The PID holding the `flock` on `path`, where the OS tells (Linux:
+/// `/proc/locks` lists each lock with its holder and the file's inode).
+pub(crate) fn lock_holder(path: &Path) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let meta = fs::symlink_metadata(path).ok()?;
+        let dev = meta.dev();
+        // /proc/locks prints the device as MAJOR:MINOR in hex, then the inode.
+        let want = format!(
+            "{:02x}:{:02x}:{}",
+            nix::sys::stat::major(dev),
+            nix::sys::stat::minor(dev),
+            meta.ino()
+        );
+        let text = fs::read_to_string("/proc/locks").ok()?;
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .and_then(|f| f.get(4)?.parse().ok())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
     }
 }
 
@@ -390,7 +565,19 @@ mod tests {
         assert!(p.exists());
         // And a third contender cannot get it while the second holds it.
         let third = Lock::acquire(&p, "d", Duration::from_millis(100)).await;
-        assert!(matches!(third, Err(DaemonError::Timeout { .. })));
+        match third {
+            Err(DaemonError::LockTimeout { holder, path, .. }) => {
+                assert_eq!(path, p);
+                if cfg!(target_os = "linux") {
+                    // /proc/locks names the holder: this very process.
+                    assert_eq!(holder, Some(std::process::id()));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        // The lock file is closed to other users.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         drop(second);
     }
 }

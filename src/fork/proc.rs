@@ -193,6 +193,61 @@ fn group_members(_pgid: u32) -> Option<Vec<u32>> {
     None
 }
 
+/// Whether this process has any child left (running, or exited and not yet
+/// reaped). For a supervisor that is a child subreaper this means: any
+/// descendant at all, since every orphan of the daemon's tree comes to it.
+pub(crate) fn has_children() -> bool {
+    // SAFETY: waitid writes into the zeroed siginfo_t; WNOWAIT reaps nothing.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        !(r == -1 && Errno::last() == Errno::ECHILD)
+    }
+}
+
+/// The live descendants of `root` (children, their children, …), where the
+/// platform lets us see the tree (Linux `/proc`); empty elsewhere.
+#[cfg(target_os = "linux")]
+pub(crate) fn descendants(root: u32) -> Vec<u32> {
+    if !fast_paths() {
+        return Vec::new();
+    }
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let stats: Vec<(u32, u32)> = all
+        .filter_map(|p| p.ok()?.stat().ok())
+        .filter(|s| s.state != 'Z' && s.state != 'X')
+        .map(|s| (s.pid as u32, s.ppid as u32))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in stats.iter().filter(|(_, ppid)| *ppid == parent) {
+            if !out.contains(pid) {
+                out.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn descendants(_root: u32) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Whether this process has live descendants (see [`descendants`]).
+pub(crate) fn has_descendants() -> bool {
+    !descendants(std::process::id()).is_empty()
+}
+
 /// Waits until `pid` has exited, or `deadline`. Returns whether it exited.
 pub(crate) async fn wait_exit(pid: u32, deadline: Instant) -> bool {
     loop {

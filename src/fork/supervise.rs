@@ -49,6 +49,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::control;
 use super::limits::{self, Credentials};
 use super::logs::{self, LogFile, SharedLog};
 use super::notify::{self, NotifySocket};
@@ -87,6 +88,11 @@ pub(crate) struct Request {
     /// Resolved by the caller (see [`super::limits`]).
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// The caller probes readiness (tcp/http/command) and reports success
+    /// over the control socket; without that report within the start-up
+    /// timeout the supervisor stops the daemon.
+    #[serde(default)]
+    pub await_probe: bool,
 }
 
 /// The supervisor's answer lines.
@@ -306,6 +312,7 @@ enum Event {
     Stop(Signal),
     Kill,
     Notify(std::io::Result<(notify::Message, Option<u32>)>),
+    Control(ControlMsg),
     KillTimer,
     ReadyTimer,
     RestartTimer,
@@ -340,6 +347,39 @@ fn open_logs(cfg: Option<&LogsConfig>) -> Result<Logs, (PathBuf, std::io::Error)
     Ok(Logs { stdout, stderr })
 }
 
+/// Writes the record only while it is this supervisor's generation: a record
+/// that another supervisor wrote (a newer start) is never overwritten. A
+/// missing or unreadable record (deleted or edited by hand) is written anew.
+/// Returns whether it was written.
+fn save_record(paths: &Paths, record: &Record) -> bool {
+    if let Ok(Some(on_disk)) = pidfile::read_record(&paths.identity) {
+        if on_disk.supervisor != record.supervisor {
+            tracing::warn!(
+                path = %paths.identity.display(),
+                "identity record belongs to another supervisor: leaving it alone"
+            );
+            return false;
+        }
+    }
+    pidfile::write_record(&paths.identity, record).is_ok()
+}
+
+/// Writes the PID file, under the same rule as [`save_record`].
+fn save_pid(paths: &Paths, record: &Record, pid: u32) {
+    if save_record(paths, record) {
+        let _ = pidfile::write_pid(&paths.pid_file, pid);
+    }
+}
+
+/// Why a daemon's clean exit that leaves processes behind is a failure.
+const SELF_DAEMONIZED: &str = "its main process exited and left processes running (it put itself \
+     in the background, like a self-daemonizing program); they were stopped. Run it in the \
+     foreground (for nginx: `daemon off;`)";
+
+/// A control request received by the connection task, with its connection
+/// (kept open after `stop`/`kill` until this process exits).
+type ControlMsg = (control::ControlRequest, tokio::io::BufReader<tokio::net::UnixStream>);
+
 async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     let paths = Paths::new(req.pid_file.clone());
     // Signal streams exist before the daemon does: no SIGCHLD can be missed.
@@ -358,6 +398,39 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
             return 1;
         }
     };
+    // The control socket comes first: from the moment a daemon exists, a
+    // caller can reach the supervisor without trusting any file's content.
+    let server = match control::Server::bind(&paths.control) {
+        Ok(s) => s,
+        Err(e) => {
+            out(&Response::SetupFailed {
+                path: paths.control.clone(),
+                errno: e.raw_os_error(),
+                message: format!("control socket: {e}"),
+            });
+            return 1;
+        }
+    };
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<ControlMsg>(16);
+    let acceptor = {
+        let server = &server;
+        async move {
+            loop {
+                let stream = server.accept().await;
+                let tx = control_tx.clone();
+                tokio::spawn(async move {
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    if let Some(request) = control::read_request(&mut stream).await {
+                        let _ = tx.send((request, stream)).await;
+                    }
+                });
+            }
+        }
+    };
+    tokio::pin!(acceptor);
+    // Connections of callers waiting for this process to exit.
+    let mut waiting_for_exit = Vec::new();
+
     let logs = match open_logs(req.logs.as_ref()) {
         Ok(l) => l,
         Err((path, e)) => {
@@ -370,18 +443,16 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
         }
     };
     let notify_socket = if req.notify {
-        let mut dir = paths.pid_file.clone().into_os_string();
-        dir.push(".notify");
         let owner = req
             .credentials
             .as_ref()
             .filter(|c| c.switch)
             .map(|c| (c.uid, c.gid));
-        match NotifySocket::bind(&PathBuf::from(&dir), owner) {
+        match NotifySocket::bind(&paths.notify_dir, owner) {
             Ok(s) => Some(s),
             Err(e) => {
                 out(&Response::SetupFailed {
-                    path: dir.into(),
+                    path: paths.notify_dir.clone(),
                     errno: e.raw_os_error(),
                     message: format!("notify socket: {e}"),
                 });
@@ -425,8 +496,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     if let Err(e) = written {
         let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(run.child as i32), None);
-        let _ = pidfile::remove(&paths.pid_file);
-        let _ = pidfile::remove(&paths.identity);
+        clean_up(&paths, &record);
         let (path, errno, message) = match e {
             crate::DaemonError::PidFileError { path, source } => {
                 (path, source.raw_os_error(), source.to_string())
@@ -447,13 +517,25 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
 
     let shutdown = Duration::from_millis(req.shutdown_timeout_ms);
     let started = Instant::now();
-    let mut ready_deadline =
-        (!answered).then(|| started + Duration::from_millis(req.startup_timeout_ms.max(1)));
+    // The caller probes tcp/http/command readiness and reports success over
+    // the control socket; if it never does (it was interrupted, or the probe
+    // never succeeds), the daemon is stopped here, so no half-started daemon
+    // stays behind a caller that went away.
+    let mut awaiting_probe = req.await_probe;
+    let mut ready_deadline = if !answered {
+        Some(started + Duration::from_millis(req.startup_timeout_ms.max(1)))
+    } else if awaiting_probe {
+        Some(started + Duration::from_millis(req.startup_timeout_ms.max(1)) + PROBE_GRACE)
+    } else {
+        None
+    };
     let mut not_ready = false;
     let mut stop_requested = false;
     let mut phase = Phase::Running;
-    // When set, SIGKILL the group at this instant (stop escalation).
+    // When set, SIGKILL the tree at this instant (stop escalation).
     let mut kill_at: Option<Instant> = None;
+    // SIGKILL was sent: anything still alive (forked meanwhile) gets it again.
+    let mut killed = false;
     // Restarts scheduled within the start-limit window.
     let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
     // After the daemon's exit without a subreaper, leftover group members
@@ -462,12 +544,12 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
 
     loop {
         if let Phase::Exited(exit) = phase {
-            if !proc::group_exists(run.pgid()) {
+            if !proc::group_exists(run.pgid()) && !proc::has_children() {
                 kill_at = None;
                 drain(&mut run.pumps).await;
                 if !answered {
                     if not_ready {
-                        clean_up(&paths);
+                        clean_up(&paths, &record);
                         out(&Response::NotReady {
                             after_ms: started.elapsed().as_millis() as u64,
                         });
@@ -477,10 +559,12 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     return exit_code(exit);
                 }
                 if stop_requested {
-                    clean_up(&paths);
+                    clean_up(&paths, &record);
                     return 0;
                 }
-                if !should_restart(req.restart.policy, exit) {
+                if record.failure.is_some() || !should_restart(req.restart.policy, exit) {
+                    record.restart_pending = false;
+                    save_record(&paths, &record);
                     return exit_code(exit);
                 }
                 let now = Instant::now();
@@ -495,13 +579,13 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     tracing::warn!(name = %req.name, "start limit hit: not restarting");
                     record.failure = Some("start limit hit".into());
                     record.restart_pending = false;
-                    let _ = pidfile::write_record(&paths.identity, &record);
+                    save_record(&paths, &record);
                     return exit_code(exit);
                 }
                 let delay = backoff(&req.restart, recent_restarts.len() as u32);
                 recent_restarts.push_back(now);
                 record.restart_pending = true;
-                let _ = pidfile::write_record(&paths.identity, &record);
+                save_record(&paths, &record);
                 tracing::info!(name = %req.name, ?delay, "restarting after back-off");
                 phase = Phase::Backoff(now + delay);
             }
@@ -517,13 +601,63 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
             _ = hup.recv() => Event::Stop(Signal::SIGTERM),
             _ = usr1.recv() => Event::Kill,
             m = recv_notify(notify_socket.as_ref()) => Event::Notify(m),
+            c = control_rx.recv() => match c {
+                Some(c) => Event::Control(c),
+                None => continue,
+            },
+            _ = &mut acceptor => unreachable!("the acceptor never ends"),
             _ = sleep_until_opt(kill_at) => Event::KillTimer,
             _ = sleep_until_opt(ready_deadline) => Event::ReadyTimer,
             _ = sleep_until_opt(restart_at) => Event::RestartTimer,
             _ = recheck.tick(), if matches!(phase, Phase::Exited(_)) => Event::Recheck,
         };
+        // A control request is answered (and, for stop/kill, turned into the
+        // same event a signal gives).
+        let event = match event {
+            Event::Control((request, mut stream)) => {
+                let action = match request.op {
+                    control::Op::Status => None,
+                    control::Op::Ready => {
+                        if awaiting_probe && matches!(phase, Phase::Running) {
+                            awaiting_probe = false;
+                            ready_deadline = None;
+                            record.ready = true;
+                            save_record(&paths, &record);
+                        }
+                        None
+                    }
+                    control::Op::Stop => Some(Event::Stop(Signal::SIGTERM)),
+                    control::Op::Kill => Some(Event::Kill),
+                };
+                let wanted_stop = action.is_some();
+                let reply = control::ControlReply {
+                    v: control::PROTOCOL_VERSION,
+                    supervisor: std::process::id(),
+                    pid_file: paths.pid_file.clone(),
+                    phase: control_phase(
+                        phase,
+                        stop_requested || wanted_stop,
+                        !answered || awaiting_probe,
+                    ),
+                    record: record.clone(),
+                };
+                control::write_reply(&mut stream, &reply).await;
+                if wanted_stop {
+                    waiting_for_exit.push(stream);
+                }
+                match action {
+                    Some(a) => a,
+                    None => continue,
+                }
+            }
+            other => other,
+        };
         match event {
+            Event::Control(_) => unreachable!("handled above"),
             Event::Child | Event::Recheck => {
+                if killed {
+                    signal_tree(&run, Signal::SIGKILL);
+                }
                 for (reaped, info) in reap_all() {
                     if reaped == run.main_pid && matches!(phase, Phase::Running) {
                         tracing::debug!(pid = reaped, %info, "daemon exited");
@@ -533,17 +667,27 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                         // file of a dead daemon finds the exit in the record.
                         record.last_exit = Some(info);
                         record.ready = false;
+                        if !stop_requested && is_clean(info) && proc::has_descendants() {
+                            tracing::warn!(name = %req.name, "daemon exited cleanly and left processes running");
+                            record.failure = Some(SELF_DAEMONIZED.into());
+                        }
                         // Say now whether a restart follows, in the same
                         // write: a reader must never see a bare failure for
                         // a daemon that is about to come back.
-                        record.restart_pending =
-                            answered && !stop_requested && should_restart(req.restart.policy, info);
-                        let _ = pidfile::write_record(&paths.identity, &record);
-                        let _ = pidfile::remove(&paths.pid_file);
-                        // What is left of the group goes too (as systemd's
-                        // KillMode=control-group does when the main process exits).
-                        if kill_at.is_none() && proc::group_exists(run.pgid()) {
-                            let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGTERM);
+                        record.restart_pending = answered
+                            && !stop_requested
+                            && record.failure.is_none()
+                            && should_restart(req.restart.policy, info);
+                        save_record(&paths, &record);
+                        remove_own(&paths.pid_file, &paths, &record);
+                        // What is left of the daemon's tree goes too (as
+                        // systemd's KillMode=control-group does when the main
+                        // process exits): its group, and, where we are a
+                        // subreaper, every descendant that left the group.
+                        if kill_at.is_none()
+                            && (proc::group_exists(run.pgid()) || proc::has_children())
+                        {
+                            signal_tree(&run, Signal::SIGTERM);
                             kill_at = Some(Instant::now() + shutdown);
                         }
                     }
@@ -552,43 +696,51 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
             Event::Stop(sig) => {
                 if let Phase::Backoff(_) = phase {
                     // Nothing runs: a stop during the back-off is immediate.
-                    clean_up(&paths);
+                    clean_up(&paths, &record);
                     return 0;
                 }
                 if stop_requested && kill_at.is_some() {
                     continue; // already stopping; a second signal must not reset the timer
                 }
                 stop_requested = true;
-                let _ = killpg(Pid::from_raw(run.pgid() as i32), sig);
+                signal_tree(&run, sig);
                 if kill_at.is_none() {
                     kill_at = Some(Instant::now() + shutdown);
                 }
             }
             Event::Kill => {
                 if let Phase::Backoff(_) = phase {
-                    clean_up(&paths);
+                    clean_up(&paths, &record);
                     return 0;
                 }
                 stop_requested = true;
-                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
+                killed = true;
+                signal_tree(&run, Signal::SIGKILL);
             }
             Event::KillTimer => {
                 tracing::debug!(pgid = run.pgid(), "shutdown timeout: SIGKILL");
-                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGKILL);
+                killed = true;
+                signal_tree(&run, Signal::SIGKILL);
                 kill_at = None;
             }
             Event::ReadyTimer => {
-                tracing::warn!(name = %req.name, "no READY=1 within the start-up timeout: stopping");
+                if answered {
+                    tracing::warn!(name = %req.name, "the readiness probe never reported success: stopping");
+                } else {
+                    tracing::warn!(name = %req.name, "no READY=1 within the start-up timeout: stopping");
+                    not_ready = true;
+                }
                 ready_deadline = None;
-                not_ready = true;
+                awaiting_probe = false;
                 stop_requested = true;
-                let _ = killpg(Pid::from_raw(run.pgid() as i32), Signal::SIGTERM);
+                signal_tree(&run, Signal::SIGTERM);
                 kill_at.get_or_insert(Instant::now() + shutdown);
             }
             Event::RestartTimer => match spawn(&req) {
                 Ok(new_run) => {
                     run = new_run;
                     phase = Phase::Running;
+                    killed = false;
                     record.daemon = ProcRef::of(run.child).unwrap_or(ProcRef {
                         pid: run.child,
                         start_time: None,
@@ -599,14 +751,13 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     record.restarts += 1;
                     record.restart_pending = false;
                     record.ready = false;
-                    let _ = pidfile::write_record(&paths.identity, &record);
-                    let _ = pidfile::write_pid(&paths.pid_file, run.child);
+                    save_pid(&paths, &record, run.child);
                 }
                 Err(e) => {
                     tracing::error!(name = %req.name, error = %e, "restart failed");
                     record.failure = Some(format!("restart failed: {e}"));
                     record.restart_pending = false;
-                    let _ = pidfile::write_record(&paths.identity, &record);
+                    save_record(&paths, &record);
                     return 1;
                 }
             },
@@ -631,6 +782,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     record.status_text = Some(text);
                     dirty = true;
                 }
+                let mut new_main = None;
                 if let Some(main) = msg.main_pid.filter(|p| *p != run.main_pid) {
                     if accept_main_pid(main, &run) {
                         run.main_pid = main;
@@ -638,7 +790,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                             record.daemon = r;
                         }
                         dirty = true;
-                        let _ = pidfile::write_pid(&paths.pid_file, main);
+                        new_main = Some(main);
                     } else {
                         tracing::warn!(main, "ignoring MAINPID outside the daemon's process group");
                     }
@@ -659,8 +811,12 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     record.ready = true;
                     dirty = true;
                 }
-                if dirty {
-                    let _ = pidfile::write_record(&paths.identity, &record);
+                match new_main {
+                    Some(main) => save_pid(&paths, &record, main),
+                    None if dirty => {
+                        save_record(&paths, &record);
+                    }
+                    None => {}
                 }
                 if record.ready && !answered {
                     answered = true;
@@ -670,6 +826,37 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
             }
         }
     }
+}
+
+/// Extra time the supervisor gives the caller's readiness probe beyond the
+/// start-up timeout (the caller gives up at the timeout and stops the daemon
+/// itself; this is for a caller that went away).
+const PROBE_GRACE: Duration = Duration::from_secs(2);
+
+/// The phase a control reply reports.
+fn control_phase(phase: Phase, stopping: bool, starting: bool) -> control::Phase {
+    match phase {
+        Phase::Backoff(_) => control::Phase::Backoff,
+        Phase::Exited(_) if stopping => control::Phase::Stopping,
+        Phase::Exited(_) => control::Phase::Exited,
+        Phase::Running if stopping => control::Phase::Stopping,
+        Phase::Running if starting => control::Phase::Starting,
+        Phase::Running => control::Phase::Running,
+    }
+}
+
+/// `sig` to the daemon's process group and, where we are a subreaper, to
+/// every descendant of ours (those that left the group with `setsid` or
+/// `setpgid` included): the daemon's whole tree.
+fn signal_tree(run: &Run, sig: Signal) {
+    let _ = killpg(Pid::from_raw(run.pgid() as i32), sig);
+    for pid in proc::descendants(std::process::id()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+fn is_clean(exit: ExitInfo) -> bool {
+    super::is_clean_exit(exit)
 }
 
 /// The exit code `daemonctl run` ends with for a daemon that ended this way.
@@ -698,10 +885,23 @@ pub(crate) fn backoff(cfg: &RestartConfig, n: u32) -> Duration {
 }
 
 /// Removes the PID file and the record: a requested stop ends in a clean
-/// "stopped", nothing left on disk.
-fn clean_up(paths: &Paths) {
-    let _ = pidfile::remove(&paths.pid_file);
-    let _ = pidfile::remove(&paths.identity);
+/// "stopped", nothing left on disk. Only while they are this supervisor's
+/// generation (see [`save_record`]); the control socket goes with the
+/// [`control::Server`].
+fn clean_up(paths: &Paths, record: &Record) {
+    remove_own(&paths.pid_file, paths, record);
+    remove_own(&paths.identity, paths, record);
+}
+
+/// Removes `path` (the PID file or the record) unless the record on disk
+/// belongs to another supervisor.
+fn remove_own(path: &std::path::Path, paths: &Paths, record: &Record) {
+    match pidfile::read_record(&paths.identity) {
+        Ok(Some(on_disk)) if on_disk.supervisor != record.supervisor => {}
+        _ => {
+            let _ = pidfile::remove(path);
+        }
+    }
 }
 
 /// Waits (bounded) for the log pumps to copy what the daemon wrote: the

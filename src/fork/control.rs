@@ -1,0 +1,339 @@
+//! The supervisor's control socket, `NAME.pid.ctl`: how a caller reaches a
+//! live supervisor through something a wrong PID in a file cannot fake.
+//!
+//! The supervisor binds a Unix stream socket (mode 0600) beside the PID file
+//! for its whole life. A caller connects and checks the peer's credentials
+//! (kernel-stamped: the socket must be served by a process of the caller's
+//! own UID or root), writes one JSON [`ControlRequest`] line and reads one
+//! JSON [`ControlReply`] line. The supervisor's answer is the truth about the
+//! daemon (its PID, its process group, its phase), whatever the PID file or
+//! the identity record on disk say: those can be edited, deleted or made
+//! unwritable; the socket cannot be faked by another user.
+//!
+//! For `stop` and `kill` the connection then stays open until the supervisor
+//! exits, so the caller wakes on the exit itself (end of file), on every
+//! platform.
+//!
+//! The protocol carries a version ([`PROTOCOL_VERSION`]); a reply of another
+//! version is refused with a clear error rather than misread.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::time::Instant;
+
+use super::pidfile::{self, Record};
+use crate::error::{DaemonError, Result};
+
+/// Version of the control protocol spoken here.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// How long a caller waits for a supervisor's answer to a query. A live
+/// supervisor answers in microseconds; a stopped (SIGSTOP) one never does.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest `sun_path` used directly (macOS allows 104 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 103;
+
+/// What a caller asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Op {
+    /// Report the daemon's state.
+    Status,
+    /// SIGTERM to the daemon's tree, SIGKILL after the shutdown timeout, exit.
+    Stop,
+    /// SIGKILL to the daemon's tree at once, exit.
+    Kill,
+    /// The caller's readiness probe succeeded (tcp/http/command readiness).
+    Ready,
+}
+
+/// One request line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ControlRequest {
+    pub v: u32,
+    pub op: Op,
+}
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// The daemon runs and is not yet ready (no `READY=1`, or the caller's
+    /// probe has not confirmed it).
+    Starting,
+    /// The daemon runs.
+    Running,
+    /// A stop was asked for; the daemon's processes are being terminated.
+    Stopping,
+    /// The daemon ended; what is left of its tree is being terminated.
+    Exited,
+    /// Waiting out the restart delay.
+    Backoff,
+}
+
+/// One reply line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ControlReply {
+    pub v: u32,
+    /// The supervisor's own PID.
+    pub supervisor: u32,
+    /// The PID file it serves (a sanity check: it must be the caller's).
+    pub pid_file: PathBuf,
+    pub phase: Phase,
+    /// The supervisor's own copy of the record (what it last wrote, or would
+    /// have written where the disk refused).
+    pub record: Record,
+}
+
+/// A connection to a live supervisor.
+pub(crate) struct Client {
+    stream: BufReader<UnixStream>,
+    /// The peer's PID as the kernel reports it (where it does).
+    pub peer_pid: Option<u32>,
+}
+
+/// Calls `f` with an address for `path` that fits in `sun_path`: the path
+/// itself, or on Linux `/proc/self/fd/N/NAME` through a descriptor of its
+/// directory.
+fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return f(path);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().unwrap_or_default();
+        let dirfd = std::fs::File::open(dir)?;
+        let short = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
+        if short.as_os_str().len() <= MAX_SOCKET_PATH {
+            let out = f(&short);
+            drop(dirfd);
+            return out;
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "control socket path {} is too long for a Unix socket: use a shorter pid_file",
+            path.display()
+        ),
+    ))
+}
+
+/// Whether the control socket path can be bound (checked before start).
+pub(crate) fn check_path(path: &Path) -> Result<()> {
+    with_address(path, |_| Ok(())).map_err(|e| DaemonError::invalid("pid_file", e.to_string()))
+}
+
+impl Client {
+    /// Connects to the supervisor at `path`. `Ok(None)`: no supervisor lives
+    /// there (no socket, or nobody listening). The socket file must be ours,
+    /// and so must the process serving it.
+    pub async fn connect(path: &Path) -> Result<Option<Client>> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DaemonError::pid_file(path, e)),
+        };
+        pidfile::check_ours(path, &meta, true)?;
+        let connect = with_address(path, |addr| {
+            // A blocking connect to a Unix socket returns at once (accepted
+            // into the backlog, or refused): no wait to bound here.
+            std::os::unix::net::UnixStream::connect(addr)
+        });
+        let std_stream = match connect {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Backlog full: a supervisor lives but is swamped.
+                return Err(DaemonError::io(format!("connect to {}", path.display()), e));
+            }
+            Err(e) => return Err(DaemonError::io(format!("connect to {}", path.display()), e)),
+        };
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|e| DaemonError::io("control socket", e))?;
+        let stream =
+            UnixStream::from_std(std_stream).map_err(|e| DaemonError::io("control socket", e))?;
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| DaemonError::io(format!("credentials of {}", path.display()), e))?;
+        if !pidfile::trusted_uid(cred.uid()) {
+            return Err(pidfile::untrusted(
+                path,
+                Some(cred.uid()),
+                format!("is served by a process of UID {}, not ours", cred.uid()),
+            ));
+        }
+        Ok(Some(Client {
+            stream: BufReader::new(stream),
+            peer_pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+        }))
+    }
+
+    /// Sends `op` and reads the reply, within `timeout`.
+    pub async fn call(&mut self, op: Op, timeout: Duration) -> Result<ControlReply> {
+        let what = format!("supervisor control request {op:?}");
+        let exchange = async {
+            let mut line = serde_json::to_vec(&ControlRequest {
+                v: PROTOCOL_VERSION,
+                op,
+            })
+            .expect("a request serializes");
+            line.push(b'\n');
+            self.stream.get_mut().write_all(&line).await?;
+            let mut reply = String::new();
+            (&mut self.stream)
+                .take(1 << 20)
+                .read_line(&mut reply)
+                .await?;
+            Ok::<_, io::Error>(reply)
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(DaemonError::io(what, e)),
+            Err(_) => {
+                return Err(DaemonError::Timeout {
+                    name: String::new(),
+                    operation: "answer from the supervisor's control socket",
+                    after: timeout,
+                })
+            }
+        };
+        if reply.is_empty() {
+            return Err(DaemonError::io(
+                what,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the supervisor closed the connection"),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_str(reply.trim_end()).map_err(|_| {
+            DaemonError::io(
+                what.clone(),
+                io::Error::new(io::ErrorKind::InvalidData, "not a supervisor reply"),
+            )
+        })?;
+        let v = value.get("v").and_then(|v| v.as_u64());
+        if v != Some(PROTOCOL_VERSION as u64) {
+            return Err(DaemonError::BackendUnavailable {
+                backend: "fork",
+                reason: format!(
+                    "the running supervisor speaks control protocol version {}, this program version {PROTOCOL_VERSION}: \
+                     stop it with the daemon-lifecycle version that started it",
+                    v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+                ),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| {
+            DaemonError::io(what, io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        })
+    }
+
+    /// After `stop`/`kill`: waits until the supervisor has exited (the
+    /// connection reaches end of file), or `deadline`. Returns whether it did.
+    pub async fn wait_closed(mut self, deadline: Instant) -> bool {
+        let mut sink = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The supervisor's side: the bound socket, removed on drop if it is still
+/// the one we bound.
+pub(crate) struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    ino: (u64, u64),
+}
+
+impl Server {
+    /// Binds `path` (mode 0600). Whatever was there must have been removed by
+    /// the caller (under the lock, after checking it was ours and dead).
+    pub fn bind(path: &Path) -> io::Result<Server> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The socket is created with the umask applied: close it to others
+        // from the start, not after a chmod.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = with_address(path, |a| std::os::unix::net::UnixListener::bind(a));
+        nix::sys::stat::umask(old);
+        let std_listener = bound?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std_listener.set_nonblocking(true)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Server {
+            listener: UnixListener::from_std(std_listener)?,
+            path: path.to_owned(),
+            ino: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The next connection from a trusted peer (others are dropped at once).
+    pub async fn accept(&self) -> UnixStream {
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else {
+                // EMFILE and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            match stream.peer_cred() {
+                Ok(c) if pidfile::trusted_uid(c.uid()) => return stream,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Removes the socket file if it is still ours.
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Reads one request line from an accepted connection (bounded in size and
+/// time: a client that says nothing is dropped).
+pub(crate) async fn read_request(stream: &mut BufReader<UnixStream>) -> Option<ControlRequest> {
+    let mut line = String::new();
+    let mut limited = (&mut *stream).take(4096);
+    let read = limited.read_line(&mut line);
+    match tokio::time::timeout(QUERY_TIMEOUT, read).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return None,
+    }
+    let req: ControlRequest = serde_json::from_str(line.trim_end()).ok()?;
+    (req.v == PROTOCOL_VERSION).then_some(req)
+}
+
+/// Writes one reply line.
+pub(crate) async fn write_reply(stream: &mut BufReader<UnixStream>, reply: &ControlReply) {
+    let mut line = serde_json::to_vec(reply).expect("a reply serializes");
+    line.push(b'\n');
+    let _ = tokio::time::timeout(QUERY_TIMEOUT, stream.get_mut().write_all(&line)).await;
+}
