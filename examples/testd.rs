@@ -89,6 +89,24 @@ fn main() {
             std::mem::forget(child);
             return;
         }
+        Some("--victim") => {
+            // A bystander for attack tests: logs (one name a line, to the
+            // file given) every signal it receives; SIGKILL shows as death.
+            use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+            let log = args.get(2).expect("--victim FILE").clone();
+            let mut set = SigSet::empty();
+            for sig in Signal::iterator().filter(|s| *s != Signal::SIGKILL && *s != Signal::SIGSTOP) {
+                set.add(sig);
+            }
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).expect("mask");
+            std::fs::write(&log, "").expect("victim log");
+            loop {
+                if let Ok(sig) = set.wait() {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&log).expect("log");
+                    writeln!(f, "{}", sig.as_str()).unwrap();
+                }
+            }
+        }
         Some("--sleep-ms") => {
             std::thread::sleep(Duration::from_millis(300));
             return;
@@ -125,6 +143,24 @@ fn main() {
                     )
                 }
                 .expect("ignore SIGTERM");
+            }
+            "--setsid-grandchild" | "--daemonize" => {
+                // A grandchild that leaves the daemon's process group and
+                // session (setsid), as a double-forking daemon's does; with
+                // --daemonize the daemon then exits 0 at once.
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+                cmd.arg("--sleep-forever").args(&args[1..]);
+                // SAFETY: setsid is async-signal-safe and allocates nothing.
+                unsafe {
+                    cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+                }
+                let child = cmd.spawn().expect("spawn setsid grandchild");
+                write_atomic(&value(i), &format!("{}\n", child.id()));
+                std::mem::forget(child);
+                if args[i] == "--daemonize" {
+                    std::process::exit(0);
+                }
             }
             "--grandchild" => {
                 let child = std::process::Command::new(std::env::current_exe().unwrap())

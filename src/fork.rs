@@ -634,12 +634,29 @@ async fn inspect_once(paths: &Paths) -> Result<Inspection> {
     };
     let pid = disk.pid.map_err(|why| garbage(&paths.pid_file, why))?;
     let record = disk.record.map_err(|why| garbage(&paths.identity, why))?;
+    check_record_belongs(paths, record.as_ref())?;
     Ok(state::from_disk(
         pid,
         record,
         &|p: &proc::ProcRef| p.is_same_live_process(),
         &proc::is_alive,
     ))
+}
+
+/// A record names the PID file it was written for: a copy of another
+/// daemon's record (even a genuine one) is not about this daemon.
+fn check_record_belongs(paths: &Paths, record: Option<&Record>) -> Result<()> {
+    match record.and_then(|r| r.pid_file.as_ref()) {
+        Some(p) if p != &paths.pid_file => Err(pidfile::untrusted(
+            &paths.identity,
+            None,
+            format!(
+                "is the identity record of another PID file ({}): a copy, not ours",
+                p.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One control request to the live supervisor, if there is one.
@@ -1315,6 +1332,7 @@ impl ForkBackend {
         // may go once no daemon of ours runs: judge by what is readable.
         let pid = disk.pid.as_ref().ok().copied().flatten();
         let record = disk.record.as_ref().ok().cloned().flatten();
+        check_record_belongs(paths, record.as_ref())?;
         let found = state::from_disk(
             pid,
             record.clone(),
@@ -1372,7 +1390,7 @@ fn anything_there(paths: &Paths) -> bool {
 /// Long enough to outlast another operation holding the lock (a stop waits
 /// up to the shutdown timeout, a start up to the start-up timeout).
 fn lock_timeout(config: &DaemonConfig) -> Duration {
-    config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE * 2
+    config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE
 }
 
 /// What an operation does in the PID directory.
@@ -1486,7 +1504,9 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
             ));
         }
     }
-    if usage != DirUse::Read
+    // Only a start needs to write here; a stop must reach a running daemon
+    // even in a directory that became read-only.
+    if usage == DirUse::Create
         && nix::unistd::access(
             dir,
             nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,

@@ -98,6 +98,10 @@ pub(crate) struct Record {
     /// supervisor that was SIGKILLed.
     #[serde(default)]
     pub notify_dir: Option<PathBuf>,
+    /// The PID file this record was written for: a copy of it beside another
+    /// PID file is refused.
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Record {
@@ -115,6 +119,7 @@ impl Record {
             failure: None,
             restart_pending: false,
             notify_dir: None,
+            pid_file: None,
         }
     }
 

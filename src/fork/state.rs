@@ -189,7 +189,7 @@ pub(crate) fn from_disk(
 /// A supervisor killed (SIGKILL) before it could record its daemon's end.
 fn supervisor_gone(pid: u32) -> DaemonStatus {
     DaemonStatus::Failed(format!(
-        "supervisor gone; daemon {pid} exited (how is unknown: its supervisor was killed)"
+        "supervisor gone; daemon {pid} exited"
     ))
 }
 
