@@ -8,7 +8,8 @@
 //!       [--extend-timeout-ms MS] [--ready-stamp PATH] [--mainpid-grandchild]
 //!       [--notify-from-outsider] [--listen ADDR] [--http ADDR] [--http-status N]
 //!       [--crash-after MS:CODE] [--lines N] [--stderr-lines N] [--line-bytes N]
-//!       [--starts PATH] [--dump-limits PATH] [--orphans N] [-- PAYLOAD...]
+//!       [--starts PATH] [--dump-limits PATH] [--orphans N]
+//!       [--signal-state PATH] [-- PAYLOAD...]
 //! ```
 //!
 //! - `--tag TEXT`: ignored; lets tests find their processes by command line.
@@ -42,6 +43,11 @@
 //! - `--dump-limits PATH`: write our rlimits, uid, gid and groups as JSON.
 //! - `--orphans N`: make N orphans: children that leave a grandchild behind
 //!   and exit; each grandchild exits after 300 ms (someone must reap it).
+//! - `--signal-state PATH`: write `Pid`, `PPid`, and the signal mask and
+//!   ignored signals as `exec` left them (Linux; captured before the Rust
+//!   runtime ignores SIGPIPE), as `SigBlk`/`SigIgn` lines in the format of
+//!   `/proc/PID/status`, to PATH, then catch SIGTERM: on it, append `SIGTERM` to `PATH.received` and
+//!   exit 0 (proves a stop reached us as SIGTERM, not as a SIGKILL later).
 //! - `--`: the rest is payload, not options (argv round-trip tests).
 //!
 //! Otherwise it waits for SIGTERM and exits 0.
@@ -225,6 +231,7 @@ fn main() {
                     .expect("starts file");
                 writeln!(f, "{} {}", std::process::id(), now_micros()).unwrap();
             }
+            "--signal-state" => record_signal_state(&value(i)),
             "--dump-limits" => write_atomic(&value(i), &limits_json().to_string()),
             "--orphans" => {
                 for _ in 0..value(i).parse::<u32>().expect("count") {
@@ -372,6 +379,98 @@ fn limits_json() -> serde_json::Value {
         "env_user": std::env::var("USER").ok(),
         "env_home": std::env::var("HOME").ok(),
     })
+}
+
+/// The descriptor `on_sigterm` appends to (`-1`: none).
+static TERM_LOG: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    let fd = TERM_LOG.load(std::sync::atomic::Ordering::SeqCst);
+    let line = b"SIGTERM\n";
+    // SAFETY: write and _exit are async-signal-safe; the buffer is static.
+    unsafe {
+        libc::write(fd, line.as_ptr().cast(), line.len());
+        libc::_exit(0);
+    }
+}
+
+/// The signal mask and the ignored signals as `exec` left them, captured
+/// before the Rust runtime starts (it ignores SIGPIPE before `main`), as
+/// `/proc/PID/status` shows them: bit `n - 1` for signal `n`.
+static EXEC_SIGBLK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EXEC_SIGIGN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static CAPTURE_EXEC_SIGNAL_STATE: extern "C" fn() = capture_exec_signal_state;
+
+/// Runs from `.init_array`, before std's runtime init. Asks the kernel
+/// directly (`rt_sigaction`, `rt_sigprocmask`): glibc's wrappers refuse its
+/// reserved real-time signals 32 and 33.
+#[cfg(target_os = "linux")]
+extern "C" fn capture_exec_signal_state() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut blocked = 0u64;
+    // SAFETY: plain syscalls on buffers on the stack; 8 words hold the
+    // kernel's struct sigaction, whose first word is the handler.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<u64>(),
+            &mut blocked as *mut u64,
+            8usize,
+        );
+        let mut ignored = 0u64;
+        for sig in 1..=64u64 {
+            let mut old = [0usize; 8];
+            if libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<usize>(),
+                old.as_mut_ptr(),
+                8usize,
+            ) == 0
+                && old[0] == libc::SIG_IGN
+            {
+                ignored |= 1 << (sig - 1);
+            }
+        }
+        EXEC_SIGIGN.store(ignored, SeqCst);
+    }
+    EXEC_SIGBLK.store(blocked, SeqCst);
+}
+
+/// See `--signal-state`.
+fn record_signal_state(path: &str) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let state = format!(
+        "Pid:\t{}\nPPid:\t{}\nSigBlk:\t{:016x}\nSigIgn:\t{:016x}\n",
+        std::process::id(),
+        std::os::unix::process::parent_id(),
+        EXEC_SIGBLK.load(SeqCst),
+        EXEC_SIGIGN.load(SeqCst),
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{path}.received"))
+        .expect("signal log");
+    TERM_LOG.store(std::os::fd::IntoRawFd::into_raw_fd(log), SeqCst);
+    // SAFETY: the handler only calls async-signal-safe functions.
+    unsafe {
+        nix::sys::signal::sigaction(
+            nix::sys::signal::Signal::SIGTERM,
+            &nix::sys::signal::SigAction::new(
+                nix::sys::signal::SigHandler::Handler(on_sigterm),
+                nix::sys::signal::SaFlags::empty(),
+                nix::sys::signal::SigSet::empty(),
+            ),
+        )
+    }
+    .expect("catch SIGTERM");
+    write_atomic(path, &state);
 }
 
 fn now_micros() -> u128 {

@@ -125,16 +125,50 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            match error {
+            let line = match error {
                 // These already name the file.
                 DaemonError::ConfigRead { .. } | DaemonError::ConfigParse { .. } => {
-                    eprintln!("daemonctl: {error}")
+                    error.to_string()
                 }
-                _ => eprintln!("daemonctl: {}: {error}", config_path.display()),
-            }
+                _ => format!("{}: {error}", config_path.display()),
+            };
+            eprintln!("daemonctl: {}", printable(&line));
             ExitCode::from(if is_status { 4 } else { exit_code(&error) })
         }
     }
+}
+
+/// Longest error line printed; the library already keeps the config text it
+/// quotes short, this bounds the rest (a 10 MB path in a config).
+const MAX_ERROR_LINE: usize = 2048;
+
+/// An error line safe for a terminal: one line, control characters (ESC
+/// sequences from a config file among them) escaped, at most
+/// [`MAX_ERROR_LINE`] bytes (the middle dropped).
+fn printable(line: &str) -> String {
+    let escape = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    format!("\\u{{{:x}}}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+    };
+    if line.len() <= MAX_ERROR_LINE {
+        return escape(line);
+    }
+    let mut head = MAX_ERROR_LINE * 2 / 3;
+    while !line.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = line.len() - (MAX_ERROR_LINE - head);
+    while !line.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", escape(&line[..head]), escape(&line[tail..]))
 }
 
 fn init_tracing(verbose: u8) {

@@ -32,8 +32,10 @@
 //! fork and `setsid`: `daemonctl run`, the entrypoint of a container, where the
 //! supervisor is PID 1 and so also reaps every orphan of the namespace.
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -138,6 +140,10 @@ impl Response {
 /// Runs the supervisor; called by [`crate::supervisor_init`] when
 /// [`SUPERVISE_ENV`] is set. Never returns.
 pub(crate) fn main() -> ! {
+    // Before anything else: a caller's blocked signals would hold back our
+    // stop request (SIGTERM) and a caller's ignored ones would reach the
+    // daemon. Start as systemd starts a service: empty mask, defaults.
+    reset_signal_state();
     std::env::remove_var(SUPERVISE_ENV);
     if let Some(why) = not_single_threaded() {
         answer(&Response::Failed {
@@ -964,10 +970,13 @@ fn reap_all() -> Vec<(u32, ExitInfo)> {
     out
 }
 
-/// Spawns the daemon: exec'd directly, in a new session (so it leads its own
-/// process group), with a clean environment, limits and credentials applied,
-/// stdin on `/dev/null` and stdout/stderr on `/dev/null` or on pipes copied
-/// into the log files.
+/// Spawns the daemon: `execve`d directly (never through a shell: a file
+/// that is neither a binary nor a `#!` script fails with ENOEXEC, where
+/// execvp would hand it to `/bin/sh`), in a new session (so it leads its own
+/// process group), with a clean environment, an empty signal mask and every
+/// disposition at its default, limits and credentials applied, stdin on
+/// `/dev/null` and stdout/stderr on `/dev/null` or on pipes copied into the
+/// log files.
 fn spawn_daemon(
     req: &Request,
     logs: &Logs,
@@ -975,11 +984,10 @@ fn spawn_daemon(
     rlimits: &[(Resource, u64)],
     groups: &[libc::gid_t],
 ) -> std::io::Result<Run> {
+    // argv and envp for our own execve; std's (and its execvp) go unused.
+    let image = ExecImage::new(req, notify)?;
     let mut cmd = Command::new(&req.binary_path);
-    cmd.args(&req.args)
-        .env_clear()
-        .envs(&req.env)
-        .current_dir(&req.working_dir)
+    cmd.current_dir(&req.working_dir)
         .stdin(Stdio::null())
         .stdout(if logs.stdout.is_some() {
             Stdio::piped()
@@ -991,21 +999,28 @@ fn spawn_daemon(
         } else {
             Stdio::null()
         });
-    if let Some(n) = notify {
-        cmd.env("NOTIFY_SOCKET", n.path());
-    }
     let creds = req.credentials.clone();
     let rlimits = rlimits.to_vec();
     let groups = groups.to_vec();
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (setsid, sigprocmask, setrlimit, setgroups,
-    // setgid, setuid) on data prepared before the fork; it allocates nothing.
+    let max_signal = max_signal();
+    // SAFETY: the closure runs between fork and exec (std has set up stdio
+    // and the working directory) and calls only async-signal-safe functions
+    // (setsid, setrlimit, setgroups, setgid, setuid, sigaction,
+    // sigprocmask, execve) on data prepared before the fork; it allocates
+    // nothing. If execve returns, its errno goes back through std's error
+    // pipe to `spawn`, and std never tries its own execvp.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            limits::apply_in_child(&rlimits, creds.as_ref(), &groups)?;
+            for sig in 1..=max_signal {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    set_default_disposition(sig);
+                }
+            }
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
                 .map_err(std::io::Error::from)?;
-            limits::apply_in_child(&rlimits, creds.as_ref(), &groups)
+            Err(image.exec())
         });
     }
     let mut child = cmd.spawn()?;
@@ -1022,6 +1037,166 @@ fn spawn_daemon(
         main_pid: child.id(),
         pumps,
     })
+}
+
+/// The daemon's path, argv and envp as `execve` takes them, built before the
+/// fork (the child may not allocate).
+struct ExecImage {
+    path: CString,
+    /// Owns the strings `argv` and `envp` point into (their heap buffers
+    /// stay put when this struct moves).
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers only point into `_strings`, owned by the same value
+// and never changed after `new`; the child reads them, nothing writes them.
+unsafe impl Send for ExecImage {}
+// SAFETY: as for Send: shared access only reads.
+unsafe impl Sync for ExecImage {}
+
+impl ExecImage {
+    fn new(req: &Request, notify: Option<&NotifySocket>) -> std::io::Result<ExecImage> {
+        let c = |bytes: Vec<u8>| {
+            CString::new(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte in argv or env")
+            })
+        };
+        let path = c(req.binary_path.as_os_str().as_bytes().to_vec())?;
+        let mut env = req.env.clone();
+        if let Some(n) = notify {
+            env.insert(
+                "NOTIFY_SOCKET".into(),
+                n.path().to_string_lossy().into_owned(),
+            );
+        }
+        // argv[0] is the path, as std (and systemd) give it.
+        let mut argv_strings = vec![path.clone()];
+        for a in &req.args {
+            argv_strings.push(c(a.clone().into_bytes())?);
+        }
+        let mut env_strings = Vec::with_capacity(env.len());
+        for (k, v) in &env {
+            env_strings.push(c(format!("{k}={v}").into_bytes())?);
+        }
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let argv = ptrs(&argv_strings);
+        let envp = ptrs(&env_strings);
+        argv_strings.append(&mut env_strings);
+        Ok(ExecImage {
+            path,
+            _strings: argv_strings,
+            argv,
+            envp,
+        })
+    }
+
+    /// `execve`; returns only on failure, with its errno. Async-signal-safe.
+    fn exec(&self) -> std::io::Error {
+        // SAFETY: NUL-terminated strings and null-terminated pointer arrays,
+        // alive as long as `self`.
+        unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        std::io::Error::last_os_error()
+    }
+}
+
+/// The highest signal number.
+fn max_signal() -> libc::c_int {
+    #[cfg(target_os = "linux")]
+    {
+        libc::SIGRTMAX()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        31
+    }
+}
+
+/// Linux's own `sigaction` (the kernel's struct, not libc's), for the
+/// real-time signals glibc reserves for itself (32 and 33) and refuses to
+/// touch through `sigaction(3)`. glibc's `posix_spawn` leaves them *ignored*
+/// in the programs it starts, so a supervisor started that way has them
+/// ignored, and so would its daemon. `act`/`old` point at the kernel's
+/// `struct sigaction`, whose first word is the handler; 8 words cover it.
+#[cfg(all(
+    target_os = "linux",
+    not(any(target_arch = "mips", target_arch = "mips64"))
+))]
+fn raw_sigaction(sig: libc::c_int, act: Option<&[usize; 8]>, old: Option<&mut [usize; 8]>) -> bool {
+    // SAFETY: a plain syscall on buffers that outlive it; the kernel's
+    // sigset is 8 bytes on these architectures. Async-signal-safe.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act.map_or(std::ptr::null(), |a| a.as_ptr()),
+            old.map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+            8usize,
+        ) == 0
+    }
+}
+
+/// Sets `sig` to `SIG_DFL` (no flags, empty handler mask). Async-signal-safe,
+/// allocates nothing; a signal that cannot be changed is left alone.
+fn set_default_disposition(sig: libc::c_int) {
+    // SAFETY: sigaction with a zeroed (valid) struct on the stack.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(sig, &act, std::ptr::null_mut()) == 0 {
+            return;
+        }
+    }
+    #[cfg(all(
+        target_os = "linux",
+        not(any(target_arch = "mips", target_arch = "mips64"))
+    ))]
+    // All zero: SIG_DFL, no flags, no restorer, empty mask.
+    raw_sigaction(sig, Some(&[0; 8]), None);
+}
+
+/// Whether `sig` is set to `SIG_IGN`.
+fn is_ignored(sig: libc::c_int) -> bool {
+    // SAFETY: sigaction only reads the disposition into a struct on the stack.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 {
+            return old.sa_sigaction == libc::SIG_IGN;
+        }
+    }
+    #[cfg(all(
+        target_os = "linux",
+        not(any(target_arch = "mips", target_arch = "mips64"))
+    ))]
+    {
+        let mut old = [0usize; 8];
+        if raw_sigaction(sig, None, Some(&mut old)) {
+            return old[0] == libc::SIG_IGN;
+        }
+    }
+    false
+}
+
+/// The supervisor's first act: an empty signal mask and every signal the
+/// caller left ignored back at its default — except SIGPIPE, which the Rust
+/// runtime ignores in every program before `main` (a write to a caller that
+/// went away must fail with EPIPE, not kill the supervisor; the daemon gets
+/// SIGPIPE at its default like every other signal). Handlers cannot be
+/// inherited (exec resets them), so only `SIG_IGN` needs undoing here.
+fn reset_signal_state() {
+    for sig in 1..=max_signal() {
+        if ![libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&sig) && is_ignored(sig) {
+            set_default_disposition(sig);
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 #[cfg(test)]
