@@ -101,14 +101,18 @@ fn main() {
             use nix::sys::signal::{SigSet, SigmaskHow, Signal};
             let log = args.get(2).expect("--victim FILE").clone();
             let mut set = SigSet::empty();
-            for sig in Signal::iterator().filter(|s| *s != Signal::SIGKILL && *s != Signal::SIGSTOP) {
+            for sig in Signal::iterator().filter(|s| *s != Signal::SIGKILL && *s != Signal::SIGSTOP)
+            {
                 set.add(sig);
             }
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).expect("mask");
             std::fs::write(&log, "").expect("victim log");
             loop {
                 if let Ok(sig) = set.wait() {
-                    let mut f = std::fs::OpenOptions::new().append(true).open(&log).expect("log");
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&log)
+                        .expect("log");
                     writeln!(f, "{}", sig.as_str()).unwrap();
                 }
             }

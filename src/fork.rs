@@ -244,6 +244,7 @@ impl ForkBackend {
             _ => {}
         }
         let request = check()?;
+        check_dir_writable(paths)?;
         if found.foreign_pid_file {
             return Err(pidfile::untrusted(
                 &paths.pid_file,
@@ -373,7 +374,10 @@ impl ForkBackend {
                     Err(e) => return Err(e),
                 }
             }
-            _ => self.probe_until_ready(config, paths, lock, deadline).await?,
+            _ => {
+                self.probe_until_ready(config, paths, lock, deadline)
+                    .await?
+            }
         }
         match self.inspect(config, paths).await?.status {
             DaemonStatus::Running(pid) => Ok(pid),
@@ -586,7 +590,10 @@ fn read_disk(paths: &Paths) -> Result<state::Disk> {
 async fn inspect_once(paths: &Paths) -> Result<Inspection> {
     if let Some(mut client) = control::Client::connect(&paths.control).await? {
         let peer = client.peer_pid;
-        match client.call(control::Op::Status, control::QUERY_TIMEOUT).await {
+        match client
+            .call(control::Op::Status, control::QUERY_TIMEOUT)
+            .await
+        {
             // The kernel's word on who answered beats the answer's own.
             Ok(reply) if peer.is_some_and(|p| p != reply.supervisor) => {
                 return Err(pidfile::untrusted(
@@ -660,9 +667,15 @@ fn check_record_belongs(paths: &Paths, record: Option<&Record>) -> Result<()> {
 }
 
 /// One control request to the live supervisor, if there is one.
+/// A supervisor that closes the connection without answering is exiting:
+/// that is `Ok(None)` too.
 async fn control_call(paths: &Paths, op: control::Op) -> Result<Option<control::ControlReply>> {
     match control::Client::connect(&paths.control).await? {
-        Some(mut c) => Ok(Some(c.call(op, control::QUERY_TIMEOUT).await?)),
+        Some(mut c) => match c.call(op, control::QUERY_TIMEOUT).await {
+            Ok(reply) => Ok(Some(reply)),
+            Err(DaemonError::Io { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
         None => Ok(None),
     }
 }
@@ -731,10 +744,7 @@ async fn retire_live(paths: &Paths, shutdown: Duration) -> Result<()> {
     let Some(mut client) = control::Client::connect(&paths.control).await? else {
         return Ok(());
     };
-    let reply = match client
-        .call(control::Op::Stop, control::QUERY_TIMEOUT)
-        .await
-    {
+    let reply = match client.call(control::Op::Stop, control::QUERY_TIMEOUT).await {
         Ok(r) => r,
         Err(DaemonError::Io { .. }) => return Ok(()),
         Err(e) => return Err(e),
@@ -759,8 +769,7 @@ async fn retire_live(paths: &Paths, shutdown: Duration) -> Result<()> {
 /// What a supervisor that was killed leaves: its control socket (nobody
 /// answers on it) and its notify directory. Both paths come from the config.
 async fn clear_dead_supervisor_files(paths: &Paths) -> Result<()> {
-    if pidfile::present(&paths.control)
-        && control::Client::connect(&paths.control).await?.is_none()
+    if pidfile::present(&paths.control) && control::Client::connect(&paths.control).await?.is_none()
     {
         pidfile::remove_socket(&paths.control)?;
     }
@@ -1178,9 +1187,7 @@ impl Backend for ForkBackend {
                     .await
                     .is_ok()
                 {
-                    client
-                        .wait_closed(Instant::now() + SUPERVISOR_GRACE)
-                        .await;
+                    client.wait_closed(Instant::now() + SUPERVISOR_GRACE).await;
                 }
             } else {
                 lock = Lock::try_acquire(&paths.lock)?;
@@ -1261,15 +1268,16 @@ impl Backend for ForkBackend {
                 None => Ok(()),
                 // The supervisor records READY=1; wake on each rewrite of the
                 // record until it says so (a restarted daemon must say it again).
-                Some(Readiness::Notify) => match self.wait_notify_ready(config, &paths, deadline).await
-                {
-                    Err(DaemonError::Timeout { operation, .. }) => Err(DaemonError::Timeout {
-                        name: config.name(),
-                        operation,
-                        after: timeout,
-                    }),
-                    other => other,
-                },
+                Some(Readiness::Notify) => {
+                    match self.wait_notify_ready(config, &paths, deadline).await {
+                        Err(DaemonError::Timeout { operation, .. }) => Err(DaemonError::Timeout {
+                            name: config.name(),
+                            operation,
+                            after: timeout,
+                        }),
+                        other => other,
+                    }
+                }
                 Some(probe) => {
                     match readiness::wait_until_ready(probe, deadline, || {
                         std::future::ready(daemon.is_same_live_process())
@@ -1442,7 +1450,10 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
             return Ok(false)
         }
         Err(e) => {
-            return Err(dir_error(e.kind(), format!("directory {}: {e}", dir.display())));
+            return Err(dir_error(
+                e.kind(),
+                format!("directory {}: {e}", dir.display()),
+            ));
         }
     };
     if !meta.is_dir() {
@@ -1460,7 +1471,8 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
             ),
         ));
     }
-    let group_ok = meta.gid() == 0 || (!me.is_root() && meta.gid() == nix::unistd::getegid().as_raw());
+    let group_ok =
+        meta.gid() == 0 || (!me.is_root() && meta.gid() == nix::unistd::getegid().as_raw());
     let others_write = meta.mode() & 0o002 != 0
         || (meta.mode() & 0o020 != 0 && !group_ok)
         || !pidfile::trusted_uid(meta.uid());
@@ -1504,21 +1516,29 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
             ));
         }
     }
-    // Only a start needs to write here; a stop must reach a running daemon
-    // even in a directory that became read-only.
-    if usage == DirUse::Create
-        && nix::unistd::access(
-            dir,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_err()
+    Ok(true)
+}
+
+/// A start writes in the PID directory (checked only once it is known that
+/// nothing runs: a stop, or a start that finds the daemon running, must
+/// work in a directory that became read-only).
+fn check_dir_writable(paths: &Paths) -> Result<()> {
+    let dir = paths.pid_file.parent().unwrap_or(Path::new("/"));
+    if nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_err()
     {
-        return Err(dir_error(
-            std::io::ErrorKind::PermissionDenied,
-            format!("directory {} is not writable", dir.display()),
+        return Err(DaemonError::pid_file(
+            &paths.pid_file,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("directory {} is not writable", dir.display()),
+            ),
         ));
     }
-    Ok(true)
+    Ok(())
 }
 
 use std::os::unix::fs::DirBuilderExt;

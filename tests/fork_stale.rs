@@ -45,14 +45,20 @@ async fn unrelated_live_pid_is_stale_and_untouched() {
     assert!(err.to_string().contains("no identity record"), "{err}");
     let err = within(20, m.start()).await.unwrap_err();
     assert!(matches!(&err, DaemonError::UntrustedFile { .. }), "{err:?}");
-    assert!(alive(pid), "cleanup or start signalled an unrelated process");
+    assert!(
+        alive(pid),
+        "cleanup or start signalled an unrelated process"
+    );
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap(),
         format!("{pid}\n")
     );
     let report = m.status_report().await.unwrap();
     assert_eq!(report.status, DaemonStatus::Stale(pid));
-    assert!(report.problem.unwrap().contains("not written by daemon-lifecycle"));
+    assert!(report
+        .problem
+        .unwrap()
+        .contains("not written by daemon-lifecycle"));
     assert!(bystander.0.try_wait().unwrap().is_none());
     std::fs::remove_file(&pid_file).unwrap();
     sb.assert_no_leaks();

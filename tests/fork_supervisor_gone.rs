@@ -24,8 +24,6 @@ fn parent_of(pid: u32) -> u32 {
 }
 
 #[tokio::test]
-#[ignore = "needs the inspect_once change in src/fork.rs (issue 7, 'a supervisor killed, then its \
-            daemon exits'); fails on today's code with Stale(pid)"]
 async fn a_daemon_that_exits_after_its_supervisor_was_killed_is_reported_so() {
     let sb = Sandbox::new("supervisor_gone");
     let config = sb.config(&[]);

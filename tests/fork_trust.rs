@@ -29,7 +29,10 @@ impl Victim {
         let v = Victim { child, log };
         let t = Instant::now();
         while !v.log.exists() {
-            assert!(t.elapsed() < Duration::from_secs(10), "victim did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "victim did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         v
@@ -155,7 +158,10 @@ async fn planted_records_are_refused_and_nothing_is_signalled() {
         "{messages:#?}"
     );
     victim.assert_untouched();
-    assert!(precious.join("keep").exists(), "a directory named by a record was deleted");
+    assert!(
+        precious.join("keep").exists(),
+        "a directory named by a record was deleted"
+    );
     assert!(pid_file.exists() && sb.path("daemon.pid.notify").is_dir());
     // Nothing of root's was created beside the planted files.
     assert!(!sb.path("daemon.pid.lock").exists());
@@ -195,7 +201,10 @@ async fn a_copied_genuine_record_is_refused() {
         "{messages:#?}"
     );
     assert!(alive(running));
-    assert_eq!(other_m.status().await.unwrap(), DaemonStatus::Running(running));
+    assert_eq!(
+        other_m.status().await.unwrap(),
+        DaemonStatus::Running(running)
+    );
     within(20, other_m.stop()).await.unwrap();
     for f in ["daemon.pid", "daemon.pid.identity"] {
         std::fs::remove_file(sb.path(f)).unwrap();
@@ -249,9 +258,18 @@ async fn planted_symlinks_are_refused_for_every_file() {
         if let Err(e) = within(20, m.status()).await {
             assert!(!e.to_string().contains("TOPSECRET"), "{name}: {e}");
         }
-        assert!(!target.exists(), "{name}: root created a file at the link's target");
-        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "TOPSECRET-4242\n");
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            !target.exists(),
+            "{name}: root created a file at the link's target"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "TOPSECRET-4242\n"
+        );
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         std::fs::remove_file(&link).unwrap();
         assert!(sb.processes().is_empty(), "{name}: a daemon was started");
     }
@@ -337,12 +355,15 @@ fn daemons(sb: &Sandbox) -> usize {
         .count()
 }
 
+/// Damage done to the files of a running daemon (the sandbox, a victim PID).
+type Tamper = fn(&Sandbox, u32);
+
 /// The ways an operator can damage the files under a running daemon; after
 /// each, status says what is wrong, start runs no second copy, and stop
 /// stops the real daemon and leaves nothing.
 #[tokio::test]
 async fn tampering_never_loses_a_running_daemon() {
-    let kinds: [(&str, fn(&Sandbox, u32)); 4] = [
+    let kinds: [(&str, Tamper); 4] = [
         ("PID file names 1", |sb, _| {
             std::fs::write(sb.path("daemon.pid"), "1\n").unwrap()
         }),
@@ -372,7 +393,10 @@ async fn tampering_never_loses_a_running_daemon() {
         let report = within(20, m.status_report()).await.unwrap();
         assert_eq!(report.status, DaemonStatus::Running(pid), "{what}");
         let problem = report.problem.unwrap_or_default();
-        assert!(problem.contains(&format!("runs daemon {pid}")), "{what}: {problem}");
+        assert!(
+            problem.contains(&format!("runs daemon {pid}")),
+            "{what}: {problem}"
+        );
         // No second copy.
         assert_eq!(within(20, m.start()).await.unwrap(), pid, "{what}");
         assert_eq!(daemons(&sb), 1, "{what}: a second daemon runs");
@@ -415,7 +439,11 @@ async fn a_read_only_directory_during_a_restart_loses_nothing() {
             .unwrap()
     };
     let out = run(&["start"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
     // The supervisor restarts it but can write neither record nor PID file.
@@ -428,20 +456,35 @@ async fn a_read_only_directory_during_a_restart_loses_nothing() {
     let second = json["pid"].as_u64().unwrap() as u32;
     assert!(alive(second));
     assert!(
-        json["problem"].as_str().unwrap_or_default().contains(&format!("runs daemon {second}")),
+        json["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("runs daemon {second}")),
         "{json}"
     );
     let out = run(&["start"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), second.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        second.to_string()
+    );
     assert_eq!(daemons(&sb), 1, "a second daemon runs");
     // stop stops the real daemon (it may say the files could not be removed).
     let _ = run(&["stop"]);
     assert!(!alive(second), "stop left the restarted daemon running");
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = run(&["cleanup"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["status"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     sb.assert_no_leaks();
 }
 
@@ -494,7 +537,10 @@ async fn stop_and_kill_leave_no_descendant_alive() {
             within(20, m.stop()).await.unwrap();
         }
         assert!(!alive(pid));
-        assert!(!alive(gc), "the setsid grandchild survived (force = {force})");
+        assert!(
+            !alive(gc),
+            "the setsid grandchild survived (force = {force})"
+        );
         sb.assert_no_leaks();
     }
 }

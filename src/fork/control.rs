@@ -217,7 +217,10 @@ impl Client {
         if reply.is_empty() {
             return Err(DaemonError::io(
                 what,
-                io::Error::new(io::ErrorKind::UnexpectedEof, "the supervisor closed the connection"),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the supervisor closed the connection",
+                ),
             ));
         }
         let value: serde_json::Value = serde_json::from_str(reply.trim_end()).map_err(|_| {
@@ -238,7 +241,10 @@ impl Client {
             });
         }
         serde_json::from_value(value).map_err(|e| {
-            DaemonError::io(what, io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            DaemonError::io(
+                what,
+                io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            )
         })
     }
 

@@ -109,7 +109,10 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(io::ErrorKind::InvalidInput, "is a symbolic link; refusing to follow it")
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symbolic link; refusing to follow it",
+                )
             } else {
                 e
             }

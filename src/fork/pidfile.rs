@@ -213,7 +213,10 @@ fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
         .read_to_end(&mut bytes)
         .map_err(|e| DaemonError::pid_file(path, e))?;
     if bytes.len() as u64 > max {
-        return Err(not_ours_content(path, "is too large to be one of our files"));
+        return Err(not_ours_content(
+            path,
+            "is too large to be one of our files",
+        ));
     }
     Ok(Some(bytes))
 }
@@ -221,7 +224,10 @@ fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
 /// Content that is not what we write. The bytes are never quoted: the file
 /// may be a secret someone linked or copied there.
 fn not_ours_content(path: &Path, what: &str) -> DaemonError {
-    DaemonError::pid_file(path, io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+    DaemonError::pid_file(
+        path,
+        io::Error::new(io::ErrorKind::InvalidData, what.to_owned()),
+    )
 }
 
 /// Reads the PID file: `Ok(None)` when it does not exist, `PidFileError`
@@ -384,12 +390,17 @@ impl Lock {
                 }
                 Err(e) => return Err(DaemonError::pid_file(path, e)),
             };
-            let meta = file.metadata().map_err(|e| DaemonError::pid_file(path, e))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| DaemonError::pid_file(path, e))?;
             check_ours(path, &meta, false)?;
             if meta.mode() & 0o077 != 0 {
                 // A lock file of an older version (0644): close it to others.
-                nix::sys::stat::fchmod(file.as_fd(), nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|e| DaemonError::pid_file(path, e.into()))?;
+                nix::sys::stat::fchmod(
+                    file.as_fd(),
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| DaemonError::pid_file(path, e.into()))?;
             }
             let flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(f) => f,
@@ -582,7 +593,10 @@ mod tests {
         }
         // The lock file is closed to other users.
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         drop(second);
     }
 }

@@ -63,9 +63,7 @@ pub(crate) fn from_live(reply: ControlReply, disk: &Disk, pid_file: &str) -> Ins
     match &disk.pid {
         Err(why) => problems.push(format!("PID file {pid_file}: {why}")),
         Ok(None) if daemon_runs => problems.push(format!("PID file {pid_file} is missing")),
-        Ok(Some(p)) if *p != pid && daemon_runs => {
-            problems.push(format!("PID file names {p}"))
-        }
+        Ok(Some(p)) if *p != pid && daemon_runs => problems.push(format!("PID file names {p}")),
         Ok(_) => {}
     }
     match &disk.record {
@@ -188,9 +186,7 @@ pub(crate) fn from_disk(
 
 /// A supervisor killed (SIGKILL) before it could record its daemon's end.
 fn supervisor_gone(pid: u32) -> DaemonStatus {
-    DaemonStatus::Failed(format!(
-        "supervisor gone; daemon {pid} exited"
-    ))
+    DaemonStatus::Failed(format!("supervisor gone; daemon {pid} exited"))
 }
 
 /// The state of a daemon that is not running, from its record.

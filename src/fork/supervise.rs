@@ -384,7 +384,10 @@ const SELF_DAEMONIZED: &str = "its main process exited and left processes runnin
 
 /// A control request received by the connection task, with its connection
 /// (kept open after `stop`/`kill` until this process exits).
-type ControlMsg = (control::ControlRequest, tokio::io::BufReader<tokio::net::UnixStream>);
+type ControlMsg = (
+    control::ControlRequest,
+    tokio::io::BufReader<tokio::net::UnixStream>,
+);
 
 async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     let paths = Paths::new(req.pid_file.clone());
