@@ -19,6 +19,11 @@
 //!   the files, rotating between lines ([`logs`]).
 //! - `limits`, `user`, `group`: resolved and checked in the caller, applied
 //!   between fork and exec ([`limits`]).
+//!
+//! Trust: every file of the set is ours or refused ([`pidfile`]); a live
+//! supervisor is reached through its control socket, never through a PID
+//! read from a file ([`control`]); what the files say is turned into a state
+//! in [`state`].
 
 pub(crate) mod control;
 pub(crate) mod limits;
@@ -136,6 +141,9 @@ impl ForkBackend {
         let paths = Paths::new(config.effective_pid_file());
         check_pid_dir(config, &paths, DirUse::Create)?;
         control::check_path(&paths.control)?;
+        if !pidfile::present(&paths.lock) {
+            check_dir_writable(&paths)?;
+        }
         let mut request = {
             // Held only for the checks: a `stop` from elsewhere needs it later.
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
@@ -1145,6 +1153,9 @@ impl Backend for ForkBackend {
             let paths = Paths::new(config.effective_pid_file());
             check_pid_dir(config, &paths, DirUse::Create)?;
             control::check_path(&paths.control)?;
+            if !pidfile::present(&paths.lock) {
+                check_dir_writable(&paths)?; // say so, rather than fail creating the lock
+            }
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
             let result = self.start_locked(config, &paths, &lock).await;
             if result.is_err() {
@@ -1231,6 +1242,9 @@ impl Backend for ForkBackend {
             let paths = Paths::new(config.effective_pid_file());
             check_pid_dir(config, &paths, DirUse::Create)?;
             control::check_path(&paths.control)?;
+            if !pidfile::present(&paths.lock) {
+                check_dir_writable(&paths)?;
+            }
             // One lock across stop and start: nobody slips in between.
             let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
             // The lock file stays in place between the two (see `release`).

@@ -6,7 +6,9 @@
 //! - the **fork backend** ([`ForkBackend`]) runs the daemon under a small
 //!   supervising process of ours, with a PID file (`12345\n`) and an identity
 //!   record (process start time, boot id) beside it, so a reused PID is
-//!   reported [`DaemonStatus::Stale`] and never signalled;
+//!   reported [`DaemonStatus::Stale`] and never signalled; the supervisor is
+//!   reached through a control socket, so a tampered file never loses a
+//!   daemon, and only files it wrote are ever trusted;
 //! - the **systemd backend** ([`SystemdBackend`]) runs it as a transient or
 //!   installed unit, driven over D-Bus with zbus, from the same config
 //!   ([`UnitSpec`] renders both the unit file and the transient properties).

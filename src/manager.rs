@@ -207,18 +207,22 @@ impl DaemonManager {
         result
     }
 
-    /// The PID of the running daemon; `None` unless it is running (a stale
-    /// PID file's PID is not returned).
+    /// The PID of the running daemon; `None` unless it is running or
+    /// starting (a stale PID file's PID is not returned).
     pub async fn get_pid(&self) -> Result<Option<u32>> {
         Ok(match self.status().await? {
-            DaemonStatus::Running(pid) => Some(pid),
+            DaemonStatus::Running(pid) | DaemonStatus::Starting(pid) => Some(pid),
             _ => None,
         })
     }
 
-    /// Whether the daemon is running; any error counts as "no".
+    /// Whether the daemon is running (ready or still starting); any error
+    /// counts as "no".
     pub async fn is_running(&self) -> bool {
-        matches!(self.status().await, Ok(DaemonStatus::Running(_)))
+        matches!(
+            self.status().await,
+            Ok(DaemonStatus::Running(_) | DaemonStatus::Starting(_))
+        )
     }
 
     /// Removes a stale PID file and its identity record, or clears a failed
