@@ -913,6 +913,7 @@ fn build_request(config: &DaemonConfig, paths: &Paths) -> Result<Request> {
         }
     }
     Ok(Request {
+        version: supervise::REQUEST_VERSION,
         name: config.name(),
         binary_path: config.binary_path.clone(),
         args: config.args.clone(),

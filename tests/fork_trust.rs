@@ -748,3 +748,77 @@ async fn bad_pid_paths_are_refused_by_every_operation() {
     std::fs::remove_file(sb.path("daemon.pid")).unwrap();
     sb.assert_no_leaks();
 }
+
+/// The default PID directory of a non-root user is a predictable name
+/// (`$XDG_RUNTIME_DIR/daemon-lifecycle`, else `/tmp/daemon-lifecycle-UID`):
+/// planted by another user, every operation refuses it, and nothing of the
+/// planter's choosing is signalled.
+#[tokio::test]
+async fn a_planted_default_directory_is_refused_by_every_operation() {
+    if !have_root("the test plays two unprivileged users") {
+        return;
+    }
+    let sb = shared_sandbox("trust_default_dir");
+    let xdg = sb.path("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // The victim runs as the caller (nobody), so the caller could signal it.
+    let log = sb.path("victim.log");
+    let mut victim = Victim {
+        child: Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(support::testd())
+            .arg("--victim")
+            .arg(&log)
+            .spawn()
+            .unwrap(),
+        log: log.clone(),
+    };
+    eventually(10, || async { log.exists().then_some(()) }).await;
+    let planted = xdg.join("daemon-lifecycle");
+    let mut cfg = sb.config(&[]);
+    cfg.pid_file = PathBuf::new();
+    let name = cfg.name();
+    // Another unprivileged user (UID 65533) plants the directory and a PID
+    // file naming the victim.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65533",
+            "--regid=65533",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "mkdir -m 755 {dir} && printf '{pid}\\n' > {dir}/{name}.pid",
+            dir = planted.display(),
+            pid = victim.pid()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = sb.write_toml(&cfg);
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for op in ["status", "stop", "kill", "cleanup", "start"] {
+        let out = support::daemonctl_unprivileged()
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .args(["--backend", "fork", op])
+            .arg(&toml)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{op} succeeded");
+        assert!(
+            stderr.contains("is not a private directory owned by UID 65534"),
+            "{op}: {stderr}"
+        );
+    }
+    victim.assert_untouched();
+    drop(victim);
+    sb.assert_no_leaks();
+}

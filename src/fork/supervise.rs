@@ -64,9 +64,18 @@ use crate::config::{Limits, LogsConfig, RestartConfig, RestartPolicy};
 /// [`crate::supervisor_init`] into a supervisor.
 pub const SUPERVISE_ENV: &str = "DAEMON_LIFECYCLE_SUPERVISE";
 
+/// Version of the caller → supervisor request. A supervisor program built
+/// from another version of this crate refuses a request of another version
+/// (and unknown fields) instead of silently dropping what it does not know.
+pub(crate) const REQUEST_VERSION: u32 = 2;
+
 /// What the caller asks the supervisor to run.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Request {
+    /// [`REQUEST_VERSION`] of the caller.
+    #[serde(default)]
+    pub version: u32,
     pub name: String,
     pub binary_path: PathBuf,
     pub args: Vec<String>,
@@ -165,7 +174,7 @@ pub(crate) fn main() -> ! {
     let request = std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<Request>(&input).map_err(|e| e.to_string()));
+        .and_then(|_| parse_request(&input));
     let request = match request {
         Ok(r) => r,
         Err(message) => {
@@ -203,6 +212,21 @@ pub(crate) fn main() -> ! {
         }
     }));
     std::process::exit(code);
+}
+
+/// The request, if it is of our version; else why not, in words the caller
+/// shows its user.
+fn parse_request(input: &[u8]) -> Result<Request, String> {
+    let value: serde_json::Value = serde_json::from_slice(input).map_err(|e| e.to_string())?;
+    let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if version != REQUEST_VERSION as u64 {
+        return Err(format!(
+            "the supervisor program speaks request version {REQUEST_VERSION}, the caller sent version {version}: \
+             use a supervisor program (daemonctl, or the program calling supervisor_init) \
+             built from the same daemon-lifecycle version as the caller"
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// Linux: orphaned grandchildren of the daemon are re-parented to us, so we
@@ -1205,6 +1229,25 @@ fn reset_signal_state() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_of_another_version_or_with_unknown_fields_are_refused() {
+        let mut v = serde_json::json!({
+            "version": REQUEST_VERSION, "name": "d", "binary_path": "/bin/true", "args": [],
+            "env": {}, "working_dir": "/", "pid_file": "/tmp/d.pid", "shutdown_timeout_ms": 1000,
+        });
+        assert!(parse_request(v.to_string().as_bytes()).is_ok());
+        v["version"] = 1.into();
+        let e = parse_request(v.to_string().as_bytes()).unwrap_err();
+        assert!(
+            e.contains("request version 2, the caller sent version 1"),
+            "{e}"
+        );
+        v["version"] = REQUEST_VERSION.into();
+        v["from_the_future"] = true.into();
+        let e = parse_request(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
