@@ -364,22 +364,28 @@ fn serve_http(mut conn: std::net::TcpStream, status: u16) {
     );
 }
 
+/// Our limits and ids, straight from libc: nix 0.30 has no `RLIMIT_NPROC` or
+/// `getgroups` on Apple targets, and libc has both everywhere.
 fn limits_json() -> serde_json::Value {
-    use nix::sys::resource::{getrlimit, Resource};
-    let lim = |r| {
-        let (soft, hard) = getrlimit(r).unwrap();
-        serde_json::json!([soft, hard])
+    let lim = |resource| {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid resource and a pointer to a live rlimit.
+        assert_eq!(unsafe { libc::getrlimit(resource, &mut r) }, 0, "getrlimit");
+        serde_json::json!([r.rlim_cur, r.rlim_max])
     };
     serde_json::json!({
-        "nofile": lim(Resource::RLIMIT_NOFILE),
-        "as": lim(Resource::RLIMIT_AS),
-        "cpu": lim(Resource::RLIMIT_CPU),
-        "nproc": lim(Resource::RLIMIT_NPROC),
+        "nofile": lim(libc::RLIMIT_NOFILE),
+        "as": lim(libc::RLIMIT_AS),
+        "cpu": lim(libc::RLIMIT_CPU),
+        "nproc": lim(libc::RLIMIT_NPROC),
         "uid": nix::unistd::getuid().as_raw(),
         "euid": nix::unistd::geteuid().as_raw(),
         "gid": nix::unistd::getgid().as_raw(),
         "egid": nix::unistd::getegid().as_raw(),
-        "groups": nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect::<Vec<_>>(),
+        "groups": groups(),
         "env_user": std::env::var("USER").ok(),
         "env_home": std::env::var("HOME").ok(),
     })
@@ -475,6 +481,17 @@ fn record_signal_state(path: &str) {
     }
     .expect("catch SIGTERM");
     write_atomic(path, &state);
+}
+
+/// Our supplementary groups (`getgroups`).
+fn groups() -> Vec<libc::gid_t> {
+    // SAFETY: a zero count with a null buffer only returns the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups: Vec<libc::gid_t> = vec![0; usize::try_from(n).expect("getgroups")];
+    // SAFETY: a buffer of `n` gid_t.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(usize::try_from(n).expect("getgroups"));
+    groups
 }
 
 fn now_micros() -> u128 {

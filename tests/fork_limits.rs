@@ -137,6 +137,9 @@ fn non_root_asking_for_another_user_or_a_higher_limit_is_permission_denied() {
 
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    // `rlim_t` is u64 on Linux and macOS, i64 on FreeBSD.
+    #[allow(clippy::useless_conversion)]
+    let hard = u64::try_from(hard).unwrap_or(u64::MAX);
     if hard < u64::MAX / 2 {
         let mut cfg = sb.config(&[]);
         cfg.limits.nofile = Some(hard + 1);

@@ -11,8 +11,16 @@
 //! std's `CommandExt::uid`/`gid` are not used: std calls `setuid` before the
 //! `pre_exec` closures run, after which `setgroups` is no longer permitted, and
 //! it can only clear the supplementary groups, not set them.
+//!
+//! Platforms: the limits go through libc's `getrlimit`/`setrlimit`, whose
+//! four constants exist on Linux, macOS and FreeBSD alike (nix 0.30 has no
+//! `RLIMIT_NPROC` on Apple targets nor `RLIMIT_AS` on FreeBSD, and FreeBSD's
+//! `rlim_t` is signed). `limits.memory_bytes` is `RLIMIT_AS` everywhere:
+//! FreeBSD's `RLIMIT_AS` is its `RLIMIT_VMEM`, macOS's is its `RLIMIT_RSS`.
+//! The group lookups nix leaves out on Apple targets come from libc there
+//! (module `groups`). Only Linux runs this code in the tests; macOS and
+//! FreeBSD are type-checked (`scripts/check-platforms.sh`).
 
-use nix::sys::resource::{getrlimit, Resource};
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::{Deserialize, Serialize};
 
@@ -88,9 +96,7 @@ pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
 
     let me = Uid::effective();
     if !me.is_root() {
-        let my_groups = nix::unistd::getgroups().unwrap_or_default();
-        let own_group =
-            gid == Gid::effective().as_raw() || my_groups.iter().any(|g| g.as_raw() == gid);
+        let own_group = gid == Gid::effective().as_raw() || groups::caller_groups().contains(&gid);
         if uid != me.as_raw() || !own_group {
             return Err(DaemonError::PermissionDenied {
                 action: format!(
@@ -118,7 +124,7 @@ pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
     }
 
     let mut groups = match &entry {
-        Some(u) => supplementary_groups(&u.name, gid)?,
+        Some(u) => groups::supplementary_groups(&u.name, gid)?,
         None => Vec::new(),
     };
     if !groups.contains(&gid) {
@@ -137,62 +143,137 @@ pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
     }))
 }
 
-/// The user's groups from the group database (what `initgroups` would set).
+/// Group lookups: nix's on every platform that has them.
 #[cfg(not(target_vendor = "apple"))]
-fn supplementary_groups(name: &str, gid: u32) -> Result<Vec<u32>> {
-    let cname = std::ffi::CString::new(name).map_err(|_| DaemonError::invalid("user", "NUL"))?;
-    nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-        .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
-        .map_err(|e| DaemonError::io(format!("groups of user {name}"), e.into()))
+mod groups {
+    use nix::unistd::Gid;
+
+    use crate::error::{DaemonError, Result};
+
+    /// The caller's supplementary groups (empty if they cannot be read).
+    pub(super) fn caller_groups() -> Vec<u32> {
+        nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect()
+    }
+
+    /// The user's groups from the group database (what `initgroups` would set).
+    pub(super) fn supplementary_groups(name: &str, gid: u32) -> Result<Vec<u32>> {
+        let cname =
+            std::ffi::CString::new(name).map_err(|_| DaemonError::invalid("user", "NUL"))?;
+        nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+            .map(|v| v.into_iter().map(|g| g.as_raw()).collect())
+            .map_err(|e| DaemonError::io(format!("groups of user {name}"), e.into()))
+    }
 }
 
-/// macOS: nix has no `getgrouplist` there; its libc one takes `c_int`s.
+/// Group lookups on macOS: nix 0.30 has neither `getgroups` nor
+/// `getgrouplist` there, so these call libc (whose `getgrouplist` takes
+/// `c_int`s).
 #[cfg(target_vendor = "apple")]
-fn supplementary_groups(name: &str, gid: u32) -> Result<Vec<u32>> {
-    let cname = std::ffi::CString::new(name).map_err(|_| DaemonError::invalid("user", "NUL"))?;
-    let mut groups = vec![0 as libc::c_int; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: valid C string, buffer of `n` c_ints.
-        let r = unsafe {
-            libc::getgrouplist(
-                cname.as_ptr(),
-                gid as libc::c_int,
-                groups.as_mut_ptr(),
-                &mut n,
-            )
+mod groups {
+    use crate::error::{DaemonError, Result};
+
+    /// The caller's supplementary groups as the kernel holds them for this
+    /// process (empty if they cannot be read).
+    pub(super) fn caller_groups() -> Vec<u32> {
+        // SAFETY: a zero count with a null buffer only returns the count.
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        let Ok(len) = usize::try_from(n) else {
+            return Vec::new();
         };
-        if r >= 0 {
-            groups.truncate(n as usize);
-            return Ok(groups.into_iter().map(|g| g as u32).collect());
+        let mut groups: Vec<libc::gid_t> = vec![0; len];
+        // SAFETY: a buffer of `n` gid_t.
+        let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+        match usize::try_from(n) {
+            Ok(len) => {
+                groups.truncate(len);
+                groups
+            }
+            Err(_) => Vec::new(),
         }
-        if groups.len() >= 65536 {
-            return Err(DaemonError::io(
-                format!("groups of user {name}"),
-                std::io::Error::other("too many groups"),
-            ));
+    }
+
+    /// The user's groups from the group database (what `initgroups` would set).
+    pub(super) fn supplementary_groups(name: &str, gid: u32) -> Result<Vec<u32>> {
+        let cname =
+            std::ffi::CString::new(name).map_err(|_| DaemonError::invalid("user", "NUL"))?;
+        let mut groups = vec![0 as libc::c_int; 64];
+        loop {
+            let mut n = groups.len() as libc::c_int;
+            // SAFETY: valid C string, buffer of `n` c_ints.
+            let r = unsafe {
+                libc::getgrouplist(
+                    cname.as_ptr(),
+                    gid as libc::c_int,
+                    groups.as_mut_ptr(),
+                    &mut n,
+                )
+            };
+            if r >= 0 {
+                groups.truncate(n as usize);
+                return Ok(groups.into_iter().map(|g| g as u32).collect());
+            }
+            if groups.len() >= 65536 {
+                return Err(DaemonError::io(
+                    format!("groups of user {name}"),
+                    std::io::Error::other("too many groups"),
+                ));
+            }
+            let len = groups.len() * 2;
+            groups.resize(len, 0);
         }
-        let len = groups.len() * 2;
-        groups.resize(len, 0);
     }
 }
 
-/// The limits as (resource, value) pairs, soft = hard = value (as systemd's
+/// The resource argument of libc's `getrlimit`/`setrlimit`: glibc declares
+/// it as its own enum type, every other libc as `c_int`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type ResourceId = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type ResourceId = libc::c_int;
+
+/// One limit to set in the child: soft = hard = `value` (as systemd's
 /// `LimitNOFILE=N` does).
-pub(crate) fn rlimits(limits: &Limits) -> Vec<(Resource, u64)> {
-    let mut out = Vec::new();
-    let pairs = [
-        (Resource::RLIMIT_NOFILE, limits.nofile),
-        (Resource::RLIMIT_AS, limits.memory_bytes),
-        (Resource::RLIMIT_CPU, limits.cpu_secs),
-        (Resource::RLIMIT_NPROC, limits.processes),
-    ];
-    for (resource, value) in pairs {
-        if let Some(v) = value {
-            out.push((resource, v));
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rlimit {
+    resource: ResourceId,
+    value: libc::rlim_t,
+}
+
+/// The config's limits, each with its field name and resource: the one list
+/// of them in the fork backend.
+fn limit_fields(limits: &Limits) -> [(&'static str, ResourceId, Option<u64>); 4] {
+    [
+        ("limits.nofile", libc::RLIMIT_NOFILE, limits.nofile),
+        ("limits.memory_bytes", libc::RLIMIT_AS, limits.memory_bytes),
+        ("limits.cpu_secs", libc::RLIMIT_CPU, limits.cpu_secs),
+        ("limits.processes", libc::RLIMIT_NPROC, limits.processes),
+    ]
+}
+
+/// A config value as an `rlim_t`: values past the platform's largest limit
+/// (`RLIM_INFINITY`, `i64::MAX` on FreeBSD and macOS) mean unlimited.
+fn to_rlim(value: u64) -> libc::rlim_t {
+    match libc::rlim_t::try_from(value) {
+        Ok(v) if v < libc::RLIM_INFINITY => v,
+        _ => libc::RLIM_INFINITY,
     }
-    out
+}
+
+/// The set limits, in the order the child applies them.
+pub(crate) fn rlimits(limits: &Limits) -> Vec<Rlimit> {
+    limit_fields(limits)
+        .into_iter()
+        .filter_map(|(_, resource, value)| {
+            value.map(|v| Rlimit {
+                resource,
+                value: to_rlim(v),
+            })
+        })
+        .collect()
 }
 
 /// Refuses, before anything starts, a limit that the OS would refuse in the
@@ -201,33 +282,21 @@ pub(crate) fn check_limits(config: &DaemonConfig) -> Result<()> {
     if Uid::effective().is_root() {
         return Ok(());
     }
-    let fields = [
-        (
-            "limits.nofile",
-            Resource::RLIMIT_NOFILE,
-            config.limits.nofile,
-        ),
-        (
-            "limits.memory_bytes",
-            Resource::RLIMIT_AS,
-            config.limits.memory_bytes,
-        ),
-        (
-            "limits.cpu_secs",
-            Resource::RLIMIT_CPU,
-            config.limits.cpu_secs,
-        ),
-        (
-            "limits.processes",
-            Resource::RLIMIT_NPROC,
-            config.limits.processes,
-        ),
-    ];
-    for (field, resource, value) in fields {
+    for (field, resource, value) in limit_fields(&config.limits) {
         let Some(v) = value else { continue };
-        let (_, hard) = getrlimit(resource)
-            .map_err(|e| DaemonError::io(format!("getrlimit for {field}"), e.into()))?;
-        if v > hard {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid resource and a pointer to a live rlimit.
+        if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+            return Err(DaemonError::io(
+                format!("getrlimit for {field}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let hard = current.rlim_max;
+        if to_rlim(v) > hard {
             return Err(DaemonError::PermissionDenied {
                 action: format!("set {field} = {v} above the hard limit {hard} (needs root)"),
                 source: None,
@@ -240,12 +309,19 @@ pub(crate) fn check_limits(config: &DaemonConfig) -> Result<()> {
 /// Runs in the child between fork and exec: only async-signal-safe calls,
 /// no allocation (everything was computed before the fork).
 pub(crate) fn apply_in_child(
-    limits: &[(Resource, u64)],
+    limits: &[Rlimit],
     creds: Option<&Credentials>,
     groups: &[libc::gid_t],
 ) -> std::io::Result<()> {
-    for (resource, value) in limits {
-        nix::sys::resource::setrlimit(*resource, *value, *value)?;
+    for limit in limits {
+        let value = libc::rlimit {
+            rlim_cur: limit.value,
+            rlim_max: limit.value,
+        };
+        // SAFETY: a valid resource and a pointer to a live rlimit.
+        if unsafe { libc::setrlimit(limit.resource, &value) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     if let Some(c) = creds.filter(|c| c.switch) {
         // SAFETY: plain syscalls with a pointer to a live, pre-built slice.
@@ -279,6 +355,28 @@ mod tests {
         c.group = Some("no-such-group-dltest".into());
         assert!(
             matches!(resolve(&c), Err(DaemonError::InvalidConfig { field, .. }) if field == "group")
+        );
+    }
+
+    #[test]
+    fn limits_map_to_their_resources_and_values_past_the_maximum_mean_unlimited() {
+        let limits = Limits {
+            nofile: Some(64),
+            processes: Some(u64::MAX),
+            ..Limits::default()
+        };
+        assert_eq!(
+            rlimits(&limits),
+            [
+                Rlimit {
+                    resource: libc::RLIMIT_NOFILE,
+                    value: 64
+                },
+                Rlimit {
+                    resource: libc::RLIMIT_NPROC,
+                    value: libc::RLIM_INFINITY
+                },
+            ]
         );
     }
 

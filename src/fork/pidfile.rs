@@ -479,7 +479,9 @@ impl std::os::fd::AsRawFd for InotifyFd {
 /// The poll interval where no event is available.
 const WATCH_POLL: Duration = Duration::from_millis(20);
 /// Even with events, look again this often: a supervisor killed with
-/// SIGKILL writes nothing when its daemon then dies.
+/// SIGKILL writes nothing when its daemon then dies. (Linux only: the
+/// portable path polls every `WATCH_POLL` anyway.)
+#[cfg(target_os = "linux")]
 const WATCH_RECHECK: Duration = Duration::from_secs(1);
 
 impl RecordWatch {

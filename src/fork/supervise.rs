@@ -42,7 +42,6 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::resource::Resource;
 use nix::sys::signal::{killpg, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -1008,7 +1007,7 @@ fn spawn_daemon(
     req: &Request,
     logs: &Logs,
     notify: Option<&NotifySocket>,
-    rlimits: &[(Resource, u64)],
+    rlimits: &[limits::Rlimit],
     groups: &[libc::gid_t],
 ) -> std::io::Result<Run> {
     // argv and envp for our own execve; std's (and its execvp) go unused.
