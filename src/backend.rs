@@ -125,6 +125,9 @@ pub struct StatusReport {
     pub status_text: Option<String>,
     /// How often the daemon was restarted after exiting on its own.
     pub restarts: u32,
+    /// systemd: whether the installed unit file differs from what the
+    /// config renders now (`None`: not an installed unit, or not known).
+    pub drift: Option<bool>,
 }
 
 impl StatusReport {
@@ -137,6 +140,7 @@ impl StatusReport {
             last_exit: None,
             status_text: None,
             restarts: 0,
+            drift: None,
         }
     }
 }

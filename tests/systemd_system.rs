@@ -113,3 +113,48 @@ fn unprivileged_caller_gets_permission_denied() {
     assert!(sb.processes().is_empty());
     sb.assert_no_leaks();
 }
+
+/// Issue 8: an unknown `user`/`group` used to create a unit that failed
+/// with exit 217/216, naming nothing. Now it is refused before anything is
+/// written or sent, naming the field.
+#[tokio::test]
+async fn an_unknown_user_or_group_is_refused_before_any_unit_exists() {
+    let Some(sm) = SystemManager::start() else {
+        return;
+    };
+    let sb = Sandbox::new("sd_system_nouser");
+    let backend =
+        SystemdBackend::connect_to(&BusTarget::Address(sm.bus_address.clone()), Scope::System)
+            .await
+            .unwrap();
+    for (field, user, group) in [
+        ("user", Some("no-such-user-dl8"), None),
+        ("group", None, Some("no-such-group-dl8")),
+    ] {
+        let mut config = sb.config(&[]);
+        config.scope = Some(Scope::System);
+        config.user = user.map(str::to_owned);
+        config.group = group.map(str::to_owned);
+        let unit = UnitSpec::from_config(&config, Scope::System).unwrap().unit;
+        let m = DaemonManager::with_backend(config.clone(), std::sync::Arc::new(backend.clone()));
+        let err = within(30, m.start()).await.unwrap_err();
+        assert!(
+            matches!(&err, daemon_lifecycle::DaemonError::InvalidConfig { field: f, .. } if f == field),
+            "{err:?}"
+        );
+        let err = within(30, backend.install(&config, Some(&sm.unit_dir), true))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, daemon_lifecycle::DaemonError::InvalidConfig { field: f, .. } if f == field),
+            "{err:?}"
+        );
+        assert!(!sm.unit_dir.join(&unit).exists(), "a unit file was written");
+        assert_eq!(
+            m.status().await.unwrap(),
+            DaemonStatus::Stopped,
+            "a unit was created"
+        );
+    }
+    sb.assert_no_leaks();
+}

@@ -295,6 +295,33 @@ impl Drop for UserManager {
 }
 
 impl UserManager {
+    /// The PID of the `systemd --user` process (to freeze it with SIGSTOP).
+    pub fn manager_pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// One call to a Manager method (`Reload`, `Reexecute`, ...) with no
+    /// arguments and no reply body. `Reexecute` never replies (the manager
+    /// execs itself and drops off the bus, as `systemctl daemon-reexec`
+    /// expects): its `NoReply` counts as done.
+    pub async fn manager_call(&self, method: &str) {
+        let conn = self.connection().await;
+        match call(&conn, MANAGER_PATH, MANAGER, method, &()).await {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if method == "Reexecute"
+                    && name.as_str() == "org.freedesktop.DBus.Error.NoReply" => {}
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// A `systemctl --user` (or `systemd-run --user`) talking to this manager.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("--user").envs(self.env());
+        cmd
+    }
+
     /// A fresh connection to this manager's bus.
     pub async fn connection(&self) -> zbus::Connection {
         zbus::connection::Builder::address(self.bus_address.as_str())
