@@ -487,6 +487,8 @@ impl SystemdBackend {
             exec_main_status: i32_of(&s, "ExecMainStatus"),
             n_restarts: u32_of(&s, "NRestarts"),
             status_text: string(&s, "StatusText"),
+            restart: string(&s, "Restart"),
+            start_limit_burst: u32_of(&u, "StartLimitBurst"),
         })
     }
 
@@ -776,6 +778,9 @@ struct UnitState {
     exec_main_status: i32,
     n_restarts: u32,
     status_text: String,
+    /// `Restart=` (no, on-failure, always, ...).
+    restart: String,
+    start_limit_burst: u32,
 }
 
 impl UnitState {
@@ -831,10 +836,22 @@ impl UnitState {
         }
         Some(match (self.result.as_str(), self.last_exit()) {
             ("start-limit-hit", _) => "start limit hit".to_owned(),
+            _ if self.start_limit_hit() => "start limit hit".to_owned(),
             ("exit-code" | "signal" | "core-dump", Some(exit)) => exit.to_string(),
             (result, Some(exit)) => format!("{result} ({exit})"),
             (result, None) => result.to_owned(),
         })
+    }
+
+    /// systemd 252 keeps the failure's own `Result` (`exit-code`, ...) when
+    /// the start limit then refuses the automatic restart, so
+    /// `start-limit-hit` never shows: a failed unit whose restart policy
+    /// would restart it and that used up its `StartLimitBurst` is one.
+    fn start_limit_hit(&self) -> bool {
+        self.active == "failed"
+            && matches!(self.restart.as_str(), "on-failure" | "always")
+            && self.start_limit_burst > 0
+            && self.n_restarts >= self.start_limit_burst
     }
 
     /// A stop that had to escalate: TimeoutStopSec ran out and SIGKILL
