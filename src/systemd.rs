@@ -110,6 +110,9 @@ impl BusTarget {
 pub struct SystemdBackend {
     manager: ManagerProxy<'static>,
     scope: Scope,
+    /// Unit directories the manager sees under another path (it runs in
+    /// another mount namespace): (our path, the manager's path).
+    unit_dir_aliases: Vec<(PathBuf, PathBuf)>,
 }
 
 impl SystemdBackend {
@@ -154,12 +157,64 @@ impl SystemdBackend {
         bounded("Subscribe", QUERY_GRACE, manager.subscribe())
             .await?
             .map_err(|e| bus_error("Subscribe", e))?;
-        Ok(SystemdBackend { manager, scope })
+        Ok(SystemdBackend {
+            manager,
+            scope,
+            unit_dir_aliases: Vec::new(),
+        })
     }
 
     /// The scope this backend manages.
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// Says that the manager (in another mount namespace: a container, a
+    /// test harness) sees the unit directory `ours` as `managers`, so
+    /// `install`/`uninstall` into `ours` pass the check against its
+    /// `UnitPath`.
+    pub fn with_unit_dir_seen_as(
+        mut self,
+        ours: impl Into<PathBuf>,
+        managers: impl Into<PathBuf>,
+    ) -> Self {
+        self.unit_dir_aliases.push((ours.into(), managers.into()));
+        self
+    }
+
+    /// Refuses a unit directory the manager does not load units from (its
+    /// `UnitPath`): a unit written there would never be seen. Compared by
+    /// path, by the alias given to [`SystemdBackend::with_unit_dir_seen_as`],
+    /// or by identity (same directory under another name).
+    async fn check_unit_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let unit_path = bounded("Get UnitPath", QUERY_GRACE, self.manager.unit_path())
+            .await?
+            .map_err(|e| bus_error("Get UnitPath", e))?;
+        let trim = |p: &Path| PathBuf::from(p.to_string_lossy().trim_end_matches('/'));
+        let mut names = vec![trim(dir)];
+        for (ours, managers) in &self.unit_dir_aliases {
+            if trim(ours) == trim(dir) {
+                names.push(trim(managers));
+            }
+        }
+        let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let dir_id = id(dir);
+        let loaded = unit_path.iter().any(|entry| {
+            let entry = Path::new(entry);
+            names.contains(&trim(entry)) || (dir_id.is_some() && id(entry) == dir_id)
+        });
+        if loaded {
+            return Ok(());
+        }
+        Err(DaemonError::invalid(
+            "unit_dir",
+            format!(
+                "{} is not a directory the systemd manager loads units from (its UnitPath: {}); nothing was written",
+                dir.display(),
+                unit_path.join(", ")
+            ),
+        ))
     }
 
     /// Where persistent units of `scope` go by default:
@@ -214,6 +269,7 @@ impl SystemdBackend {
             Some(d) => d.to_owned(),
             None => Self::default_unit_dir(self.scope)?,
         };
+        self.check_unit_dir(&dir).await?;
         let path = dir.join(&spec.unit);
         let existing = std::fs::read_to_string(&path).ok();
         match &existing {
@@ -256,24 +312,49 @@ impl SystemdBackend {
             // from, and the manager may see it under another path (a
             // container or namespace).
             let what = format!("EnableUnitFiles {}", spec.unit);
-            let (_, changes) = bounded(
+            let enabled = match bounded(
                 &what,
                 QUERY_GRACE,
                 self.manager
                     .enable_unit_files(&[spec.unit.as_str()], false, true),
             )
-            .await?
-            .map_err(|e| bus_error(what.clone(), e))?;
+            .await
+            {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(bus_error(what.clone(), e)),
+                Err(e) => Err(e),
+            };
+            let (_, changes) = match enabled {
+                Ok(r) => r,
+                Err(e) => {
+                    // Leave nothing written: the old file back, or none.
+                    if changed {
+                        let undo = match &existing {
+                            Some(old) => crate::fork::pidfile::write_atomic(&path, old.as_bytes()),
+                            None => std::fs::remove_file(&path).map_err(|e| {
+                                DaemonError::io(format!("remove {}", path.display()), e)
+                            }),
+                        };
+                        if let Err(undo) = undo {
+                            tracing::warn!(path = %path.display(), %undo, "cannot undo the unit file write");
+                        }
+                        let _ = self.reload().await;
+                    }
+                    return Err(e);
+                }
+            };
             tracing::info!(unit = %spec.unit, ?changes, "enabled");
             self.reload().await?;
         }
         Ok(changed)
     }
 
-    /// Disables and removes the persistent unit and reloads the manager.
-    /// Removing a unit that is not installed is `Ok`. A running unit is
-    /// stopped first.
-    pub async fn uninstall(&self, config: &DaemonConfig, unit_dir: Option<&Path>) -> Result<()> {
+    /// Disables and removes the persistent unit and reloads the manager; a
+    /// running unit is stopped first. Returns whether there was one to
+    /// remove: nothing in `unit_dir` is `Ok(false)`, unless the manager
+    /// loads a unit of that name from another directory (a wrong
+    /// `unit_dir`), which is refused naming it.
+    pub async fn uninstall(&self, config: &DaemonConfig, unit_dir: Option<&Path>) -> Result<bool> {
         config.validate()?;
         let spec = self.spec(config)?;
         let dir = match unit_dir {
@@ -283,7 +364,21 @@ impl SystemdBackend {
         let path = dir.join(&spec.unit);
         let existing = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = self.load_state(&spec.unit).await?;
+                if state.load == "loaded" && !state.transient && !state.fragment_path.is_empty() {
+                    return Err(DaemonError::invalid(
+                        "unit_dir",
+                        format!(
+                            "nothing is installed at {}, but the manager loads {} from {}: pass the directory it is in",
+                            path.display(),
+                            spec.unit,
+                            state.fragment_path
+                        ),
+                    ));
+                }
+                return Ok(false);
+            }
             Err(e) => return Err(DaemonError::io(format!("read {}", path.display()), e)),
         };
         if !config.adopt && !unit::text_is_ours(&existing) {
@@ -313,7 +408,7 @@ impl SystemdBackend {
             .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?;
         self.reload().await?;
         let _ = self.reset_failed(&spec.unit).await;
-        Ok(())
+        Ok(true)
     }
 
     /// `Reload` (daemon-reload), bounded: a reload re-reads every unit, so

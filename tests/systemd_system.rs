@@ -25,10 +25,12 @@ async fn persistent_unit_as_nobody_over_the_system_bus() {
     config.scope = Some(Scope::System);
     let unit = UnitSpec::from_config(&config, Scope::System).unwrap().unit;
 
+    // The harness binds sm.unit_dir over its /etc/systemd/system.
     let backend =
         SystemdBackend::connect_to(&BusTarget::Address(sm.bus_address.clone()), Scope::System)
             .await
-            .unwrap();
+            .unwrap()
+            .with_unit_dir_seen_as(&sm.unit_dir, "/etc/systemd/system");
     assert!(
         within(30, backend.install(&config, Some(&sm.unit_dir), true))
             .await

@@ -209,7 +209,12 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             config.validate()?;
             UnitSpec::from_config(&config, scope)?;
             let systemd = SystemdBackend::connect(scope).await?;
-            systemd.uninstall(&config, unit_dir.as_deref()).await?;
+            if !systemd.uninstall(&config, unit_dir.as_deref()).await? {
+                eprintln!(
+                    "daemonctl: {}: nothing to uninstall: no unit file for it there",
+                    cli.command.config().display()
+                );
+            }
             return Ok(0);
         }
         Command::Run { .. } => {
