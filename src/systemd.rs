@@ -679,9 +679,6 @@ impl SystemdBackend {
                 .await?
         };
         let mut state = self.unit_state(&unit).await?.unwrap_or_default();
-        if state.transient {
-            make_transient_file_reload_safe(&spec, &state);
-        }
         if result != "done" && (result == "timeout" || state.result == "timeout") {
             // Not ready within TimeoutStartSec: systemd stopped it already.
             return Err(DaemonError::Timeout {
@@ -750,10 +747,27 @@ impl SystemdBackend {
         loop {
             attempts += 1;
             let outcome = self
-                .run_job(name, format!("StartTransientUnit {unit}"), timeout, || {
-                    self.manager
-                        .start_transient_unit(unit, "fail", &props, &aux)
-                })
+                .run_job(
+                    name,
+                    format!("StartTransientUnit {unit}"),
+                    timeout,
+                    || async {
+                        let job = self
+                            .manager
+                            .start_transient_unit(unit, "fail", &props, &aux)
+                            .await?;
+                        // At once, not after the job: a reload during a long
+                        // start-up would read systemd's version of the file.
+                        match self.unit_state(unit).await {
+                            Ok(Some(state)) => make_transient_file_reload_safe(spec, &state),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(%unit, %e, "cannot read the new transient unit")
+                            }
+                        }
+                        Ok(job)
+                    },
+                )
                 .await;
             match outcome {
                 Err(DaemonError::Bus {

@@ -247,3 +247,69 @@ async fn a_vendor_unit_found_by_binary_name_is_not_started_and_the_bus_is_not_ki
     assert!(alive(bus_pid), "the user bus was killed");
     sb.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn daemonctl_says_a_foreign_unit_is_not_ours_and_adopt_takes_it_over() {
+    let Some(um) = UserManager::start().await else {
+        return;
+    };
+    let sb = Sandbox::new("sd_own_cli");
+    let config = sb.config(&[]);
+    let unit = UnitSpec::from_config(&config, Scope::User).unwrap().unit;
+    let out = um
+        .command("systemd-run")
+        .arg(format!("--unit={unit}"))
+        .arg(support::testd())
+        .args(["--tag", &sb.tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = support::eventually(10, || async {
+        let pid = main_pid(&um, &unit).await;
+        (pid != 0).then_some(pid)
+    })
+    .await;
+    let toml = sb.write_toml(&config);
+    let run = |args: &[&str]| {
+        std::process::Command::new(support::daemonctl())
+            .args(["--backend", "systemd", "--scope", "user"])
+            .args(args)
+            .arg(&toml)
+            .envs(um.env())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("is not ours") && stderr.contains("--adopt"),
+        "{stderr}"
+    );
+    for cmd in ["start", "stop", "kill", "restart", "cleanup"] {
+        let out = run(&[cmd]);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(alive(pid));
+    let out = run(&["--adopt", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["pid"], pid);
+    let out = run(&["--adopt", "stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!alive(pid));
+    sb.assert_no_leaks();
+}
