@@ -38,6 +38,9 @@ const BUS_GRACE: Duration = Duration::from_secs(5);
 /// them at once, so only a frozen or vanished one hits it.
 const QUERY_GRACE: Duration = BUS_GRACE;
 
+/// The deadline of `Reload`.
+const RELOAD_GRACE: Duration = Duration::from_secs(30);
+
 /// The first line systemd writes into a transient unit's file.
 const TRANSIENT_HEADER: &str =
     "# This is a transient unit file, created programmatically via the systemd API. Do not edit.";
@@ -411,10 +414,10 @@ impl SystemdBackend {
         Ok(true)
     }
 
-    /// `Reload` (daemon-reload), bounded: a reload re-reads every unit, so
-    /// it gets the job grace rather than the query grace.
+    /// `Reload` (daemon-reload), bounded: a reload re-reads every unit and
+    /// takes seconds on a big host, so it gets more than a query.
     async fn reload(&self) -> Result<()> {
-        bounded("Reload", BUS_GRACE * 2, self.manager.reload())
+        bounded("Reload", RELOAD_GRACE, self.manager.reload())
             .await?
             .map_err(|e| bus_error("Reload", e))
     }

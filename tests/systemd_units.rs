@@ -191,6 +191,9 @@ async fn transient_units_survive_daemon_reload_and_reexec_byte_for_byte() {
     let mut config = hostile_config(&sb, &dump);
     config.restart.policy = daemon_lifecycle::RestartPolicy::Always;
     config.restart.delay_ms = 100;
+    config.limits.nofile = Some(4096);
+    config.limits.cpu_secs = Some(3600);
+    config.limits.processes = Some(64);
     config.logs = Some(daemon_lifecycle::LogsConfig {
         stdout: Some(sb.path("out 100% $x;y.log")),
         ..Default::default()
