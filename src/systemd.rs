@@ -593,7 +593,13 @@ impl SystemdBackend {
     /// Waits for the unit's pending job (a stop in progress) to finish, at
     /// most until `deadline`. Subscribes before reading the job, so its end
     /// cannot be missed.
-    async fn wait_for_pending_job(&self, name: &str, unit: &str, deadline: Instant) -> Result<()> {
+    async fn wait_for_pending_job(
+        &self,
+        name: &str,
+        unit: &str,
+        deadline: Instant,
+        bound: Duration,
+    ) -> Result<()> {
         let mut removed = bounded(
             "subscribe to JobRemoved",
             QUERY_GRACE,
@@ -623,7 +629,7 @@ impl SystemdBackend {
             Err(_) => Err(DaemonError::Timeout {
                 name: name.to_owned(),
                 operation: "waiting for the pending stop before starting",
-                after: deadline.saturating_duration_since(Instant::now()),
+                after: bound,
             }),
         }
     }
@@ -635,7 +641,8 @@ impl SystemdBackend {
         let name = config.name();
         // A start during a stop waits for the stop, then starts: a
         // deactivating unit's PID is about to be gone.
-        let stop_deadline = Instant::now() + config.shutdown_timeout() + BUS_GRACE;
+        let stop_bound = config.shutdown_timeout() + BUS_GRACE;
+        let stop_deadline = Instant::now() + stop_bound;
         // One look answers three questions: running already? installed as a
         // unit file? a leftover transient unit holding the name? (LoadUnit
         // also loads a unit file that is not loaded yet.)
@@ -646,13 +653,13 @@ impl SystemdBackend {
                 break before;
             }
             tracing::info!(%unit, "stopping: waiting for the stop job before starting");
-            self.wait_for_pending_job(&name, &unit, stop_deadline)
+            self.wait_for_pending_job(&name, &unit, stop_deadline, stop_bound)
                 .await?;
             if Instant::now() >= stop_deadline {
                 return Err(DaemonError::Timeout {
                     name,
                     operation: "waiting for the pending stop before starting",
-                    after: config.shutdown_timeout() + BUS_GRACE,
+                    after: stop_bound,
                 });
             }
             // The stop may leave the job list before the state settles.
