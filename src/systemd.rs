@@ -507,6 +507,28 @@ impl SystemdBackend {
         self.state_at(unit, path).await
     }
 
+    /// The unit's `FragmentPath` in one call: its object path is the name
+    /// escaped as systemd does (`unit_dbus_path_from_name`).
+    async fn fragment_path(&self, unit: &str) -> Result<String> {
+        let what = format!("Get FragmentPath of {unit}");
+        let object = unit_object_path(unit);
+        let call = self.manager.inner().connection().call_method(
+            Some("org.freedesktop.systemd1"),
+            object.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Unit", "FragmentPath"),
+        );
+        let reply = bounded(&what, QUERY_GRACE, call)
+            .await?
+            .map_err(|e| bus_error(what.clone(), e))?;
+        let value: OwnedValue = reply
+            .body()
+            .deserialize()
+            .map_err(|e| bus_error(what.clone(), e))?;
+        String::try_from(value).map_err(|e| bus_error(what, e.into()))
+    }
+
     /// The unit's state, refused with `NotOwned` when the unit exists and is
     /// not ours (see [`check_owned`]).
     async fn owned_state(&self, config: &DaemonConfig, unit: &str) -> Result<Option<UnitState>> {
@@ -768,9 +790,8 @@ impl SystemdBackend {
                             .await?;
                         // At once, not after the job: a reload during a long
                         // start-up would read systemd's version of the file.
-                        match self.unit_state(unit).await {
-                            Ok(Some(state)) => make_transient_file_reload_safe(spec, &state),
-                            Ok(None) => {}
+                        match self.fragment_path(unit).await {
+                            Ok(path) => make_transient_file_reload_safe(spec, &path),
                             Err(e) => {
                                 tracing::warn!(%unit, %e, "cannot read the new transient unit")
                             }
@@ -849,7 +870,18 @@ impl SystemdBackend {
     }
 
     async fn stop_unit(&self, config: &DaemonConfig, unit: &str) -> Result<()> {
-        let Some(state) = self.unit_state(unit).await? else {
+        let state = self.unit_state(unit).await?;
+        self.stop_state(config, unit, state).await
+    }
+
+    /// [`Self::stop_unit`] with the state just read.
+    async fn stop_state(
+        &self,
+        config: &DaemonConfig,
+        unit: &str,
+        state: Option<UnitState>,
+    ) -> Result<()> {
+        let Some(state) = state else {
             return Ok(());
         };
         if state.active == "inactive" || state.active == "failed" {
@@ -1109,8 +1141,8 @@ fn warn_drift(spec: &UnitSpec, state: &UnitState) {
 /// unchanged, keeping its mtime so the unit does not read as changed on
 /// disk. Where the file is out of reach (the manager in another mount
 /// namespace), says so and leaves it.
-fn make_transient_file_reload_safe(spec: &UnitSpec, state: &UnitState) {
-    let path = Path::new(&state.fragment_path);
+fn make_transient_file_reload_safe(spec: &UnitSpec, fragment_path: &str) {
+    let path = Path::new(fragment_path);
     let check = || -> std::result::Result<(), String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         if !text.starts_with(TRANSIENT_HEADER) {
@@ -1126,14 +1158,21 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, state: &UnitState) {
         let mtime = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .map_err(|e| e.to_string())?;
-        crate::fork::pidfile::write_atomic(path, new.as_bytes()).map_err(|e| e.to_string())?;
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_modified(mtime))
-            .map_err(|e| e.to_string())
+        // Atomic, but no fsync: the file lives in the manager's runtime
+        // directory and is gone at reboot anyway.
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let io = |e: std::io::Error| e.to_string();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".daemon-lifecycle-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut tmp, new.as_bytes()).map_err(io)?;
+        tmp.as_file().set_modified(mtime).map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
     };
-    if state.fragment_path.is_empty() {
+    if fragment_path.is_empty() {
         return;
     }
     match check() {
@@ -1147,6 +1186,24 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, state: &UnitState) {
             "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
         ),
     }
+}
+
+/// The object path of a unit: `/org/freedesktop/systemd1/unit/` and the
+/// name with every byte but `A-Z a-z 0-9` (and a leading digit) written
+/// `_xx` in hex, as sd-bus' `bus_label_escape` does.
+fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    if unit.is_empty() {
+        path.push('_');
+    }
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
 }
 
 /// Runs one bus call with a deadline. The outer error is the manager not
@@ -1224,8 +1281,8 @@ impl Backend for SystemdBackend {
     fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            self.owned_state(config, &unit).await?;
-            self.stop_unit(config, &unit).await
+            let state = self.owned_state(config, &unit).await?;
+            self.stop_state(config, &unit, state).await
         })
     }
 
@@ -1279,9 +1336,11 @@ impl Backend for SystemdBackend {
                 if report.status != DaemonStatus::Stopped {
                     report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
                 }
-                report.drift = UnitSpec::from_config(config, self.scope)
-                    .ok()
-                    .and_then(|spec| drift(&spec, s));
+                if !s.transient && s.load == "loaded" {
+                    report.drift = UnitSpec::from_config(config, self.scope)
+                        .ok()
+                        .and_then(|spec| drift(&spec, s));
+                }
             }
             Ok(report)
         })
@@ -1350,5 +1409,31 @@ impl Backend for SystemdBackend {
             self.owned_state(config, &unit).await?;
             self.reset_failed(&unit).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_object_paths_are_escaped_like_sd_bus() {
+        let p = |u| unit_object_path(u).replace("/org/freedesktop/systemd1/unit/", "");
+        // As systemd reports them (busctl tree org.freedesktop.systemd1).
+        assert_eq!(p("t1.service"), "t1_2eservice");
+        assert_eq!(p("dbus.service"), "dbus_2eservice");
+        assert_eq!(p("1a-b.service"), "_31a_2db_2eservice");
+        assert_eq!(p("my\\x20d.service"), "my_5cx20d_2eservice");
+    }
+
+    #[test]
+    fn unit_file_text_is_ours_only_with_the_key_in_unit() {
+        assert!(unit::text_is_ours("[Unit]\nX-DaemonLifecycle=yes\n"));
+        assert!(unit::text_is_ours(
+            "[Unit]\nDescription=x\nX-DaemonLifecycle = yes\n[Service]\n"
+        ));
+        assert!(!unit::text_is_ours("[Service]\nX-DaemonLifecycle=yes\n"));
+        assert!(!unit::text_is_ours("[Unit]\n# X-DaemonLifecycle=yes\n"));
+        assert!(!unit::text_is_ours("[Unit]\nX-DaemonLifecycleX=yes\n"));
     }
 }
