@@ -274,6 +274,7 @@ impl SystemdBackend {
         };
         self.check_unit_dir(&dir).await?;
         let path = dir.join(&spec.unit);
+        refuse_alias_link(config, &spec.unit, &path)?;
         let existing = std::fs::read_to_string(&path).ok();
         match &existing {
             // A file we wrote: whatever the manager loaded under that name
@@ -365,6 +366,7 @@ impl SystemdBackend {
             None => Self::default_unit_dir(self.scope)?,
         };
         let path = dir.join(&spec.unit);
+        refuse_alias_link(config, &spec.unit, &path)?;
         let existing = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -1050,6 +1052,26 @@ fn check_owned(config: &DaemonConfig, unit: &str, state: &UnitState) -> Result<(
         return Ok(());
     }
     Err(not_owned(unit, state))
+}
+
+/// A unit file that is a symlink is an alias (or a linked unit) of another
+/// unit: writing or removing it would act on that one. Refused unless
+/// adopted.
+fn refuse_alias_link(config: &DaemonConfig, unit: &str, path: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || config.adopt {
+        return Ok(());
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    Err(DaemonError::NotOwned {
+        unit: unit.to_owned(),
+        reason: format!(
+            "{} is a symlink to {target} (an alias of another unit)",
+            path.display()
+        ),
+    })
 }
 
 fn not_owned(unit: &str, state: &UnitState) -> DaemonError {

@@ -193,6 +193,27 @@ async fn an_alias_is_not_followed() {
     not_owned(within(30, m.kill()).await, &nick_unit, "kill");
     not_owned(within(30, m.restart()).await, &nick_unit, "restart");
     assert_eq!(m_real.status().await.unwrap(), DaemonStatus::Running(pid));
+    // Neither installed over (the link would become a unit of its own) nor
+    // uninstalled (that would stop the real unit).
+    let reason = not_owned(
+        backend.install(&nick, Some(&um.unit_dir()), false).await,
+        &nick_unit,
+        "install",
+    );
+    assert!(reason.contains("symlink"), "{reason}");
+    not_owned(
+        backend.uninstall(&nick, Some(&um.unit_dir())).await,
+        &nick_unit,
+        "uninstall",
+    );
+    assert!(um
+        .unit_dir()
+        .join(&nick_unit)
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(m_real.status().await.unwrap(), DaemonStatus::Running(pid));
 
     std::fs::remove_file(um.unit_dir().join(&nick_unit)).unwrap();
     backend
