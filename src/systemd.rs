@@ -113,9 +113,9 @@ impl BusTarget {
 pub struct SystemdBackend {
     manager: ManagerProxy<'static>,
     scope: Scope,
-    /// Unit directories the manager sees under another path (it runs in
-    /// another mount namespace): (our path, the manager's path).
-    unit_dir_aliases: Vec<(PathBuf, PathBuf)>,
+    /// Directories the manager sees under another path (it runs in another
+    /// mount namespace): (our path, the manager's path).
+    path_aliases: Vec<(PathBuf, PathBuf)>,
 }
 
 impl SystemdBackend {
@@ -163,7 +163,7 @@ impl SystemdBackend {
         Ok(SystemdBackend {
             manager,
             scope,
-            unit_dir_aliases: Vec::new(),
+            path_aliases: Vec::new(),
         })
     }
 
@@ -172,23 +172,36 @@ impl SystemdBackend {
         self.scope
     }
 
-    /// Says that the manager (in another mount namespace: a container, a
-    /// test harness) sees the unit directory `ours` as `managers`, so
-    /// `install`/`uninstall` into `ours` pass the check against its
-    /// `UnitPath`.
-    pub fn with_unit_dir_seen_as(
+    /// Says that the manager runs in another mount namespace (a container,
+    /// a test harness) where our directory `ours` is its `managers`: unit
+    /// directories are checked against its `UnitPath` under its name, and
+    /// the unit files it names (`FragmentPath`: drift, the transient file)
+    /// are read and written under ours. Call once per bind mount.
+    pub fn with_path_seen_as(
         mut self,
         ours: impl Into<PathBuf>,
         managers: impl Into<PathBuf>,
     ) -> Self {
-        self.unit_dir_aliases.push((ours.into(), managers.into()));
+        self.path_aliases.push((ours.into(), managers.into()));
         self
+    }
+
+    /// Our path for a path as the manager names it.
+    fn local_path(&self, managers_path: &str) -> PathBuf {
+        let p = Path::new(managers_path);
+        for (ours, managers) in &self.path_aliases {
+            if let Ok(rest) = p.strip_prefix(managers) {
+                return ours.join(rest);
+            }
+        }
+        p.to_owned()
     }
 
     /// Refuses a unit directory the manager does not load units from (its
     /// `UnitPath`): a unit written there would never be seen. Compared by
-    /// path, by the alias given to [`SystemdBackend::with_unit_dir_seen_as`],
-    /// or by identity (same directory under another name).
+    /// path, under the manager's name for it
+    /// ([`SystemdBackend::with_path_seen_as`]), or by identity (the same
+    /// directory under another name).
     async fn check_unit_dir(&self, dir: &Path) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let unit_path = bounded("Get UnitPath", QUERY_GRACE, self.manager.unit_path())
@@ -196,9 +209,9 @@ impl SystemdBackend {
             .map_err(|e| bus_error("Get UnitPath", e))?;
         let trim = |p: &Path| PathBuf::from(p.to_string_lossy().trim_end_matches('/'));
         let mut names = vec![trim(dir)];
-        for (ours, managers) in &self.unit_dir_aliases {
-            if trim(ours) == trim(dir) {
-                names.push(trim(managers));
+        for (ours, managers) in &self.path_aliases {
+            if let Ok(rest) = dir.strip_prefix(ours) {
+                names.push(trim(&managers.join(rest)));
             }
         }
         let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
@@ -692,13 +705,13 @@ impl SystemdBackend {
         if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
             if !before.transient {
-                warn_drift(&spec, &before);
+                warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
             }
             return Ok(before.main_pid);
         }
         let job_timeout = config.startup_timeout() + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
-            warn_drift(&spec, &before);
+            warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
             if before.active == "failed" {
                 // As for a transient unit: a failed unit (start limit hit
                 // included) is reset, then started.
@@ -793,7 +806,9 @@ impl SystemdBackend {
                         // At once, not after the job: a reload during a long
                         // start-up would read systemd's version of the file.
                         match self.fragment_path(unit).await {
-                            Ok(path) => make_transient_file_reload_safe(spec, &path),
+                            Ok(path) => {
+                                make_transient_file_reload_safe(spec, &self.local_path(&path))
+                            }
                             Err(e) => {
                                 tracing::warn!(%unit, %e, "cannot read the new transient unit")
                             }
@@ -1137,19 +1152,20 @@ fn check_accounts(spec: &UnitSpec) -> Result<()> {
 
 /// Whether the installed unit file differs from what `spec` renders now.
 /// `None`: not a persistent unit, or its file cannot be read here.
-fn drift(spec: &UnitSpec, state: &UnitState) -> Option<bool> {
+/// `file` is the unit's `FragmentPath`, as we see it.
+fn drift(spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
     if state.transient || state.load != "loaded" || state.fragment_path.is_empty() {
         return None;
     }
-    let installed = std::fs::read_to_string(&state.fragment_path).ok()?;
+    let installed = std::fs::read_to_string(file).ok()?;
     Some(spec.render().ok()? != installed)
 }
 
-fn warn_drift(spec: &UnitSpec, state: &UnitState) {
-    if drift(spec, state) == Some(true) {
+fn warn_drift(spec: &UnitSpec, state: &UnitState, file: &Path) {
+    if drift(spec, state, file) == Some(true) {
         tracing::warn!(
             unit = %spec.unit,
-            path = %state.fragment_path,
+            path = %file.display(),
             "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
         );
     }
@@ -1162,9 +1178,8 @@ fn warn_drift(spec: &UnitSpec, state: &UnitState) {
 /// transient file for our unit) with our quoting, which systemd reads back
 /// unchanged, keeping its mtime so the unit does not read as changed on
 /// disk. Where the file is out of reach (the manager in another mount
-/// namespace), says so and leaves it.
-fn make_transient_file_reload_safe(spec: &UnitSpec, fragment_path: &str) {
-    let path = Path::new(fragment_path);
+/// namespace not described with `with_path_seen_as`), says so and leaves it.
+fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
     let check = || -> std::result::Result<(), String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         if !text.starts_with(TRANSIENT_HEADER) {
@@ -1194,7 +1209,7 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, fragment_path: &str) {
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
     };
-    if fragment_path.is_empty() {
+    if path.as_os_str().is_empty() {
         return;
     }
     match check() {
@@ -1361,7 +1376,7 @@ impl Backend for SystemdBackend {
                 if !s.transient && s.load == "loaded" {
                     report.drift = UnitSpec::from_config(config, self.scope)
                         .ok()
-                        .and_then(|spec| drift(&spec, s));
+                        .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
                 }
             }
             Ok(report)

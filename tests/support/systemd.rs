@@ -393,6 +393,8 @@ pub struct SystemManager {
     pub bus_address: String,
     /// The host path of its `/etc/systemd/system`.
     pub unit_dir: PathBuf,
+    /// The host path of its `/run` (the harness binds `$S/run` there).
+    pub run_dir: PathBuf,
 }
 
 fn harness_script() -> PathBuf {
@@ -442,6 +444,7 @@ impl SystemManager {
             name,
             bus_address: String::new(),
             unit_dir: PathBuf::new(),
+            run_dir: PathBuf::new(),
             base,
         };
         if !out.status.success() {
@@ -462,6 +465,18 @@ impl SystemManager {
         };
         manager.bus_address = value("DBUS_SYSTEM_BUS_ADDRESS");
         manager.unit_dir = PathBuf::from(value("SYSH_ETC_SYSTEMD_SYSTEM"));
+        // $S/etc-systemd/system → $S/run
+        manager.run_dir = manager
+            .unit_dir
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("run");
+        assert!(
+            manager.run_dir.join("systemd").is_dir(),
+            "harness layout changed"
+        );
         Some(manager)
     }
 }
@@ -479,6 +494,22 @@ impl Drop for SystemManager {
 }
 
 impl SystemManager {
+    /// One call to a Manager method of this system manager, e.g.
+    /// `("Reload", &())` or `("KillUnit", &(unit, "main", 9))`.
+    pub async fn manager_call<B>(&self, method: &str, body: &B)
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let conn = zbus::connection::Builder::address(self.bus_address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        call(&conn, MANAGER_PATH, MANAGER, method, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+
     /// Makes the path to the bus socket traversable by any user (the
     /// harness keeps its state in a root-only temp dir), so a test can call
     /// the manager as an unprivileged user.
