@@ -155,7 +155,11 @@ impl SystemdBackend {
         match tokio::time::timeout(BUS_GRACE, manager.version()).await {
             Ok(Ok(version)) => tracing::debug!(%version, %scope, "systemd manager answers"),
             Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
-            Err(_) => return Err(unavailable("the systemd manager did not answer".into())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "the systemd manager did not answer Get Version within {BUS_GRACE:?}"
+                )))
+            }
         }
         bounded("Subscribe", QUERY_GRACE, manager.subscribe())
             .await?
