@@ -9,6 +9,13 @@
 //! Units are transient by default (`StartTransientUnit`); a unit installed
 //! with [`SystemdBackend::install`] (`daemonctl install`) is started as the
 //! persistent unit. Both are built from the same [`UnitSpec`].
+//!
+//! Only our units are acted on: every unit we create carries
+//! [`OWNERSHIP_MARK`] as its `Documentation` (and unit files
+//! [`OWNERSHIP_KEY`]); a unit of the config's name without it, or an alias,
+//! is refused with [`DaemonError::NotOwned`] unless the config sets `adopt`.
+//! Every bus call has a deadline. Transient units are kept reload-safe: see
+//! `make_transient_file_reload_safe`.
 
 pub(crate) mod dbus;
 pub mod escape;
