@@ -116,7 +116,12 @@ async fn meaning(um: &UserManager, unit: &str) -> BTreeMap<String, String> {
             exec.iter().map(|e| (&e.0, argv_of(e))).collect::<Vec<_>>()
         ),
     );
-    for k in ["StartLimitBurst", "StartLimitIntervalUSec", "Description"] {
+    for k in [
+        "StartLimitBurst",
+        "StartLimitIntervalUSec",
+        "Description",
+        "Documentation",
+    ] {
         out.insert(k.to_owned(), show(&u, k));
     }
     out
