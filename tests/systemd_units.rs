@@ -244,10 +244,12 @@ async fn transient_units_survive_daemon_reload_and_reexec_byte_for_byte() {
         })
         .await;
         assert_eq!(load, "loaded", "after {method}");
-        assert_eq!(
-            meaning(&um, &unit).await,
-            before,
-            "after {method}: the unit changed"
+        let after = meaning(&um, &unit).await;
+        assert_eq!(after, before, "after {method}: the unit changed");
+        assert!(
+            after["Documentation"].contains(daemon_lifecycle::systemd::OWNERSHIP_MARK),
+            "after {method}: the ownership marker is gone: {}",
+            after["Documentation"]
         );
         // A crash is still restarted, with the same argv and environment.
         nix::sys::signal::kill(
