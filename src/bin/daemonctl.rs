@@ -207,12 +207,17 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
         Command::Uninstall { unit_dir, .. } => {
             config.validate()?;
-            UnitSpec::from_config(&config, scope)?;
+            let unit = UnitSpec::from_config(&config, scope)?.unit;
             let systemd = SystemdBackend::connect(scope).await?;
             if !systemd.uninstall(&config, unit_dir.as_deref()).await? {
+                let dir = match unit_dir {
+                    Some(d) => d.clone(),
+                    None => SystemdBackend::default_unit_dir(scope)?,
+                };
                 eprintln!(
-                    "daemonctl: {}: nothing to uninstall: no unit file for it there",
-                    cli.command.config().display()
+                    "daemonctl: {}: nothing to uninstall: {} does not exist",
+                    cli.command.config().display(),
+                    dir.join(unit).display()
                 );
             }
             return Ok(0);
