@@ -142,6 +142,9 @@ pub struct StatusReport {
     /// PID file or identity record that disagrees with the live supervisor
     /// ("PID file names 1, supervisor 4242 runs daemon 4250").
     pub problem: Option<String>,
+    /// systemd: whether the installed unit file differs from what the
+    /// config renders now (`None`: not an installed unit, or not known).
+    pub drift: Option<bool>,
 }
 
 impl StatusReport {
@@ -155,6 +158,7 @@ impl StatusReport {
             status_text: None,
             restarts: 0,
             problem: None,
+            drift: None,
         }
     }
 }

@@ -97,6 +97,12 @@ pub struct DaemonConfig {
 
     /// Run with this primary group (needs root; systemd: system scope only).
     pub group: Option<String>,
+
+    /// systemd only: act on a unit of this name even though daemon-lifecycle
+    /// did not create it (no ownership marker), taking it over. Default
+    /// false: such a unit is refused with [`crate::DaemonError::NotOwned`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Which systemd manager runs the unit.
@@ -293,6 +299,7 @@ impl Default for DaemonConfig {
             limits: Limits::default(),
             user: None,
             group: None,
+            adopt: false,
         }
     }
 }

@@ -187,6 +187,17 @@ pub enum DaemonError {
         /// How long was waited.
         after: Duration,
     },
+    /// The systemd unit of that name exists but was not created by
+    /// daemon-lifecycle (no ownership marker), or the name is an alias of
+    /// another unit. Nothing was done to it; set `adopt = true` in the
+    /// config (`daemonctl --adopt`) to act on it anyway, or rename the daemon.
+    #[error("{unit} is not ours: {reason}; nothing was done (set `adopt = true` or pass --adopt to take it over, or give the daemon another `name`)")]
+    NotOwned {
+        /// The unit asked for.
+        unit: String,
+        /// Why it is not ours (no marker, an alias of another unit, ...).
+        reason: String,
+    },
 }
 
 impl DaemonError {

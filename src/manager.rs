@@ -138,6 +138,15 @@ impl DaemonManager {
     /// Validates the config and returns the backend.
     async fn ready(&self) -> Result<&Arc<dyn Backend>> {
         self.config.validate()?;
+        if self.choice == BackendChoice::Systemd && self.backend.get().is_none() {
+            // What systemd cannot express for this scope (`user` in a user
+            // unit, ...) is a config error, even where no bus answers.
+            let scope = self
+                .config
+                .scope
+                .unwrap_or_else(Scope::default_for_current_user);
+            crate::systemd::UnitSpec::from_config(&self.config, scope)?;
+        }
         self.backend().await
     }
 

@@ -9,6 +9,13 @@
 //! Units are transient by default (`StartTransientUnit`); a unit installed
 //! with [`SystemdBackend::install`] (`daemonctl install`) is started as the
 //! persistent unit. Both are built from the same [`UnitSpec`].
+//!
+//! Only our units are acted on: every unit we create carries
+//! [`OWNERSHIP_MARK`] as its `Documentation` (and unit files
+//! [`OWNERSHIP_KEY`]); a unit of the config's name without it, or an alias,
+//! is refused with [`DaemonError::NotOwned`] unless the config sets `adopt`.
+//! Every bus call has a deadline. Transient units are kept reload-safe: see
+//! `make_transient_file_reload_safe`.
 
 pub(crate) mod dbus;
 pub mod escape;
@@ -26,12 +33,24 @@ use crate::config::{DaemonConfig, Readiness, Scope};
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
 use dbus::ManagerProxy;
-pub use unit::UnitSpec;
+pub use unit::{UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
 
 /// How long we wait for the manager to answer when connecting, and what a
 /// job may take beyond the config's own timeouts (systemd enforces those;
 /// this only bounds a manager that stopped answering).
 const BUS_GRACE: Duration = Duration::from_secs(5);
+
+/// The deadline of every query and quick call (GetUnit, LoadUnit, GetAll,
+/// Subscribe, ResetFailedUnit, KillUnit, Reload, ...): a live manager answers
+/// them at once, so only a frozen or vanished one hits it.
+const QUERY_GRACE: Duration = BUS_GRACE;
+
+/// The deadline of `Reload`.
+const RELOAD_GRACE: Duration = Duration::from_secs(30);
+
+/// The first line systemd writes into a transient unit's file.
+const TRANSIENT_HEADER: &str =
+    "# This is a transient unit file, created programmatically via the systemd API. Do not edit.";
 
 /// Where the systemd manager's bus is. The one place a connection is made,
 /// so other transports (for example systemd's stdio bridge over SSH, as
@@ -101,6 +120,9 @@ impl BusTarget {
 pub struct SystemdBackend {
     manager: ManagerProxy<'static>,
     scope: Scope,
+    /// Directories the manager sees under another path (it runs in another
+    /// mount namespace): (our path, the manager's path).
+    path_aliases: Vec<(PathBuf, PathBuf)>,
 }
 
 impl SystemdBackend {
@@ -126,7 +148,11 @@ impl SystemdBackend {
     /// Uses an existing connection; checks that a systemd manager answers
     /// on it and subscribes to its job signals.
     pub async fn from_connection(conn: zbus::Connection, scope: Scope) -> Result<SystemdBackend> {
-        let manager = ManagerProxy::new(&conn)
+        // No property cache: it would fetch (unbounded) and watch
+        // properties we read once.
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
             .await
             .map_err(|e| bus_error("connect", e))?;
         let unavailable = |reason: String| DaemonError::BackendUnavailable {
@@ -136,18 +162,86 @@ impl SystemdBackend {
         match tokio::time::timeout(BUS_GRACE, manager.version()).await {
             Ok(Ok(version)) => tracing::debug!(%version, %scope, "systemd manager answers"),
             Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
-            Err(_) => return Err(unavailable("the systemd manager did not answer".into())),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "the systemd manager did not answer Get Version within {BUS_GRACE:?}"
+                )))
+            }
         }
-        manager
-            .subscribe()
-            .await
+        bounded("Subscribe", QUERY_GRACE, manager.subscribe())
+            .await?
             .map_err(|e| bus_error("Subscribe", e))?;
-        Ok(SystemdBackend { manager, scope })
+        Ok(SystemdBackend {
+            manager,
+            scope,
+            path_aliases: Vec::new(),
+        })
     }
 
     /// The scope this backend manages.
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// Says that the manager runs in another mount namespace (a container,
+    /// a test harness) where our directory `ours` is its `managers`: unit
+    /// directories are checked against its `UnitPath` under its name, and
+    /// the unit files it names (`FragmentPath`: drift, the transient file)
+    /// are read and written under ours. Call once per bind mount.
+    pub fn with_path_seen_as(
+        mut self,
+        ours: impl Into<PathBuf>,
+        managers: impl Into<PathBuf>,
+    ) -> Self {
+        self.path_aliases.push((ours.into(), managers.into()));
+        self
+    }
+
+    /// Our path for a path as the manager names it.
+    fn local_path(&self, managers_path: &str) -> PathBuf {
+        let p = Path::new(managers_path);
+        for (ours, managers) in &self.path_aliases {
+            if let Ok(rest) = p.strip_prefix(managers) {
+                return ours.join(rest);
+            }
+        }
+        p.to_owned()
+    }
+
+    /// Refuses a unit directory the manager does not load units from (its
+    /// `UnitPath`): a unit written there would never be seen. Compared by
+    /// path, under the manager's name for it
+    /// ([`SystemdBackend::with_path_seen_as`]), or by identity (the same
+    /// directory under another name).
+    async fn check_unit_dir(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let unit_path = bounded("Get UnitPath", QUERY_GRACE, self.manager.unit_path())
+            .await?
+            .map_err(|e| bus_error("Get UnitPath", e))?;
+        let trim = |p: &Path| PathBuf::from(p.to_string_lossy().trim_end_matches('/'));
+        let mut names = vec![trim(dir)];
+        for (ours, managers) in &self.path_aliases {
+            if let Ok(rest) = dir.strip_prefix(ours) {
+                names.push(trim(&managers.join(rest)));
+            }
+        }
+        let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let dir_id = id(dir);
+        let loaded = unit_path.iter().any(|entry| {
+            let entry = Path::new(entry);
+            names.contains(&trim(entry)) || (dir_id.is_some() && id(entry) == dir_id)
+        });
+        if loaded {
+            return Ok(());
+        }
+        Err(DaemonError::invalid(
+            "unit_dir",
+            format!(
+                "{} is not a directory the systemd manager loads units from (its UnitPath: {}); nothing was written",
+                dir.display(),
+                unit_path.join(", ")
+            ),
+        ))
     }
 
     /// Where persistent units of `scope` go by default:
@@ -196,13 +290,37 @@ impl SystemdBackend {
     ) -> Result<bool> {
         config.validate()?;
         let spec = self.spec(config)?;
+        check_accounts(&spec)?;
         let text = spec.render()?;
         let dir = match unit_dir {
             Some(d) => d.to_owned(),
             None => Self::default_unit_dir(self.scope)?,
         };
+        self.check_unit_dir(&dir).await?;
         let path = dir.join(&spec.unit);
-        let changed = std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
+        refuse_alias_link(config, &spec.unit, &path)?;
+        let existing = std::fs::read_to_string(&path).ok();
+        match &existing {
+            // A file we wrote: whatever the manager loaded under that name
+            // came from it (or is the same unit name, not yet reloaded).
+            Some(old) if unit::text_is_ours(old) => {}
+            Some(_) if !config.adopt => {
+                return Err(DaemonError::NotOwned {
+                    unit: spec.unit.clone(),
+                    reason: format!(
+                        "{} was not written by daemon-lifecycle (no {OWNERSHIP_KEY}= in [Unit])",
+                        path.display()
+                    ),
+                })
+            }
+            _ => {
+                // A unit of that name loaded from elsewhere (a vendor or
+                // hand-written unit, an alias): ours would shadow it.
+                let state = self.load_state(&spec.unit).await?;
+                check_owned(config, &spec.unit, &state)?;
+            }
+        }
+        let changed = existing.as_deref() != Some(text.as_str());
         if changed {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
@@ -212,10 +330,7 @@ impl SystemdBackend {
                 }
                 other => other,
             })?;
-            self.manager
-                .reload()
-                .await
-                .map_err(|e| bus_error("Reload", e))?;
+            self.reload().await?;
             tracing::info!(unit = %spec.unit, path = %path.display(), "unit file written, manager reloaded");
         } else {
             tracing::info!(unit = %spec.unit, path = %path.display(), "unit file unchanged");
@@ -224,24 +339,50 @@ impl SystemdBackend {
             // By name, not path: the unit directory is one the manager loads
             // from, and the manager may see it under another path (a
             // container or namespace).
-            let (_, changes) = self
-                .manager
-                .enable_unit_files(&[spec.unit.as_str()], false, true)
-                .await
-                .map_err(|e| bus_error(format!("EnableUnitFiles {}", spec.unit), e))?;
+            let what = format!("EnableUnitFiles {}", spec.unit);
+            let enabled = match bounded(
+                &what,
+                QUERY_GRACE,
+                self.manager
+                    .enable_unit_files(&[spec.unit.as_str()], false, true),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(bus_error(what.clone(), e)),
+                Err(e) => Err(e),
+            };
+            let (_, changes) = match enabled {
+                Ok(r) => r,
+                Err(e) => {
+                    // Leave nothing written: the old file back, or none.
+                    if changed {
+                        let undo = match &existing {
+                            Some(old) => crate::fork::pidfile::write_atomic(&path, old.as_bytes()),
+                            None => std::fs::remove_file(&path).map_err(|e| {
+                                DaemonError::io(format!("remove {}", path.display()), e)
+                            }),
+                        };
+                        if let Err(undo) = undo {
+                            tracing::warn!(path = %path.display(), %undo, "cannot undo the unit file write");
+                        }
+                        let _ = self.reload().await;
+                    }
+                    return Err(e);
+                }
+            };
             tracing::info!(unit = %spec.unit, ?changes, "enabled");
-            self.manager
-                .reload()
-                .await
-                .map_err(|e| bus_error("Reload", e))?;
+            self.reload().await?;
         }
         Ok(changed)
     }
 
-    /// Disables and removes the persistent unit and reloads the manager.
-    /// Removing a unit that is not installed is `Ok`. A running unit is
-    /// stopped first.
-    pub async fn uninstall(&self, config: &DaemonConfig, unit_dir: Option<&Path>) -> Result<()> {
+    /// Disables and removes the persistent unit and reloads the manager; a
+    /// running unit is stopped first. Returns whether there was one to
+    /// remove: nothing in `unit_dir` is `Ok(false)`, unless the manager
+    /// loads a unit of that name from another directory (a wrong
+    /// `unit_dir`), which is refused naming it.
+    pub async fn uninstall(&self, config: &DaemonConfig, unit_dir: Option<&Path>) -> Result<bool> {
         config.validate()?;
         let spec = self.spec(config)?;
         let dir = match unit_dir {
@@ -249,31 +390,77 @@ impl SystemdBackend {
             None => Self::default_unit_dir(self.scope)?,
         };
         let path = dir.join(&spec.unit);
-        if !path.exists() {
-            return Ok(());
+        refuse_alias_link(config, &spec.unit, &path)?;
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = self.load_state(&spec.unit).await?;
+                if state.load == "loaded" && !state.transient && !state.fragment_path.is_empty() {
+                    return Err(DaemonError::invalid(
+                        "unit_dir",
+                        format!(
+                            "nothing is installed at {}, but the manager loads {} from {}: pass the directory it is in",
+                            path.display(),
+                            spec.unit,
+                            state.fragment_path
+                        ),
+                    ));
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(DaemonError::io(format!("read {}", path.display()), e)),
+        };
+        if !config.adopt && !unit::text_is_ours(&existing) {
+            return Err(DaemonError::NotOwned {
+                unit: spec.unit.clone(),
+                reason: format!(
+                    "{} was not written by daemon-lifecycle (no {OWNERSHIP_KEY}= in [Unit])",
+                    path.display()
+                ),
+            });
         }
         self.stop_unit(config, &spec.unit).await?;
-        match self
-            .manager
-            .disable_unit_files(&[spec.unit.as_str()], false)
-            .await
+        let what = format!("DisableUnitFiles {}", spec.unit);
+        match bounded(
+            &what,
+            QUERY_GRACE,
+            self.manager
+                .disable_unit_files(&[spec.unit.as_str()], false),
+        )
+        .await?
         {
             Ok(_) => {}
             Err(e) if is_no_such_unit(&e) => {}
-            Err(e) => return Err(bus_error(format!("DisableUnitFiles {}", spec.unit), e)),
+            Err(e) => return Err(bus_error(what, e)),
         }
         std::fs::remove_file(&path)
             .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?;
-        self.manager
-            .reload()
-            .await
-            .map_err(|e| bus_error("Reload", e))?;
-        let _ = self.manager.reset_failed_unit(&spec.unit).await;
-        Ok(())
+        self.reload().await?;
+        let _ = self.reset_failed(&spec.unit).await;
+        Ok(true)
+    }
+
+    /// `Reload` (daemon-reload), bounded: a reload re-reads every unit and
+    /// takes seconds on a big host, so it gets more than a query.
+    async fn reload(&self) -> Result<()> {
+        bounded("Reload", RELOAD_GRACE, self.manager.reload())
+            .await?
+            .map_err(|e| bus_error("Reload", e))
+    }
+
+    /// `ResetFailedUnit`; a unit that is not loaded is fine.
+    async fn reset_failed(&self, unit: &str) -> Result<()> {
+        let what = format!("ResetFailedUnit {unit}");
+        match bounded(&what, QUERY_GRACE, self.manager.reset_failed_unit(unit)).await? {
+            Ok(()) => Ok(()),
+            Err(e) if is_no_such_unit(&e) => Ok(()),
+            Err(e) => Err(bus_error(what, e)),
+        }
     }
 
     /// Subscribes to `JobRemoved`, runs `call` (which queues a job), and
-    /// waits for that job's result.
+    /// waits for that job's result. The call and the wait together are
+    /// bounded by `timeout`.
     async fn run_job<F, Fut>(
         &self,
         name: &str,
@@ -285,13 +472,18 @@ impl SystemdBackend {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
     {
+        let deadline = Instant::now() + timeout;
         // Subscribe first: the job may finish before the call's reply arrives.
-        let mut removed = self
-            .manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| bus_error("subscribe to JobRemoved", e))?;
-        let job = call().await.map_err(|e| bus_error(what.clone(), e))?;
+        let mut removed = bounded(
+            "subscribe to JobRemoved",
+            QUERY_GRACE,
+            self.manager.receive_job_removed(),
+        )
+        .await?
+        .map_err(|e| bus_error("subscribe to JobRemoved", e))?;
+        let job = bounded(&what, timeout, call())
+            .await?
+            .map_err(|e| bus_error(what.clone(), e))?;
         let wait = async {
             while let Some(signal) = removed.next().await {
                 if let Ok(args) = signal.args() {
@@ -302,15 +494,16 @@ impl SystemdBackend {
             }
             None
         };
-        match tokio::time::timeout(timeout, wait).await {
+        match tokio::time::timeout_at(deadline, wait).await {
             Ok(Some(result)) => {
                 tracing::debug!(%what, %result, "job finished");
                 Ok(result)
             }
-            Ok(None) => Err(DaemonError::Bus {
-                operation: what,
-                error_name: None,
-                message: "the bus connection closed while waiting for the job".into(),
+            Ok(None) => Err(DaemonError::BackendUnavailable {
+                backend: "systemd",
+                reason: format!(
+                    "the systemd manager went away while waiting for the job of {what}"
+                ),
             }),
             Err(_) => Err(DaemonError::Timeout {
                 name: name.to_owned(),
@@ -322,29 +515,79 @@ impl SystemdBackend {
 
     /// The unit's state, `None` when it is not loaded.
     async fn unit_state(&self, unit: &str) -> Result<Option<UnitState>> {
-        let path = match self.manager.get_unit(unit).await {
+        let what = format!("GetUnit {unit}");
+        let path = match bounded(&what, QUERY_GRACE, self.manager.get_unit(unit)).await? {
             Ok(p) => p,
             Err(e) if is_no_such_unit(&e) => return Ok(None),
-            Err(e) => return Err(bus_error(format!("GetUnit {unit}"), e)),
+            Err(e) => return Err(bus_error(what, e)),
         };
         self.state_at(unit, path).await.map(Some)
     }
 
+    /// `LoadUnit` (loads a unit file not loaded yet) and the unit's state.
+    async fn load_state(&self, unit: &str) -> Result<UnitState> {
+        let what = format!("LoadUnit {unit}");
+        let path = bounded(&what, QUERY_GRACE, self.manager.load_unit(unit))
+            .await?
+            .map_err(|e| bus_error(what, e))?;
+        self.state_at(unit, path).await
+    }
+
+    /// The unit's `FragmentPath` in one call: its object path is the name
+    /// escaped as systemd does (`unit_dbus_path_from_name`).
+    async fn fragment_path(&self, unit: &str) -> Result<String> {
+        let what = format!("Get FragmentPath of {unit}");
+        let object = unit_object_path(unit);
+        let call = self.manager.inner().connection().call_method(
+            Some("org.freedesktop.systemd1"),
+            object.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Unit", "FragmentPath"),
+        );
+        let reply = bounded(&what, QUERY_GRACE, call)
+            .await?
+            .map_err(|e| bus_error(what.clone(), e))?;
+        let value: OwnedValue = reply
+            .body()
+            .deserialize()
+            .map_err(|e| bus_error(what.clone(), e))?;
+        String::try_from(value).map_err(|e| bus_error(what, e.into()))
+    }
+
+    /// The unit's state, refused with `NotOwned` when the unit exists and is
+    /// not ours (see [`check_owned`]).
+    async fn owned_state(&self, config: &DaemonConfig, unit: &str) -> Result<Option<UnitState>> {
+        let state = self.unit_state(unit).await?;
+        if let Some(s) = &state {
+            check_owned(config, unit, s)?;
+        }
+        Ok(state)
+    }
+
     async fn state_at(&self, unit: &str, path: OwnedObjectPath) -> Result<UnitState> {
+        let what = format!("properties of {unit}");
         let props = zbus::fdo::PropertiesProxy::builder(self.manager.inner().connection())
             .destination("org.freedesktop.systemd1")
             .and_then(|b| b.path(path))
-            .map_err(|e| bus_error(format!("properties of {unit}"), e))?
-            .build()
-            .await
-            .map_err(|e| bus_error(format!("properties of {unit}"), e))?;
+            .map_err(|e| bus_error(what.clone(), e))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build();
+        let props = bounded(&what, QUERY_GRACE, props)
+            .await?
+            .map_err(|e| bus_error(what.clone(), e))?;
         let get_all = |iface: &'static str| {
             let props = &props;
             async move {
-                props
-                    .get_all(zbus::names::InterfaceName::from_static_str_unchecked(iface))
-                    .await
-                    .map_err(|e| bus_error(format!("GetAll {iface} of {unit}"), e.into()))
+                let what = format!("GetAll {iface} of {unit}");
+                bounded(&what, QUERY_GRACE, async {
+                    props
+                        .get_all(zbus::names::InterfaceName::from_static_str_unchecked(iface))
+                        .await
+                        .map_err(zbus::Error::from)
+                })
+                .await?
+                .map_err(|e| bus_error(what, e))
             }
         };
         let u = get_all("org.freedesktop.systemd1.Unit").await?;
@@ -360,7 +603,23 @@ impl SystemdBackend {
         let i32_of = |m: &std::collections::HashMap<String, OwnedValue>, k: &str| -> i32 {
             m.get(k).and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
         };
+        let documentation = u
+            .get("Documentation")
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| Vec::<String>::try_from(v).ok())
+            .unwrap_or_default();
+        // Job: (id, path); id 0 when no job is pending.
+        let job = u
+            .get("Job")
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v).ok())
+            .filter(|(id, _)| *id != 0)
+            .map(|(_, p)| p);
         Ok(UnitState {
+            id: string(&u, "Id"),
+            documentation,
+            fragment_path: string(&u, "FragmentPath"),
+            job,
             active: string(&u, "ActiveState"),
             sub: string(&u, "SubState"),
             load: string(&u, "LoadState"),
@@ -374,28 +633,101 @@ impl SystemdBackend {
             exec_main_status: i32_of(&s, "ExecMainStatus"),
             n_restarts: u32_of(&s, "NRestarts"),
             status_text: string(&s, "StatusText"),
+            restart: string(&s, "Restart"),
+            start_limit_burst: u32_of(&u, "StartLimitBurst"),
         })
+    }
+
+    /// Waits for the unit's pending job (a stop in progress) to finish, at
+    /// most until `deadline`. Subscribes before reading the job, so its end
+    /// cannot be missed.
+    async fn wait_for_pending_job(
+        &self,
+        name: &str,
+        unit: &str,
+        deadline: Instant,
+        bound: Duration,
+    ) -> Result<()> {
+        let mut removed = bounded(
+            "subscribe to JobRemoved",
+            QUERY_GRACE,
+            self.manager.receive_job_removed(),
+        )
+        .await?
+        .map_err(|e| bus_error("subscribe to JobRemoved", e))?;
+        let Some(job) = self.unit_state(unit).await?.and_then(|s| s.job) else {
+            return Ok(());
+        };
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                if signal.args().is_ok_and(|a| a.job == job) {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DaemonError::BackendUnavailable {
+                backend: "systemd",
+                reason: format!(
+                    "the systemd manager went away while waiting for the pending job of {unit}"
+                ),
+            }),
+            Err(_) => Err(DaemonError::Timeout {
+                name: name.to_owned(),
+                operation: "waiting for the pending stop before starting",
+                after: bound,
+            }),
+        }
     }
 
     async fn start_unit(&self, config: &DaemonConfig) -> Result<u32> {
         let spec = self.spec(config)?;
+        check_accounts(&spec)?;
         let unit = spec.unit.clone();
         let name = config.name();
+        // A start during a stop waits for the stop, then starts: a
+        // deactivating unit's PID is about to be gone.
+        let stop_bound = config.shutdown_timeout() + BUS_GRACE;
+        let stop_deadline = Instant::now() + stop_bound;
         // One look answers three questions: running already? installed as a
         // unit file? a leftover transient unit holding the name? (LoadUnit
         // also loads a unit file that is not loaded yet.)
-        let path = self
-            .manager
-            .load_unit(&unit)
-            .await
-            .map_err(|e| bus_error(format!("LoadUnit {unit}"), e))?;
-        let before = self.state_at(&unit, path).await?;
-        if before.is_up() && before.main_pid != 0 {
+        let before = loop {
+            let before = self.load_state(&unit).await?;
+            check_owned(config, &unit, &before)?;
+            if before.active != "deactivating" {
+                break before;
+            }
+            tracing::info!(%unit, "stopping: waiting for the stop job before starting");
+            self.wait_for_pending_job(&name, &unit, stop_deadline, stop_bound)
+                .await?;
+            if Instant::now() >= stop_deadline {
+                return Err(DaemonError::Timeout {
+                    name,
+                    operation: "waiting for the pending stop before starting",
+                    after: stop_bound,
+                });
+            }
+            // The stop may leave the job list before the state settles.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
+            if !before.transient {
+                warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
+            }
             return Ok(before.main_pid);
         }
         let job_timeout = config.startup_timeout() + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
+            warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
+            if before.active == "failed" {
+                // As for a transient unit: a failed unit (start limit hit
+                // included) is reset, then started.
+                self.reset_failed(&unit).await?;
+            }
             self.run_job(&name, format!("StartUnit {unit}"), job_timeout, || {
                 self.manager.start_unit(&unit, "replace")
             })
@@ -456,11 +788,7 @@ impl SystemdBackend {
         let unit = spec.unit.as_str();
         if leftover {
             // A failed (or not yet collected) unit holds the name.
-            match self.manager.reset_failed_unit(unit).await {
-                Ok(()) => {}
-                Err(e) if is_no_such_unit(&e) => {}
-                Err(e) => return Err(bus_error(format!("ResetFailedUnit {unit}"), e)),
-            }
+            self.reset_failed(unit).await?;
         }
         let owned = spec.transient_properties();
         let props: Vec<(&str, zbus::zvariant::Value<'_>)> = owned
@@ -477,10 +805,28 @@ impl SystemdBackend {
         loop {
             attempts += 1;
             let outcome = self
-                .run_job(name, format!("StartTransientUnit {unit}"), timeout, || {
-                    self.manager
-                        .start_transient_unit(unit, "fail", &props, &aux)
-                })
+                .run_job(
+                    name,
+                    format!("StartTransientUnit {unit}"),
+                    timeout,
+                    || async {
+                        let job = self
+                            .manager
+                            .start_transient_unit(unit, "fail", &props, &aux)
+                            .await?;
+                        // At once, not after the job: a reload during a long
+                        // start-up would read systemd's version of the file.
+                        match self.fragment_path(unit).await {
+                            Ok(path) => {
+                                make_transient_file_reload_safe(spec, &self.local_path(&path))
+                            }
+                            Err(e) => {
+                                tracing::warn!(%unit, %e, "cannot read the new transient unit")
+                            }
+                        }
+                        Ok(job)
+                    },
+                )
                 .await;
             match outcome {
                 Err(DaemonError::Bus {
@@ -490,6 +836,11 @@ impl SystemdBackend {
                     // Someone else created it a moment ago (a concurrent
                     // start), or the reset unit is not collected yet.
                     if let Some(state) = self.unit_state(unit).await? {
+                        // Made by someone else in the meantime: not ours
+                        // to start.
+                        if !state.ours() {
+                            return Err(not_owned(unit, &state));
+                        }
                         if state.is_up() || state.active == "activating" {
                             return self
                                 .run_job(name, format!("StartUnit {unit}"), timeout, || {
@@ -497,7 +848,7 @@ impl SystemdBackend {
                                 })
                                 .await;
                         }
-                        let _ = self.manager.reset_failed_unit(unit).await;
+                        self.reset_failed(unit).await?;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -547,7 +898,18 @@ impl SystemdBackend {
     }
 
     async fn stop_unit(&self, config: &DaemonConfig, unit: &str) -> Result<()> {
-        let Some(state) = self.unit_state(unit).await? else {
+        let state = self.unit_state(unit).await?;
+        self.stop_state(config, unit, state).await
+    }
+
+    /// [`Self::stop_unit`] with the state just read.
+    async fn stop_state(
+        &self,
+        config: &DaemonConfig,
+        unit: &str,
+        state: Option<UnitState>,
+    ) -> Result<()> {
+        let Some(state) = state else {
             return Ok(());
         };
         if state.active == "inactive" || state.active == "failed" {
@@ -578,6 +940,13 @@ impl SystemdBackend {
 /// What we read of a unit.
 #[derive(Debug, Clone, Default)]
 struct UnitState {
+    /// The unit's own name: another name than the one asked for is an alias.
+    id: String,
+    /// `Documentation`: holds [`OWNERSHIP_MARK`] for our units.
+    documentation: Vec<String>,
+    fragment_path: String,
+    /// The pending job, if any.
+    job: Option<OwnedObjectPath>,
     active: String,
     sub: String,
     load: String,
@@ -588,9 +957,29 @@ struct UnitState {
     exec_main_status: i32,
     n_restarts: u32,
     status_text: String,
+    /// `Restart=` (no, on-failure, always, ...).
+    restart: String,
+    start_limit_burst: u32,
 }
 
 impl UnitState {
+    /// Whether there is a unit at all: loaded from somewhere, or still
+    /// running (a `not-found` unit that is inactive is only a name).
+    fn present(&self) -> bool {
+        !matches!(self.load.as_str(), "not-found" | "")
+            || !matches!(self.active.as_str(), "inactive" | "")
+    }
+
+    /// Whether it carries our marker.
+    fn ours(&self) -> bool {
+        self.documentation.iter().any(|d| d == OWNERSHIP_MARK)
+    }
+
+    /// Up and not on its way down: a deactivating unit's PID is about to go.
+    fn is_running(&self) -> bool {
+        matches!(self.active.as_str(), "active" | "reloading" | "activating")
+    }
+
     fn is_up(&self) -> bool {
         matches!(
             self.active.as_str(),
@@ -626,20 +1015,269 @@ impl UnitState {
         }
         Some(match (self.result.as_str(), self.last_exit()) {
             ("start-limit-hit", _) => "start limit hit".to_owned(),
+            _ if self.start_limit_hit() => "start limit hit".to_owned(),
             ("exit-code" | "signal" | "core-dump", Some(exit)) => exit.to_string(),
             (result, Some(exit)) => format!("{result} ({exit})"),
             (result, None) => result.to_owned(),
         })
     }
 
+    /// systemd 252 keeps the failure's own `Result` (`exit-code`, ...) when
+    /// the start limit then refuses the automatic restart, so
+    /// `start-limit-hit` never shows: a failed unit whose restart policy
+    /// would restart it and that used up its `StartLimitBurst` is one.
+    fn start_limit_hit(&self) -> bool {
+        self.active == "failed"
+            && matches!(self.restart.as_str(), "on-failure" | "always")
+            && self.start_limit_burst > 0
+            && self.n_restarts >= self.start_limit_burst
+    }
+
+    /// A stop that had to escalate: TimeoutStopSec ran out and SIGKILL
+    /// ended it. systemd calls that `failed` (`Result=timeout`); it was
+    /// asked to stop and it stopped, so it is `stopped`, as on the fork
+    /// backend, with the SIGKILL in `last_exit`.
+    fn stopped_by_sigkill(&self) -> bool {
+        self.active == "failed"
+            && self.result == "timeout"
+            && self.last_exit() == Some(ExitInfo::Signal(libc::SIGKILL))
+    }
+
     fn status(&self) -> DaemonStatus {
         match self.active.as_str() {
+            "failed" if self.stopped_by_sigkill() => DaemonStatus::Stopped,
             "failed" => {
                 DaemonStatus::Failed(self.failure_reason().unwrap_or_else(|| "failed".to_owned()))
+            }
+            // Waiting out RestartSec: the fork backend's words for it.
+            "activating" if self.sub == "auto-restart" => {
+                DaemonStatus::Failed(match self.last_exit() {
+                    Some(exit) => format!("{exit}; restart pending"),
+                    None => "restart pending".to_owned(),
+                })
+            }
+            // The start job runs (Type=notify before READY=1): the fork
+            // backend's `starting`.
+            "activating" if self.sub == "start" && self.main_pid != 0 => {
+                DaemonStatus::Starting(self.main_pid)
             }
             _ if self.is_up() && self.main_pid != 0 => DaemonStatus::Running(self.main_pid),
             _ => DaemonStatus::Stopped,
         }
+    }
+}
+
+/// Refuses a unit that exists and is not ours (no [`OWNERSHIP_MARK`]), or
+/// whose loaded `Id` is another name (an alias), unless the config adopts it.
+fn check_owned(config: &DaemonConfig, unit: &str, state: &UnitState) -> Result<()> {
+    if !state.present() || config.adopt {
+        return Ok(());
+    }
+    if !state.id.is_empty() && state.id != unit {
+        return Err(DaemonError::NotOwned {
+            unit: unit.to_owned(),
+            reason: format!("it is an alias of {}", state.id),
+        });
+    }
+    if state.ours() {
+        return Ok(());
+    }
+    Err(not_owned(unit, state))
+}
+
+/// A unit file that is a symlink is an alias (or a linked unit) of another
+/// unit: writing or removing it would act on that one. Refused unless
+/// adopted.
+fn refuse_alias_link(config: &DaemonConfig, unit: &str, path: &Path) -> Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || config.adopt {
+        return Ok(());
+    }
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    Err(DaemonError::NotOwned {
+        unit: unit.to_owned(),
+        reason: format!(
+            "{} is a symlink to {target} (an alias of another unit)",
+            path.display()
+        ),
+    })
+}
+
+fn not_owned(unit: &str, state: &UnitState) -> DaemonError {
+    let origin = if state.transient {
+        "a transient unit".to_owned()
+    } else if state.fragment_path.is_empty() {
+        "a unit".to_owned()
+    } else {
+        format!("a unit loaded from {}", state.fragment_path)
+    };
+    DaemonError::NotOwned {
+        unit: unit.to_owned(),
+        reason: format!(
+            "{origin} ({}) that daemon-lifecycle did not create (no Documentation={OWNERSHIP_MARK})",
+            state.active
+        ),
+    }
+}
+
+/// `User=`/`Group=` must name an account of this host: systemd would only
+/// find out when the unit starts (exit 217/216, naming nothing).
+fn check_accounts(spec: &UnitSpec) -> Result<()> {
+    if spec.scope != Scope::System {
+        return Ok(());
+    }
+    let numeric = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(user) = spec.user.as_deref().filter(|u| !numeric(u)) {
+        match nix::unistd::User::from_name(user) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(DaemonError::invalid(
+                    "user",
+                    format!("no user {user:?} on this host"),
+                ))
+            }
+            Err(e) => {
+                return Err(DaemonError::invalid(
+                    "user",
+                    format!("cannot look up {user:?}: {e}"),
+                ))
+            }
+        }
+    }
+    if let Some(group) = spec.group.as_deref().filter(|g| !numeric(g)) {
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(DaemonError::invalid(
+                    "group",
+                    format!("no group {group:?} on this host"),
+                ))
+            }
+            Err(e) => {
+                return Err(DaemonError::invalid(
+                    "group",
+                    format!("cannot look up {group:?}: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the installed unit file differs from what `spec` renders now.
+/// `None`: not a persistent unit, or its file cannot be read here.
+/// `file` is the unit's `FragmentPath`, as we see it.
+fn drift(spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
+    if state.transient || state.load != "loaded" || state.fragment_path.is_empty() {
+        return None;
+    }
+    let installed = std::fs::read_to_string(file).ok()?;
+    Some(spec.render().ok()? != installed)
+}
+
+fn warn_drift(spec: &UnitSpec, state: &UnitState, file: &Path) {
+    if drift(spec, state, file) == Some(true) {
+        tracing::warn!(
+            unit = %spec.unit,
+            path = %file.display(),
+            "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
+        );
+    }
+}
+
+/// systemd 252 serializes the `ExecStart` of a transient unit into its
+/// `transient/` file with `$` and `;` written `\$` and `\;`, which its own
+/// parser reads back literally: after a `daemon-reload` or `daemon-reexec`
+/// the argv would change. Rewrites that file (only if it is systemd's
+/// transient file for our unit) with our quoting, which systemd reads back
+/// unchanged, keeping its mtime so the unit does not read as changed on
+/// disk. Where the file is out of reach (the manager in another mount
+/// namespace not described with `with_path_seen_as`), says so and leaves it.
+fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
+    let check = || -> std::result::Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        if !text.starts_with(TRANSIENT_HEADER) {
+            return Err("not systemd's transient unit file".into());
+        }
+        if !text.contains(&format!("Documentation={OWNERSHIP_MARK}")) {
+            return Err("not our unit's file".into());
+        }
+        let new = spec.render_transient_file().map_err(|e| e.to_string())?;
+        if new == text {
+            return Ok(());
+        }
+        let mtime = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| e.to_string())?;
+        // Atomic, but no fsync: the file lives in the manager's runtime
+        // directory and is gone at reboot anyway.
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let io = |e: std::io::Error| e.to_string();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".daemon-lifecycle-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut tmp, new.as_bytes()).map_err(io)?;
+        tmp.as_file().set_modified(mtime).map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    };
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    match check() {
+        Ok(()) => {
+            tracing::debug!(unit = %spec.unit, path = %path.display(), "transient unit file is reload-safe")
+        }
+        Err(why) => tracing::warn!(
+            unit = %spec.unit,
+            path = %path.display(),
+            %why,
+            "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
+        ),
+    }
+}
+
+/// The object path of a unit: `/org/freedesktop/systemd1/unit/` and the
+/// name with every byte but `A-Z a-z 0-9` (and a leading digit) written
+/// `_xx` in hex, as sd-bus' `bus_label_escape` does.
+fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    if unit.is_empty() {
+        path.push('_');
+    }
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
+}
+
+/// Runs one bus call with a deadline. The outer error is the manager not
+/// answering within `bound`, or the connection to it breaking (both
+/// `BackendUnavailable`, naming the call); the inner one is the manager's
+/// own answer, for the caller to inspect.
+async fn bounded<T>(
+    what: &str,
+    bound: Duration,
+    call: impl std::future::Future<Output = zbus::Result<T>>,
+) -> Result<zbus::Result<T>> {
+    match tokio::time::timeout(bound, call).await {
+        Err(_) => Err(DaemonError::BackendUnavailable {
+            backend: "systemd",
+            reason: format!("the systemd manager did not answer {what} within {bound:?}"),
+        }),
+        Ok(Err(zbus::Error::InputOutput(e))) => Err(DaemonError::BackendUnavailable {
+            backend: "systemd",
+            reason: format!("the systemd manager went away during {what} ({e})"),
+        }),
+        Ok(r) => Ok(r),
     }
 }
 
@@ -696,28 +1334,36 @@ impl Backend for SystemdBackend {
     fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            self.stop_unit(config, &unit).await
+            let state = self.owned_state(config, &unit).await?;
+            self.stop_state(config, &unit, state).await
         })
     }
 
     fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            let Some(state) = self.unit_state(&unit).await? else {
+            let Some(state) = self.owned_state(config, &unit).await? else {
                 return Ok(());
             };
             if state.is_up() {
-                match self.manager.kill_unit(&unit, "all", libc::SIGKILL).await {
+                let what = format!("KillUnit {unit}");
+                match bounded(
+                    &what,
+                    QUERY_GRACE,
+                    self.manager.kill_unit(&unit, "all", libc::SIGKILL),
+                )
+                .await?
+                {
                     Ok(()) => {}
                     Err(e) if is_no_such_unit(&e) => return Ok(()),
-                    Err(e) => return Err(bus_error(format!("KillUnit {unit}"), e)),
+                    Err(e) => return Err(bus_error(what, e)),
                 }
                 // A stop job after the kill: no restart policy brings it back,
                 // and the caller returns once systemd saw everything go.
                 self.stop_unit(config, &unit).await?;
             }
             // As with the fork backend, a kill ends in "stopped", not "failed".
-            let _ = self.manager.reset_failed_unit(&unit).await;
+            let _ = self.reset_failed(&unit).await;
             Ok(())
         })
     }
@@ -725,16 +1371,29 @@ impl Backend for SystemdBackend {
     fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            let state = self.unit_state(&unit).await?;
+            let state = self.owned_state(config, &unit).await?;
             let status = state
                 .as_ref()
                 .map_or(DaemonStatus::Stopped, UnitState::status);
             let mut report = StatusReport::new(config.name(), BackendKind::Systemd, status);
-            report.last_exit = state.as_ref().and_then(UnitState::last_exit);
             if let Some(s) = &state {
                 tracing::trace!(%unit, sub = %s.sub, "unit state");
                 report.restarts = s.n_restarts;
-                report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
+                // A stopped unit reads the same whether it is persistent
+                // (still loaded, keeping its last run's exit and STATUS=)
+                // or transient (collected, nothing left): nothing, unless
+                // the stop had to SIGKILL it.
+                if s.active != "inactive" {
+                    report.last_exit = s.last_exit();
+                }
+                if report.status != DaemonStatus::Stopped {
+                    report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
+                }
+                if !s.transient && s.load == "loaded" {
+                    report.drift = UnitSpec::from_config(config, self.scope)
+                        .ok()
+                        .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
+                }
             }
             Ok(report)
         })
@@ -743,7 +1402,7 @@ impl Backend for SystemdBackend {
     fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            match self.unit_state(&unit).await? {
+            match self.owned_state(config, &unit).await? {
                 Some(state) if state.is_up() => {
                     self.stop_unit(config, &unit).await?;
                     self.start_unit(config).await
@@ -760,7 +1419,7 @@ impl Backend for SystemdBackend {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            let state = self.unit_state(&unit).await?.unwrap_or_default();
+            let state = self.owned_state(config, &unit).await?.unwrap_or_default();
             // Stopping, or waiting out a restart delay, is not "starting":
             // a start job queued now would cancel the stop or skip RestartSec.
             let starting = state.active == "activating" && state.sub != "auto-restart";
@@ -800,11 +1459,34 @@ impl Backend for SystemdBackend {
     fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            match self.manager.reset_failed_unit(&unit).await {
-                Ok(()) => Ok(()),
-                Err(e) if is_no_such_unit(&e) => Ok(()),
-                Err(e) => Err(bus_error(format!("ResetFailedUnit {unit}"), e)),
-            }
+            self.owned_state(config, &unit).await?;
+            self.reset_failed(&unit).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_object_paths_are_escaped_like_sd_bus() {
+        let p = |u| unit_object_path(u).replace("/org/freedesktop/systemd1/unit/", "");
+        // As systemd reports them (busctl tree org.freedesktop.systemd1).
+        assert_eq!(p("t1.service"), "t1_2eservice");
+        assert_eq!(p("dbus.service"), "dbus_2eservice");
+        assert_eq!(p("1a-b.service"), "_31a_2db_2eservice");
+        assert_eq!(p("my\\x20d.service"), "my_5cx20d_2eservice");
+    }
+
+    #[test]
+    fn unit_file_text_is_ours_only_with_the_key_in_unit() {
+        assert!(unit::text_is_ours("[Unit]\nX-DaemonLifecycle=yes\n"));
+        assert!(unit::text_is_ours(
+            "[Unit]\nDescription=x\nX-DaemonLifecycle = yes\n[Service]\n"
+        ));
+        assert!(!unit::text_is_ours("[Service]\nX-DaemonLifecycle=yes\n"));
+        assert!(!unit::text_is_ours("[Unit]\n# X-DaemonLifecycle=yes\n"));
+        assert!(!unit::text_is_ours("[Unit]\nX-DaemonLifecycleX=yes\n"));
     }
 }

@@ -30,7 +30,7 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(
         json(&out),
         serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null,
-            "status_text": null, "restarts": 0, "last_exit": null, "problem": null})
+            "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null})
     );
 
     // start prints the PID and nothing else.
@@ -52,7 +52,7 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(
         json(&out),
         serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null,
-            "status_text": null, "restarts": 0, "last_exit": null, "problem": null})
+            "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null})
     );
     let out = daemonctl(&["status"], &toml);
     assert_eq!(out.status.code(), Some(0));

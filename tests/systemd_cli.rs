@@ -144,3 +144,31 @@ fn unreachable_bus_is_a_clear_error_never_a_fallback() {
     assert_eq!(v["backend"], "fork");
     sb.assert_no_leaks();
 }
+
+/// Issue 8: `user =` in a user-scope config is a config error (LSB 6,
+/// naming the field) even when no session bus answers; the bus error used
+/// to hide it.
+#[test]
+fn user_in_a_user_scope_config_is_a_config_error_without_a_bus() {
+    let sb = Sandbox::new("sd_cli_user_nobus");
+    let mut config = sb.config(&[]);
+    config.user = Some("nobody".into());
+    let toml = sb.write_toml(&config);
+    let no_bus = format!("unix:path={}", sb.path("no-bus").display());
+    for cmd in ["start", "stop", "status", "install", "uninstall"] {
+        let out = Command::new(support::daemonctl())
+            .args(["--backend", "systemd", "--scope", "user", cmd])
+            .arg(&toml)
+            .env("DBUS_SESSION_BUS_ADDRESS", &no_bus)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = if cmd == "status" { 4 } else { 6 };
+        assert_eq!(out.status.code(), Some(want), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("`user`") && !stderr.contains("no-bus"),
+            "{cmd}: {stderr}"
+        );
+    }
+    assert!(sb.processes().is_empty(), "something was started");
+}

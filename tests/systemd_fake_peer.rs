@@ -27,6 +27,8 @@ enum OnStart {
     JobResult(&'static str),
     /// Refuse as polkit would.
     Deny,
+    /// Hang up on GetUnit (the manager goes away mid-call).
+    VanishOnGetUnit,
 }
 
 struct FakeManager {
@@ -38,7 +40,19 @@ struct FakeManager {
 impl FakeManager {
     async fn subscribe(&self) {}
 
-    async fn get_unit(&self, name: &str) -> Result<OwnedObjectPath, SystemdError> {
+    async fn get_unit(
+        &self,
+        name: &str,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<OwnedObjectPath, SystemdError> {
+        if let OnStart::VanishOnGetUnit = self.on_start {
+            // Close the socket under the pending call, never reply.
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = conn.close().await;
+            });
+            std::future::pending::<()>().await;
+        }
         Err(SystemdError::NoSuchUnit(format!("Unit {name} not loaded.")))
     }
 
@@ -71,6 +85,7 @@ impl FakeManager {
             OnStart::Deny => Err(zbus::fdo::Error::AccessDenied(
                 "Interactive authentication required.".into(),
             )),
+            OnStart::VanishOnGetUnit => unreachable!("status only"),
         }
     }
 
@@ -180,7 +195,12 @@ async fn job_results_other_than_done_are_typed_errors_naming_the_result() {
             "{calls:?}"
         );
         assert!(
-            calls[0].contains("ExecStartEx") && calls[0].contains("KillMode"),
+            // ExecStart, never ExecStartEx (systemd 252 cannot read it back
+            // after a reload); Documentation carries the ownership marker.
+            calls[0].contains("\"ExecStart\"")
+                && !calls[0].contains("ExecStartEx")
+                && calls[0].contains("Documentation")
+                && calls[0].contains("KillMode"),
             "{calls:?}"
         );
     }
@@ -214,5 +234,21 @@ async fn access_denied_is_permission_denied_naming_the_action() {
             );
         }
         other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+}
+
+/// Issue 8: "I/O error: failed to read from socket" said nothing about
+/// what happened; the manager vanishing mid-call names the call.
+#[tokio::test]
+async fn a_manager_that_goes_away_mid_call_is_named() {
+    let (backend, _, _server) = fake(OnStart::VanishOnGetUnit).await;
+    let m = DaemonManager::with_backend(config(), Arc::new(backend));
+    let err = support::within(10, m.status()).await.unwrap_err();
+    match err {
+        DaemonError::BackendUnavailable { reason, .. } => assert!(
+            reason.contains("went away during GetUnit fake-daemon.service"),
+            "{reason}"
+        ),
+        other => panic!("expected BackendUnavailable, got {other:?}"),
     }
 }

@@ -71,7 +71,7 @@ fn check_dump(dump: &serde_json::Value, config: &DaemonConfig, how: &str) {
 type ExecEntry = (String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32);
 
 /// The properties that say what the unit means.
-async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap<String, String> {
+async fn meaning(um: &UserManager, unit: &str) -> BTreeMap<String, String> {
     let service = um
         .unit_properties(unit, "org.freedesktop.systemd1.Service")
         .await;
@@ -105,20 +105,10 @@ async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap
         .unwrap()
         .try_into()
         .unwrap();
-    // A unit file says `$$` where the transient unit (no-env-expand) says
-    // `$`; systemd keeps the `$$` until exec time. The bytes the process gets
-    // are the same (checked by the dumps), so compare them unescaped.
-    let argv_of = |e: &ExecEntry| {
-        e.1.iter()
-            .map(|a| {
-                if from_unit_file {
-                    a.replace("$$", "$")
-                } else {
-                    a.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-    };
+    // Both say `$$` for `$` (systemd keeps it until exec time, where it
+    // becomes `$`): the transient unit's ExecStart expands variables like a
+    // unit file's. The bytes the process gets are checked by the dumps.
+    let argv_of = |e: &ExecEntry| e.1.clone();
     out.insert(
         "ExecStart".into(),
         format!(
@@ -126,7 +116,12 @@ async fn meaning(um: &UserManager, unit: &str, from_unit_file: bool) -> BTreeMap
             exec.iter().map(|e| (&e.0, argv_of(e))).collect::<Vec<_>>()
         ),
     );
-    for k in ["StartLimitBurst", "StartLimitIntervalUSec", "Description"] {
+    for k in [
+        "StartLimitBurst",
+        "StartLimitIntervalUSec",
+        "Description",
+        "Documentation",
+    ] {
         out.insert(k.to_owned(), show(&u, k));
     }
     out
@@ -151,7 +146,7 @@ async fn hostile_argv_and_env_arrive_byte_for_byte_both_ways_and_mean_the_same()
     let m = sb.systemd_manager(&um, config.clone()).await;
     within(30, m.start()).await.unwrap();
     check_dump(&read_dump(&dump).await, &config, "transient unit");
-    let transient = meaning(&um, &unit, false).await;
+    let transient = meaning(&um, &unit).await;
     within(30, m.stop()).await.unwrap();
     std::fs::remove_file(&dump).unwrap();
 
@@ -176,7 +171,7 @@ async fn hostile_argv_and_env_arrive_byte_for_byte_both_ways_and_mean_the_same()
         "started the installed unit"
     );
     check_dump(&read_dump(&dump).await, &config, "unit file");
-    let persistent = meaning(&um, &unit, true).await;
+    let persistent = meaning(&um, &unit).await;
     within(30, m.stop()).await.unwrap();
     backend
         .uninstall(&config, Some(&um.unit_dir()))
@@ -184,6 +179,100 @@ async fn hostile_argv_and_env_arrive_byte_for_byte_both_ways_and_mean_the_same()
         .unwrap();
 
     assert_eq!(transient, persistent, "the two paths differ in meaning");
+    sb.assert_no_leaks();
+}
+
+/// Issue 8: systemd 252 wrote our transient ExecStartEx as `ExecStartEx=`,
+/// which it cannot read back: after any daemon-reload the unit was
+/// `bad-setting` and a crash was never restarted. (And a plain ExecStart is
+/// serialized with `$` and `;` as `\$` and `\;`, read back literally.)
+#[tokio::test]
+async fn transient_units_survive_daemon_reload_and_reexec_byte_for_byte() {
+    let Some(um) = UserManager::start().await else {
+        return;
+    };
+    let sb = Sandbox::new("sd_reload");
+    let dump = sb.path("dump.json");
+    let mut config = hostile_config(&sb, &dump);
+    config.restart.policy = daemon_lifecycle::RestartPolicy::Always;
+    config.restart.delay_ms = 100;
+    config.limits.nofile = Some(4096);
+    config.limits.cpu_secs = Some(3600);
+    config.limits.processes = Some(64);
+    config.logs = Some(daemon_lifecycle::LogsConfig {
+        stdout: Some(sb.path("out 100% $x;y.log")),
+        ..Default::default()
+    });
+    let unit = UnitSpec::from_config(&config, Scope::User).unwrap().unit;
+    let m = sb.systemd_manager(&um, config.clone()).await;
+    let mut pid = within(30, m.start()).await.unwrap();
+    check_dump(&read_dump(&dump).await, &config, "before any reload");
+    let before = meaning(&um, &unit).await;
+    for method in ["Reload", "Reexecute"] {
+        std::fs::remove_file(&dump).unwrap();
+        um.manager_call(method).await;
+        // Reexecute returns before the new manager answers.
+        let load = support::eventually(20, || async {
+            let conn = zbus::connection::Builder::address(um.bus_address.as_str())
+                .ok()?
+                .build()
+                .await
+                .ok()?;
+            let reply = conn
+                .call_method(
+                    Some("org.freedesktop.systemd1"),
+                    "/org/freedesktop/systemd1",
+                    Some("org.freedesktop.systemd1.Manager"),
+                    "GetUnit",
+                    &(unit.as_str(),),
+                )
+                .await
+                .ok()?;
+            let path: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().ok()?;
+            let reply = conn
+                .call_method(
+                    Some("org.freedesktop.systemd1"),
+                    path.as_str(),
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &("org.freedesktop.systemd1.Unit", "LoadState"),
+                )
+                .await
+                .ok()?;
+            let value: OwnedValue = reply.body().deserialize().ok()?;
+            String::try_from(value).ok()
+        })
+        .await;
+        assert_eq!(load, "loaded", "after {method}");
+        let after = meaning(&um, &unit).await;
+        assert_eq!(after, before, "after {method}: the unit changed");
+        assert!(
+            after["Documentation"].contains(daemon_lifecycle::systemd::OWNERSHIP_MARK),
+            "after {method}: the ownership marker is gone: {}",
+            after["Documentation"]
+        );
+        // A crash is still restarted, with the same argv and environment.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let new_pid = support::eventually(20, || async {
+            match m.status().await {
+                Ok(DaemonStatus::Running(p)) if p != pid => Some(p),
+                _ => None,
+            }
+        })
+        .await;
+        check_dump(
+            &read_dump(&dump).await,
+            &config,
+            &format!("restarted after {method}"),
+        );
+        pid = new_pid;
+    }
+    within(30, m.stop()).await.unwrap();
+    assert!(!support::alive(pid));
     sb.assert_no_leaks();
 }
 
@@ -261,6 +350,16 @@ async fn install_is_idempotent_and_uninstall_cleans_up() {
     sb.assert_no_leaks();
 }
 
+fn with_logs(sb: &Sandbox, stdout: Option<&str>, stderr: Option<&str>) -> DaemonConfig {
+    let mut config = sb.config(&[]);
+    config.logs = Some(daemon_lifecycle::LogsConfig {
+        stdout: stdout.map(Into::into),
+        stderr: stderr.map(Into::into),
+        ..Default::default()
+    });
+    config
+}
+
 #[tokio::test]
 async fn refused_bad_input_changes_nothing() {
     let Some(um) = UserManager::start().await else {
@@ -284,6 +383,24 @@ async fn refused_bad_input_changes_nothing() {
         ),
         (sb.config(&[]).with_env("B", "carriage\rreturn"), "env"),
         (sb.config(&[]).with_name("evil\nname"), "name"),
+        // Issue 8: systemd drops a log path that is not normalized.
+        (with_logs(&sb, Some("/tmp/../x.log"), None), "logs.stdout"),
+        (
+            with_logs(
+                &sb,
+                Some(&format!("{}//out.log", sb.dir.path().display())),
+                None,
+            ),
+            "logs.stdout",
+        ),
+        (
+            with_logs(
+                &sb,
+                None,
+                Some(&format!("{}/./err.log", sb.dir.path().display())),
+            ),
+            "logs.stderr",
+        ),
         (
             {
                 let mut c = sb.config(&[]);

@@ -22,6 +22,11 @@ struct Cli {
     #[arg(long, global = true, value_parser = ["system", "user"])]
     scope: Option<String>,
 
+    /// systemd: act on a unit of the config's name that daemon-lifecycle did
+    /// not create (no ownership marker), taking it over (as `adopt = true`).
+    #[arg(long, global = true)]
+    adopt: bool,
+
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -198,6 +203,8 @@ fn exit_code(error: &DaemonError) -> u8 {
         DaemonError::BinaryNotFound { .. } | DaemonError::BinaryNotExecutable { .. } => 5,
         DaemonError::PermissionDenied { .. } => 4,
         DaemonError::NotRunning { .. } => 7,
+        // Not ours: like a config that names the wrong thing.
+        DaemonError::NotOwned { .. } => 6,
         _ => 1,
     }
 }
@@ -207,6 +214,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
     if let Some(scope) = &cli.scope {
         config.scope = Some(scope.parse::<Scope>().expect("clap checked the value"));
+    }
+    if cli.adopt {
+        config.adopt = true;
     }
     let scope = config.scope.unwrap_or_else(Scope::default_for_current_user);
     // Validated before connecting, so a bad config is reported as such even
@@ -221,6 +231,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             enable, unit_dir, ..
         } => {
             config.validate()?;
+            UnitSpec::from_config(&config, scope)?;
             let systemd = SystemdBackend::connect(scope).await?;
             let changed = systemd
                 .install(&config, unit_dir.as_deref(), *enable)
@@ -230,8 +241,19 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
         Command::Uninstall { unit_dir, .. } => {
             config.validate()?;
+            let unit = UnitSpec::from_config(&config, scope)?.unit;
             let systemd = SystemdBackend::connect(scope).await?;
-            systemd.uninstall(&config, unit_dir.as_deref()).await?;
+            if !systemd.uninstall(&config, unit_dir.as_deref()).await? {
+                let dir = match unit_dir {
+                    Some(d) => d.clone(),
+                    None => SystemdBackend::default_unit_dir(scope)?,
+                };
+                eprintln!(
+                    "daemonctl: {}: nothing to uninstall: {} does not exist",
+                    cli.command.config().display(),
+                    dir.join(unit).display()
+                );
+            }
             return Ok(0);
         }
         Command::Run { .. } => {
@@ -306,5 +328,6 @@ fn status_json(report: &StatusReport) -> serde_json::Value {
         "restarts": report.restarts,
         "last_exit": report.last_exit.map(|e| e.to_string()),
         "problem": report.problem,
+        "drift": report.drift,
     })
 }

@@ -74,6 +74,10 @@ pub(crate) trait Manager {
         result: String,
     ) -> zbus::Result<()>;
 
+    /// The directories the manager loads unit files from.
+    #[zbus(property)]
+    fn unit_path(&self) -> zbus::Result<Vec<String>>;
+
     /// The manager's version string.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -283,6 +283,30 @@ pub fn plain_value(field: &str, s: &str) -> Result<String, EscapeError> {
     Err(invalid(&what, reason))
 }
 
+/// systemd's `path_is_normalized()` rule for settings that need it (the PATH
+/// of `StandardOutput=append:PATH`): absolute, no `.` or `..` component, no
+/// `//`, no trailing `/`. Checked, never rewritten.
+pub fn normalized_path(field: &str, path: &str) -> Result<(), EscapeError> {
+    let what = format!("{field} path");
+    if !path.starts_with('/') {
+        return Err(invalid(&what, "is not an absolute path"));
+    }
+    let body = &path[1..];
+    if body.is_empty() || path.ends_with('/') {
+        return Err(invalid(&what, "does not name a file (ends with '/')"));
+    }
+    for c in body.split('/') {
+        let reason = match c {
+            "" => "contains \"//\" (systemd wants a normalized path)",
+            "." => "contains a \".\" component (systemd wants a normalized path)",
+            ".." => "contains a \"..\" component (systemd wants a normalized path)",
+            _ => continue,
+        };
+        return Err(invalid(&what, reason));
+    }
+    Ok(())
+}
+
 /// [`plain_value`] for path settings (`WorkingDirectory=`, the PATH of
 /// `StandardOutput=append:PATH`, ...): also refuses a relative path and a `..`
 /// component (systemd: "path is not normalized"). `//`, `.` components and a

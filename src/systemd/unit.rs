@@ -18,6 +18,35 @@ use super::escape;
 use crate::config::{DaemonConfig, Limits, Readiness, RestartPolicy, Scope};
 use crate::error::{DaemonError, Result};
 
+/// The ownership marker every unit we create carries, read back over D-Bus
+/// as the unit's `Documentation` (persistent and transient units alike; it
+/// is serialized into the transient unit file and survives `daemon-reload`
+/// and `daemon-reexec`). A unit without it is not ours.
+pub const OWNERSHIP_MARK: &str =
+    "https://docs.rs/daemon-lifecycle#unit-created-by-daemon-lifecycle";
+
+/// The unit-file key (ignored by systemd: `X-` keys are for applications)
+/// that marks a unit file on disk as ours, so `install` and `uninstall`
+/// can tell before the manager has loaded it.
+pub const OWNERSHIP_KEY: &str = "X-DaemonLifecycle";
+
+/// Whether unit-file text carries our [`OWNERSHIP_KEY`] in `[Unit]`.
+pub fn text_is_ours(text: &str) -> bool {
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Unit]"
+            && line
+                .strip_prefix(OWNERSHIP_KEY)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// A systemd service as we mean it, escaped-by-construction on output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitSpec {
@@ -121,6 +150,18 @@ impl UnitSpec {
             .as_deref()
             .map(|p| utf8("logs.stderr", p))
             .transpose()?;
+        // systemd drops a StandardOutput=append: path that is not normalized
+        // (and the logs silently go to the journal), while the transient
+        // property fails with a raw bus error: refuse both here, the same way.
+        for (field, path) in [
+            ("logs.stdout", &stdout_append),
+            ("logs.stderr", &stderr_append),
+        ] {
+            if let Some(p) = path {
+                escape::normalized_path(field, p)
+                    .map_err(|e| DaemonError::invalid(field, e.to_string()))?;
+            }
+        }
         if scope == Scope::User {
             for (field, value) in [("user", &config.user), ("group", &config.group)] {
                 if value.is_some() {
@@ -178,6 +219,20 @@ impl UnitSpec {
 
     /// The persistent unit file's text.
     pub fn render(&self) -> Result<String> {
+        self.render_as(false)
+    }
+
+    /// The text systemd should have serialized for our transient unit into
+    /// its `transient/` directory: the unit file without `[Install]`. See
+    /// `SystemdBackend`'s start: systemd 252 writes `$` and `;` in
+    /// `ExecStart=` arguments as `\$` and `\;`, which it reads back
+    /// literally, so a reload would change the argv; this text is what it
+    /// reads back unchanged (our quoting, checked against systemd's parser).
+    pub fn render_transient_file(&self) -> Result<String> {
+        self.render_as(true)
+    }
+
+    fn render_as(&self, transient: bool) -> Result<String> {
         let field =
             |f: &'static str| move |e: escape::EscapeError| DaemonError::invalid(f, e.to_string());
         let environment = self
@@ -196,6 +251,9 @@ impl UnitSpec {
         };
         let template = UnitFile {
             description: escape::plain_value("name", &self.description).map_err(field("name"))?,
+            documentation: OWNERSHIP_MARK,
+            ownership_key: OWNERSHIP_KEY,
+            transient,
             service_type: self.service_type(),
             exec_start: escape::exec_line(&self.executable, &self.argv[1..])
                 .map_err(field("args"))?,
@@ -254,14 +312,22 @@ impl UnitSpec {
         let mut props = vec![
             ("Description", v(self.description.as_str())),
             ("Type", v(self.service_type())),
-            // ExecStartEx with "no-env-expand": argv reaches the process as
-            // given, `$FOO` included (the unit file gets the same by `$$`).
+            ("Documentation", v(vec![OWNERSHIP_MARK.to_owned()])),
+            // ExecStart (`a(sasb)`), not ExecStartEx: systemd 252 serializes
+            // ExecStartEx into the transient unit file as `ExecStartEx=`,
+            // which it cannot read back, so every daemon-reload broke the
+            // unit. ExecStart expands `$` at exec time, so `$` is written
+            // `$$`, exactly as in the unit file; the process gets the bytes
+            // of the config either way.
             (
-                "ExecStartEx",
+                "ExecStart",
                 v(vec![(
                     self.executable.clone(),
-                    self.argv.clone(),
-                    vec!["no-env-expand".to_owned()],
+                    self.argv
+                        .iter()
+                        .map(|a| a.replace('$', "$$"))
+                        .collect::<Vec<_>>(),
+                    false,
                 )]),
             ),
             (
@@ -318,6 +384,10 @@ impl UnitSpec {
 #[template(path = "unit.service", escape = "none")]
 struct UnitFile {
     description: String,
+    documentation: &'static str,
+    ownership_key: &'static str,
+    /// The text for a transient unit's file (no `[Install]`).
+    transient: bool,
     service_type: &'static str,
     exec_start: String,
     environment: Vec<String>,

@@ -295,6 +295,33 @@ impl Drop for UserManager {
 }
 
 impl UserManager {
+    /// The PID of the `systemd --user` process (to freeze it with SIGSTOP).
+    pub fn manager_pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// One call to a Manager method (`Reload`, `Reexecute`, ...) with no
+    /// arguments and no reply body. `Reexecute` never replies (the manager
+    /// execs itself and drops off the bus, as `systemctl daemon-reexec`
+    /// expects): its `NoReply` counts as done.
+    pub async fn manager_call(&self, method: &str) {
+        let conn = self.connection().await;
+        match call(&conn, MANAGER_PATH, MANAGER, method, &()).await {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if method == "Reexecute"
+                    && name.as_str() == "org.freedesktop.DBus.Error.NoReply" => {}
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// A `systemctl --user` (or `systemd-run --user`) talking to this manager.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.arg("--user").envs(self.env());
+        cmd
+    }
+
     /// A fresh connection to this manager's bus.
     pub async fn connection(&self) -> zbus::Connection {
         zbus::connection::Builder::address(self.bus_address.as_str())
@@ -366,6 +393,8 @@ pub struct SystemManager {
     pub bus_address: String,
     /// The host path of its `/etc/systemd/system`.
     pub unit_dir: PathBuf,
+    /// The host path of its `/run` (the harness binds `$S/run` there).
+    pub run_dir: PathBuf,
 }
 
 fn harness_script() -> PathBuf {
@@ -415,6 +444,7 @@ impl SystemManager {
             name,
             bus_address: String::new(),
             unit_dir: PathBuf::new(),
+            run_dir: PathBuf::new(),
             base,
         };
         if !out.status.success() {
@@ -435,6 +465,18 @@ impl SystemManager {
         };
         manager.bus_address = value("DBUS_SYSTEM_BUS_ADDRESS");
         manager.unit_dir = PathBuf::from(value("SYSH_ETC_SYSTEMD_SYSTEM"));
+        // $S/etc-systemd/system → $S/run
+        manager.run_dir = manager
+            .unit_dir
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("run");
+        assert!(
+            manager.run_dir.join("systemd").is_dir(),
+            "harness layout changed"
+        );
         Some(manager)
     }
 }
@@ -452,6 +494,22 @@ impl Drop for SystemManager {
 }
 
 impl SystemManager {
+    /// One call to a Manager method of this system manager, e.g.
+    /// `("Reload", &())` or `("KillUnit", &(unit, "main", 9))`.
+    pub async fn manager_call<B>(&self, method: &str, body: &B)
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let conn = zbus::connection::Builder::address(self.bus_address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        call(&conn, MANAGER_PATH, MANAGER, method, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+
     /// Makes the path to the bus socket traversable by any user (the
     /// harness keeps its state in a root-only temp dir), so a test can call
     /// the manager as an unprivileged user.
