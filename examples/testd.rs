@@ -154,6 +154,27 @@ fn main() {
                 }
                 .expect("ignore SIGTERM");
             }
+            "--stubborn-grandchild" => {
+                // A grandchild in its own session that ignores SIGTERM: it
+                // outlives the daemon until SIGKILL.
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+                cmd.arg("--sleep-forever").args(&args[1..]);
+                // SAFETY: setsid and signal() are async-signal-safe and allocate nothing.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::unistd::setsid()?;
+                        nix::sys::signal::signal(
+                            nix::sys::signal::Signal::SIGTERM,
+                            nix::sys::signal::SigHandler::SigIgn,
+                        )?;
+                        Ok(())
+                    });
+                }
+                let child = cmd.spawn().expect("spawn stubborn grandchild");
+                write_atomic(&value(i), &format!("{}\n", child.id()));
+                std::mem::forget(child);
+            }
             "--setsid-grandchild" | "--daemonize" => {
                 // A grandchild that leaves the daemon's process group and
                 // session (setsid), as a double-forking daemon's does; with

@@ -526,14 +526,16 @@ impl ForkBackend {
                 let done = exited && proc::wait_group_gone(pgid_raw, deadline).await;
                 if !done {
                     tracing::warn!(%name, supervisor = sup.pid, "supervisor did not finish the stop in time: killing the group");
-                    let _ = killpg(pgid, Signal::SIGKILL);
+                    if record.group_is_ours() {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
                 }
                 done || proc::wait_group_gone(pgid_raw, Instant::now() + SUPERVISOR_GRACE).await
             }
             None => {
                 // No supervisor (it was killed): do the sequence ourselves.
                 tracing::warn!(%name, pid, "no live supervisor: stopping the process group directly");
-                terminate_group(pgid_raw, grace).await
+                terminate_group(&record, grace).await
             }
         };
         if !gone {
@@ -702,6 +704,11 @@ async fn stop_live(
     let Some(mut client) = control::Client::connect(&paths.control).await? else {
         return Ok(false);
     };
+    // The same supervisor that answered the look (the kernel says who serves
+    // this connection): a socket swapped in between is not told to stop.
+    if client.peer_pid.is_some_and(|p| p != live.supervisor) {
+        return Ok(false);
+    }
     let op = if force {
         control::Op::Kill
     } else {
@@ -712,11 +719,18 @@ async fn stop_live(
         Err(DaemonError::Io { .. }) => return Ok(false),
         Err(e) => return Err(e),
     };
+    if reply.pid_file != paths.pid_file {
+        return Err(pidfile::untrusted(
+            &paths.control,
+            None,
+            "is served by a supervisor of another PID file",
+        ));
+    }
     let rec = &reply.record;
     let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
     if !client.wait_closed(deadline).await {
         tracing::warn!(%name, supervisor = live.supervisor, "supervisor did not finish the stop in time: killing");
-        if rec.daemon.is_same_live_process() || proc::group_exists(rec.pgid()) {
+        if rec.group_is_ours() {
             let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
         }
         if let Some(sup) = rec.supervisor.as_ref().filter(|s| s.is_same_live_process()) {
@@ -962,18 +976,34 @@ fn check_log_dir(field: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM to the group, wait up to `grace`, SIGKILL, wait. True when the
-/// group is empty at the end.
-async fn terminate_group(pgid: u32, grace: Duration) -> bool {
-    let group = Pid::from_raw(pgid as i32);
+/// SIGTERM to the recorded group, wait up to `grace`, SIGKILL, wait. True
+/// when it is gone at the end. The group is signalled only while its leader
+/// is still ours (its ID could name another group once the leader was
+/// reaped); otherwise only the daemon itself, identity checked.
+async fn terminate_group(record: &Record, grace: Duration) -> bool {
+    let pgid = record.pgid();
+    let send_all = |sig: Signal| {
+        if record.group_is_ours() {
+            let _ = killpg(Pid::from_raw(pgid as i32), sig);
+        } else if record.daemon.is_same_live_process() {
+            let _ = kill(Pid::from_raw(record.daemon.pid as i32), sig);
+        }
+    };
+    let gone = |deadline: Instant| async move {
+        if record.group_is_ours() {
+            proc::wait_group_gone(pgid, deadline).await
+        } else {
+            proc::wait_exit(record.daemon.pid, deadline).await
+        }
+    };
     if !grace.is_zero() {
-        let _ = killpg(group, Signal::SIGTERM);
-        if proc::wait_group_gone(pgid, Instant::now() + grace).await {
+        send_all(Signal::SIGTERM);
+        if gone(Instant::now() + grace).await {
             return true;
         }
     }
-    let _ = killpg(group, Signal::SIGKILL);
-    proc::wait_group_gone(pgid, Instant::now() + SUPERVISOR_GRACE).await
+    send_all(Signal::SIGKILL);
+    gone(Instant::now() + SUPERVISOR_GRACE).await
 }
 
 fn send(pid: u32, signal: Signal) -> Result<()> {
@@ -1208,7 +1238,11 @@ impl Backend for ForkBackend {
                     // checked) gets SIGKILL while the lock holder finishes.
                     let found = inspect_once(&paths).await?;
                     if let (DaemonStatus::Running(_), Some(rec)) = (&found.status, &found.record) {
-                        let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
+                        if rec.group_is_ours() {
+                            let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
+                        } else if rec.daemon.is_same_live_process() {
+                            let _ = kill(Pid::from_raw(rec.daemon.pid as i32), Signal::SIGKILL);
+                        }
                     }
                 }
             }
@@ -1386,6 +1420,19 @@ impl ForkBackend {
             _ => {}
         }
         if let Err(why) = &disk.pid {
+            // Garbage at the PID file's path is ours to remove only with a
+            // record of ours beside it (`pid_file` may name a file of
+            // another program, caught empty or half-written).
+            if !pidfile::present(&paths.identity) {
+                return Err(pidfile::untrusted(
+                    &paths.pid_file,
+                    None,
+                    format!(
+                        "is {why} and has no identity record beside it: cleanup never removes a file \
+                         it cannot prove it wrote"
+                    ),
+                ));
+            }
             tracing::info!(%name, %why, "removing an unreadable PID file");
         }
         if let Err(why) = &disk.record {
@@ -1486,24 +1533,7 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
             ),
         ));
     }
-    let group_ok =
-        meta.gid() == 0 || (!me.is_root() && meta.gid() == nix::unistd::getegid().as_raw());
-    let others_write = meta.mode() & 0o002 != 0
-        || (meta.mode() & 0o020 != 0 && !group_ok)
-        || !pidfile::trusted_uid(meta.uid());
-    if others_write && meta.mode() & 0o1000 == 0 {
-        return Err(dir_error(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "directory {} can be written by other users (owner UID {}, mode {:o}) and is not sticky: \
-                 anyone could replace the PID file and make us signal their choice of process; \
-                 use a directory only you (or root) can write, e.g. /run for root",
-                dir.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
+    check_dir_chain(&paths.pid_file, dir)?;
     // Every file of our set that is there must be ours, before anything is
     // created (the lock file included).
     for (path, socket) in [
@@ -1532,6 +1562,79 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
         }
     }
     Ok(true)
+}
+
+/// The PID directory and every directory above it, as written and as
+/// resolved: each must be owned by root or the caller (a directory's owner
+/// can rename or remove anything in it, sticky bit or not), and one that
+/// others can write (`o+w`, or `g+w` for a group that is not root's or, for
+/// a non-root caller, not the caller's own) must be sticky. A symbolic link
+/// on the way must be owned by root or the caller too (its owner could
+/// re-point it between two operations). The same rule as OpenSSH's
+/// `StrictModes`.
+fn check_dir_chain(pid_file: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::Uid::effective();
+    let refuse = |path: &Path, why: String| {
+        DaemonError::pid_file(
+            pid_file,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: {why}; anyone who can could replace the PID file and make us signal their choice \
+                     of process: use a directory only you (or root) can write, e.g. /run for root",
+                    path.display()
+                ),
+            ),
+        )
+    };
+    let judge = |path: &Path, meta: &std::fs::Metadata| -> Result<()> {
+        if !pidfile::trusted_uid(meta.uid()) {
+            let what = if meta.file_type().is_symlink() {
+                "symbolic link"
+            } else {
+                "directory"
+            };
+            return Err(refuse(
+                path,
+                format!(
+                    "the {what} is owned by UID {}, not by UID {me} or root",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let group_ok =
+            meta.gid() == 0 || (!me.is_root() && meta.gid() == nix::unistd::getegid().as_raw());
+        let others_write = meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && !group_ok);
+        if others_write && meta.mode() & 0o1000 == 0 {
+            return Err(refuse(
+                path,
+                format!(
+                    "the directory can be written by other users (mode {:o}) and is not sticky",
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut written = PathBuf::new();
+    for part in dir.components() {
+        written.push(part);
+        if let Ok(meta) = std::fs::symlink_metadata(&written) {
+            judge(&written, &meta)?;
+        }
+    }
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        for ancestor in real.ancestors() {
+            if let Ok(meta) = std::fs::symlink_metadata(ancestor) {
+                judge(ancestor, &meta)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A start writes in the PID directory (checked only once it is known that

@@ -94,9 +94,16 @@ async fn always_restarts_a_clean_exit_and_rewrites_the_pid_file() {
         .trim()
         .parse()
         .unwrap_or(0);
-    // The PID file follows the restarts (it may already name a newer run).
-    assert!(starts(&log).iter().any(|(p, _)| *p == on_disk) || on_disk == 0);
-    assert!(starts(&log).iter().any(|(p, _)| *p == pid));
+    // The PID file follows the restarts (it may already name a newer run,
+    // which logs its start a moment after it was spawned).
+    eventually(5, || async {
+        (starts(&log).iter().any(|(p, _)| *p == on_disk) || on_disk == 0).then_some(())
+    })
+    .await;
+    eventually(5, || async {
+        starts(&log).iter().any(|(p, _)| *p == pid).then_some(())
+    })
+    .await;
 
     // stop never triggers a restart.
     within(20, m.stop()).await.unwrap();

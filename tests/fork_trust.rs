@@ -822,3 +822,96 @@ async fn a_planted_default_directory_is_refused_by_every_operation() {
     drop(victim);
     sb.assert_no_leaks();
 }
+
+/// The daemon's process group ID is its first process's PID: once that
+/// process is reaped and the group empties, the number can be reused by
+/// another process group, and a `killpg` would hit it. So the supervisor
+/// keeps the group leader a zombie (unreaped) while anything of the tree
+/// still lives — here a grandchild in its own session that ignores SIGTERM.
+#[tokio::test]
+async fn the_group_leader_stays_unreaped_while_its_tree_lives() {
+    let sb = Sandbox::new("trust_pgid_reuse");
+    let gc_file = sb.path("stubborn.pid");
+    let cfg = sb
+        .config(&[
+            "--stubborn-grandchild",
+            gc_file.to_str().unwrap(),
+            "--exit-code",
+            "0",
+        ])
+        .with_shutdown_timeout_secs(3);
+    let m = sb.manager(cfg);
+    let leader = within(20, m.start()).await.unwrap();
+    let gc = support::read_pid_file(&gc_file).await;
+    // The leader exited at once; the grandchild ignores the SIGTERM sent to
+    // the tree and lives until the SIGKILL 3 s later. Meanwhile the leader's
+    // PID stays taken: a zombie child of the supervisor.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(alive(gc), "the stubborn grandchild is already gone");
+    let stat = std::fs::read_to_string(format!("/proc/{leader}/stat"))
+        .unwrap_or_else(|_| panic!("leader {leader} was reaped while its tree lived"));
+    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+    assert_eq!(state, 'Z', "{stat}");
+    eventually(10, || async { (!alive(gc)).then_some(()) }).await;
+    eventually(10, || async {
+        (!std::path::Path::new(&format!("/proc/{leader}")).exists()).then_some(())
+    })
+    .await;
+    let _ = within(20, m.cleanup_stale()).await;
+    sb.assert_no_leaks();
+}
+
+/// A directory's owner can rename or remove anything in it, sticky bit or
+/// not: a PID directory (or a symbolic link on the way to it) owned by
+/// another user is refused.
+#[tokio::test]
+async fn a_pid_directory_owned_by_another_user_is_refused() {
+    if !have_root("attacks need root as the victim of a hostile user") {
+        return;
+    }
+    let sb = shared_sandbox("trust_dir_owner");
+    // nobody's own sticky directory: sticky does not restrict its owner.
+    let theirs = sb.path("theirs");
+    as_nobody(&format!("mkdir -m 1777 {}", theirs.display()));
+    let mut cfg = sb.config(&[]);
+    cfg.pid_file = theirs.join("d.pid");
+    let m = sb.manager(cfg);
+    let err = within(20, m.start()).await.unwrap_err();
+    assert!(err.to_string().contains("owned by UID 65534"), "{err}");
+    assert!(std::fs::read_dir(&theirs).unwrap().next().is_none());
+    // A symbolic link planted by nobody on the way to a root directory.
+    let real = sb.path("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = sb.path("link");
+    as_nobody(&format!("ln -s {} {}", real.display(), link.display()));
+    let mut cfg = sb.config(&[]);
+    cfg.pid_file = link.join("d.pid");
+    let m = sb.manager(cfg);
+    for (op, r) in [
+        ("start", within(20, m.start()).await.map(|_| ())),
+        ("status", within(20, m.status()).await.map(|_| ())),
+    ] {
+        let err = r.expect_err(op);
+        assert!(
+            err.to_string()
+                .contains("symbolic link is owned by UID 65534"),
+            "{op}: {err}"
+        );
+    }
+    assert!(std::fs::read_dir(&real).unwrap().next().is_none());
+    sb.assert_no_leaks();
+}
+
+/// Garbage at the PID file's path with no record of ours beside it may be
+/// another program's file caught half-written: cleanup refuses it.
+#[tokio::test]
+async fn cleanup_never_removes_garbage_it_cannot_prove_it_wrote() {
+    let sb = Sandbox::new("trust_garbage_foreign");
+    std::fs::write(sb.path("daemon.pid"), "").unwrap();
+    let m = sb.manager(sb.config(&[]));
+    let err = within(20, m.cleanup_stale()).await.unwrap_err();
+    assert!(matches!(err, DaemonError::UntrustedFile { .. }), "{err:?}");
+    assert!(sb.path("daemon.pid").exists());
+    std::fs::remove_file(sb.path("daemon.pid")).unwrap();
+    sb.assert_no_leaks();
+}

@@ -102,6 +102,10 @@ pub(crate) struct Record {
     /// PID file is refused.
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
+    /// The process group's leader (the process the supervisor spawned), so
+    /// the group is signalled only while its ID still names our group.
+    #[serde(default)]
+    pub leader: Option<ProcRef>,
 }
 
 impl Record {
@@ -120,12 +124,24 @@ impl Record {
             restart_pending: false,
             notify_dir: None,
             pid_file: None,
+            leader: None,
         }
     }
 
     /// The process group to signal: the recorded one, else the daemon's PID.
     pub fn pgid(&self) -> u32 {
         self.pgid.unwrap_or(self.daemon.pid)
+    }
+
+    /// Whether the process group may be signalled: its leader is still the
+    /// process we spawned (alive, or a zombie its supervisor keeps so that
+    /// the group's ID cannot be reused). Without a recorded leader: the
+    /// daemon itself, when it leads the group.
+    pub fn group_is_ours(&self) -> bool {
+        match &self.leader {
+            Some(leader) => leader.is_same_process_or_zombie(),
+            None => self.pgid() == self.daemon.pid && self.daemon.is_same_live_process(),
+        }
     }
 
     /// Whether the recorded supervisor is still alive (same process).

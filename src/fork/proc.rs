@@ -68,6 +68,21 @@ impl ProcRef {
     }
 }
 
+impl ProcRef {
+    /// Like [`ProcRef::is_same_live_process`], but a zombie (exited, not yet
+    /// reaped) counts: its PID is still taken, so it cannot name another
+    /// process. Needs the start time (Linux); elsewhere `false` unless alive.
+    pub fn is_same_process_or_zombie(&self) -> bool {
+        if self.is_same_live_process() {
+            return true;
+        }
+        match (self.start_time, start_time_any(self.pid)) {
+            (Some(recorded), Some(now)) => recorded == now && self.boot_id == boot_id(),
+            _ => false,
+        }
+    }
+}
+
 /// `kill(pid, 0)`: success or `EPERM` means a process exists. On Linux a zombie
 /// (exited, not yet reaped) counts as gone.
 pub(crate) fn is_alive(pid: u32) -> bool {
@@ -104,6 +119,23 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
         .and_then(|p| p.stat())
         .ok()?;
     (stat.state != 'Z' && stat.state != 'X').then_some(stat.starttime)
+}
+
+/// The start time of a process that may be a zombie.
+#[cfg(target_os = "linux")]
+fn start_time_any(pid: u32) -> Option<u64> {
+    if !fast_paths() {
+        return None;
+    }
+    let stat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()?;
+    Some(stat.starttime)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_time_any(_pid: u32) -> Option<u64> {
+    None
 }
 
 /// macOS: the start time from `proc_pidinfo(PROC_PIDTBSDINFO)` (libproc, no
@@ -241,6 +273,55 @@ pub(crate) fn descendants(root: u32) -> Vec<u32> {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn descendants(_root: u32) -> Vec<u32> {
     Vec::new()
+}
+
+/// The children of `parent`, zombies included (Linux `/proc`; empty
+/// elsewhere).
+#[cfg(target_os = "linux")]
+pub(crate) fn children(parent: u32) -> Vec<u32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(|p| p.ok()?.stat().ok())
+        .filter(|s| s.ppid as u32 == parent)
+        .map(|s| s.pid as u32)
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn children(_parent: u32) -> Vec<u32> {
+    Vec::new()
+}
+
+/// How `pid`, a child of ours, ended, if it has: without reaping it.
+pub(crate) fn peek_exit(pid: u32) -> Option<crate::backend::ExitInfo> {
+    use crate::backend::ExitInfo;
+    // SAFETY: waitid writes into the zeroed siginfo_t; WNOWAIT reaps nothing.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        if r != 0 || info.si_pid() != pid as libc::pid_t {
+            return None;
+        }
+        match info.si_code {
+            libc::CLD_EXITED => Some(ExitInfo::Code(info.si_status())),
+            _ => Some(ExitInfo::Signal(info.si_status())),
+        }
+    }
+}
+
+/// Whether process group `pgid` has a member that is not a zombie (Linux
+/// `/proc`; elsewhere whether it has any member).
+pub(crate) fn group_has_live_members(pgid: u32) -> bool {
+    match group_members(pgid) {
+        Some(members) => !members.is_empty(),
+        None => group_exists(pgid),
+    }
 }
 
 /// Whether this process has live descendants (see [`descendants`]).

@@ -522,6 +522,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
         ProcRef::of(std::process::id()),
     );
     record.pgid = Some(run.pgid());
+    record.leader = record.daemon.start_time.map(|_| record.daemon.clone());
     record.notify_dir = notify_socket.as_ref().map(|s| s.dir().to_owned());
     record.pid_file = Some(paths.pid_file.clone());
     let written = pidfile::write_record(&paths.identity, &record)
@@ -577,7 +578,8 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
 
     loop {
         if let Phase::Exited(exit) = phase {
-            if !proc::group_exists(run.pgid()) && !proc::has_children() {
+            if !tree_alive(run.pgid()) {
+                reap_leader(run.pgid());
                 kill_at = None;
                 drain(&mut run.pumps).await;
                 if !answered {
@@ -691,7 +693,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                 if killed {
                     signal_tree(&run, Signal::SIGKILL);
                 }
-                for (reaped, info) in reap_all() {
+                for (reaped, info) in reap_all(run.pgid()) {
                     if reaped == run.main_pid && matches!(phase, Phase::Running) {
                         tracing::debug!(pid = reaped, %info, "daemon exited");
                         phase = Phase::Exited(info);
@@ -717,9 +719,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                         // systemd's KillMode=control-group does when the main
                         // process exits): its group, and, where we are a
                         // subreaper, every descendant that left the group.
-                        if kill_at.is_none()
-                            && (proc::group_exists(run.pgid()) || proc::has_children())
-                        {
+                        if kill_at.is_none() && tree_alive(run.pgid()) {
                             signal_tree(&run, Signal::SIGTERM);
                             kill_at = Some(Instant::now() + shutdown);
                         }
@@ -780,6 +780,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                         boot_id: proc::boot_id(),
                     });
                     record.pgid = Some(run.pgid());
+                    record.leader = record.daemon.start_time.map(|_| record.daemon.clone());
                     record.started_at_ms = pidfile::now_ms();
                     record.restarts += 1;
                     record.restart_pending = false;
@@ -980,20 +981,63 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Reaps every exited child without blocking (orphans adopted as subreaper
-/// or as PID 1 included).
-fn reap_all() -> Vec<(u32, ExitInfo)> {
+/// or as PID 1 included) — except `leader`, the daemon's process group
+/// leader, on the Linux fast path: its exit is reported but it stays a
+/// zombie until the whole tree is gone ([`reap_leader`]), so its PID, which
+/// is the group's ID, cannot be reused by another process group while we
+/// may still signal the group.
+fn reap_all(leader: u32) -> Vec<(u32, ExitInfo)> {
     let mut out = Vec::new();
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+    if !proc::fast_paths() {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) => {
+                    out.push((p.as_raw() as u32, ExitInfo::Code(code)))
+                }
+                Ok(WaitStatus::Signaled(p, sig, _)) => {
+                    out.push((p.as_raw() as u32, ExitInfo::Signal(sig as i32)))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        return out;
+    }
+    if let Some(info) = proc::peek_exit(leader) {
+        out.push((leader, info));
+    }
+    for child in proc::children(std::process::id()) {
+        if child == leader {
+            continue;
+        }
+        match waitpid(Pid::from_raw(child as i32), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(p, code)) => out.push((p.as_raw() as u32, ExitInfo::Code(code))),
             Ok(WaitStatus::Signaled(p, sig, _)) => {
                 out.push((p.as_raw() as u32, ExitInfo::Signal(sig as i32)))
             }
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(_) => continue,
+            _ => {}
         }
     }
     out
+}
+
+/// Whether anything of the daemon's tree is left: a live member of its
+/// group, or a child of ours other than the (zombie) group leader.
+fn tree_alive(leader: u32) -> bool {
+    if !proc::fast_paths() {
+        return proc::group_exists(leader) || proc::has_children();
+    }
+    proc::group_has_live_members(leader)
+        || proc::children(std::process::id())
+            .iter()
+            .any(|c| *c != leader)
+}
+
+/// Reaps the group leader once the tree is gone (see [`reap_all`]).
+fn reap_leader(leader: u32) {
+    if proc::fast_paths() {
+        let _ = waitpid(Pid::from_raw(leader as i32), Some(WaitPidFlag::WNOHANG));
+    }
 }
 
 /// Spawns the daemon: `execve`d directly (never through a shell: a file
