@@ -728,24 +728,25 @@ async fn stop_live(
     }
     let rec = &reply.record;
     let deadline = Instant::now() + grace + SUPERVISOR_GRACE;
+    // End of file: the supervisor stopped and reaped the whole tree, removed
+    // its files and is exiting. Nothing more to wait for.
     if !client.wait_closed(deadline).await {
         tracing::warn!(%name, supervisor = live.supervisor, "supervisor did not finish the stop in time: killing");
-        if rec.group_is_ours() {
+        let group = rec.group_is_ours();
+        if group {
             let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
         }
         if let Some(sup) = rec.supervisor.as_ref().filter(|s| s.is_same_live_process()) {
             let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+            proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
         }
-    }
-    if let Some(sup) = &rec.supervisor {
-        proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
-    }
-    if !proc::wait_group_gone(rec.pgid(), Instant::now() + SUPERVISOR_GRACE).await {
-        return Err(DaemonError::StopFailed {
-            name: name.to_owned(),
-            pid: rec.daemon.pid,
-            reason: "processes of its group survived SIGKILL".into(),
-        });
+        if group && !proc::wait_group_gone(rec.pgid(), Instant::now() + SUPERVISOR_GRACE).await {
+            return Err(DaemonError::StopFailed {
+                name: name.to_owned(),
+                pid: rec.daemon.pid,
+                reason: "processes of its group survived SIGKILL".into(),
+            });
+        }
     }
     // A supervisor that finished removed its files; one that had to be
     // killed left them: ours to remove, while they are its generation's.

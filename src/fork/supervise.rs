@@ -430,6 +430,10 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
             return 1;
         }
     };
+    // Connections of callers waiting for this process to exit. Declared
+    // before the server, so it is dropped after it: by the time a waiting
+    // caller sees end of file, the socket is gone too.
+    let mut waiting_for_exit = Vec::new();
     // The control socket comes first: from the moment a daemon exists, a
     // caller can reach the supervisor without trusting any file's content.
     let server = match control::Server::bind(&paths.control) {
@@ -460,8 +464,6 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
         }
     };
     tokio::pin!(acceptor);
-    // Connections of callers waiting for this process to exit.
-    let mut waiting_for_exit = Vec::new();
 
     let logs = match open_logs(req.logs.as_ref()) {
         Ok(l) => l,
