@@ -1,0 +1,117 @@
+//! The fork backend's notify directory, log tail and control socket under
+//! attack by another local user (run as `nobody` with `setpriv`), root being
+//! the victim. See also `tests/fork_trust.rs`.
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output};
+
+use daemon_lifecycle::Readiness;
+use support::{have_root, within, Sandbox};
+
+/// A sandbox whose directory is shared like `/tmp` (mode 1777).
+fn shared_sandbox(name: &str) -> Sandbox {
+    let sb = Sandbox::new(name);
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    sb
+}
+
+/// Runs `script` with `sh` as `nobody` (UID 65534); its outcome is returned.
+fn nobody_sh(script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// While a daemon that switched to `nobody` runs, its notify directory is
+/// root's (group nobody's, 0710): nobody can neither plant a link in it nor
+/// swap its socket, so root never chowns or unlinks through a link there.
+#[tokio::test]
+async fn the_notify_directory_stays_roots_while_the_daemon_runs_as_another_user() {
+    if !have_root("attacks need root as the victim of a hostile user") {
+        return;
+    }
+    let sb = shared_sandbox("modules_notify_dir");
+    let mut cfg = sb.config(&["--ready-after", "100"]);
+    cfg.user = Some("nobody".into());
+    cfg.readiness = Some(Readiness::Notify);
+    let m = sb.manager(cfg);
+    // READY=1 arrives from the unprivileged daemon: it can still connect.
+    within(20, m.start()).await.unwrap();
+    let dir = sb.path("daemon.pid.notify");
+    let meta = std::fs::symlink_metadata(&dir).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, nobody.gid.as_raw(), 0o710),
+        "the notify directory was handed over"
+    );
+    let socket = std::fs::symlink_metadata(dir.join("notify")).unwrap();
+    assert_eq!(socket.uid(), nobody.uid.as_raw());
+    assert_eq!(socket.mode() & 0o777, 0o600);
+    let precious = sb.path("precious");
+    std::fs::create_dir(&precious).unwrap();
+    for attack in [
+        format!("ln -s {} {}/planted", precious.display(), dir.display()),
+        format!(
+            "mv {d}/notify {d}/moved && ln -s {} {d}/notify",
+            precious.display(),
+            d = dir.display()
+        ),
+        format!("chmod 0777 {}", dir.display()),
+    ] {
+        let out = nobody_sh(&attack);
+        assert!(
+            !out.status.success(),
+            "nobody could `{attack}` in root's notify directory"
+        );
+    }
+    within(20, m.stop()).await.unwrap();
+    assert!(!dir.exists(), "the notify directory was left behind");
+    let p = std::fs::symlink_metadata(&precious).unwrap();
+    assert_eq!(
+        (p.uid(), p.gid()),
+        (0, 0),
+        "root chowned a directory elsewhere"
+    );
+    sb.assert_no_leaks();
+}
+
+/// A notify directory planted by another user, holding a socket of theirs:
+/// root neither empties nor removes it.
+#[tokio::test]
+async fn a_planted_notify_directory_is_not_emptied_by_root() {
+    if !have_root("attacks need root as the victim of a hostile user") {
+        return;
+    }
+    let sb = shared_sandbox("modules_notify_planted");
+    let dir = sb.path("daemon.pid.notify");
+    let out = nobody_sh(&format!("mkdir -m 0755 {}", dir.display()));
+    assert!(out.status.success());
+    // The socket is bound by root and given to nobody: as if nobody bound it.
+    let socket = dir.join("notify");
+    let _bound = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let mut cfg = sb.config(&["--ready-after", "100"]);
+    cfg.readiness = Some(Readiness::Notify);
+    let m = sb.manager(cfg);
+    let cleanup = within(20, m.cleanup_stale()).await;
+    assert!(cleanup.is_err(), "cleanup accepted nobody's directory");
+    let start = within(20, m.start()).await;
+    assert!(start.is_err(), "start accepted nobody's directory");
+    assert!(
+        std::fs::symlink_metadata(&socket).is_ok(),
+        "root removed the socket in nobody's directory"
+    );
+    assert!(dir.is_dir());
+    sb.assert_no_leaks();
+}
