@@ -4,9 +4,11 @@
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use daemon_lifecycle::Readiness;
+use daemon_lifecycle::{DaemonConfig, DaemonError, LogsConfig, Readiness};
 use support::{have_root, within, Sandbox};
 
 /// A sandbox whose directory is shared like `/tmp` (mode 1777).
@@ -30,6 +32,32 @@ fn nobody_sh(script: &str) -> Output {
         ])
         .output()
         .unwrap()
+}
+
+/// A config running `sh -c SCRIPT TAG` as `nobody`, readiness by notify (so
+/// an exit before `READY=1` is a start-up failure quoting the stderr log).
+fn shell_as_nobody(sb: &Sandbox, script: &str, stderr: &Path) -> DaemonConfig {
+    let mut cfg = DaemonConfig::new(PathBuf::from("/bin/sh"), sb.path("daemon.pid"))
+        .with_name(sb.tag.clone())
+        .with_args(vec!["-c".to_owned(), script.to_owned(), sb.tag.clone()])
+        .with_shutdown_timeout_secs(5)
+        .with_startup_timeout_secs(10);
+    cfg.user = Some("nobody".into());
+    cfg.readiness = Some(Readiness::Notify);
+    cfg.logs = Some(LogsConfig {
+        stderr: Some(stderr.to_owned()),
+        ..Default::default()
+    });
+    cfg
+}
+
+/// A log directory the daemon's user owns (as `/var/log/APP` would be).
+fn log_dir_of_nobody(sb: &Sandbox) -> PathBuf {
+    let dir = sb.path("logs");
+    std::fs::create_dir(&dir).unwrap();
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    nix::unistd::chown(&dir, nobody, None).unwrap();
+    dir
 }
 
 /// While a daemon that switched to `nobody` runs, its notify directory is
@@ -113,5 +141,74 @@ async fn a_planted_notify_directory_is_not_emptied_by_root() {
         "root removed the socket in nobody's directory"
     );
     assert!(dir.is_dir());
+    sb.assert_no_leaks();
+}
+
+/// A daemon whose user swaps its stderr log for a link to a secret before
+/// dying: the start-up failure quotes no byte of the secret.
+#[tokio::test]
+async fn a_swapped_stderr_log_is_not_quoted() {
+    if !have_root("attacks need root as the victim of a hostile user") {
+        return;
+    }
+    let sb = shared_sandbox("modules_tail_link");
+    let secret = sb.path("secret");
+    std::fs::write(&secret, "TOPSECRET-4242\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let logs = log_dir_of_nobody(&sb);
+    let err_log = logs.join("err.log");
+    let script = format!(
+        "echo dying >&2; rm -f {log} && ln -s {secret} {log}; exit 3",
+        log = err_log.display(),
+        secret = secret.display()
+    );
+    let m = sb.manager(shell_as_nobody(&sb, &script, &err_log));
+    let err = within(20, m.start()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DaemonError::StartFailed { .. }), "{err:?}");
+    assert!(
+        std::fs::symlink_metadata(&err_log)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the daemon did not swap its log"
+    );
+    assert!(
+        !text.contains("TOPSECRET"),
+        "root quoted the secret: {text}"
+    );
+    sb.assert_no_leaks();
+}
+
+/// A stderr log swapped for a FIFO does not hang root's start.
+#[tokio::test]
+async fn a_stderr_log_swapped_for_a_fifo_does_not_hang_the_start() {
+    if !have_root("attacks need root as the victim of a hostile user") {
+        return;
+    }
+    let sb = shared_sandbox("modules_tail_fifo");
+    let logs = log_dir_of_nobody(&sb);
+    let err_log = logs.join("err.log");
+    let script = format!(
+        "rm -f {log} && mkfifo {log}; exit 3",
+        log = err_log.display()
+    );
+    let m = sb.manager(shell_as_nobody(&sb, &script, &err_log));
+    let t = Instant::now();
+    // On a thread of its own: a start blocked in open(2) on the FIFO fails
+    // the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _ = tx.send(rt.block_on(m.start()).map(|_| ()));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the start hung on a FIFO at the stderr log's path");
+    assert!(
+        matches!(got, Err(DaemonError::StartFailed { .. })),
+        "{got:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
     sb.assert_no_leaks();
 }
