@@ -212,3 +212,74 @@ async fn a_stderr_log_swapped_for_a_fifo_does_not_hang_the_start() {
     assert!(t.elapsed() < Duration::from_secs(20));
     sb.assert_no_leaks();
 }
+
+/// A control socket whose server never accepts (a SIGSTOPped supervisor)
+/// and whose backlog is full: `status` fails within the query timeout
+/// instead of blocking in connect(2) for ever.
+#[test]
+fn a_full_control_backlog_fails_status_instead_of_hanging() {
+    use std::os::fd::AsRawFd;
+    let sb = Sandbox::new("modules_backlog");
+    let ctl = sb.path("daemon.pid.ctl");
+    let listener = std::os::unix::net::UnixListener::bind(&ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The smallest backlog; then fill it with connections nobody accepts.
+    // SAFETY: a valid listening socket.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut queued = Vec::new();
+    rt.block_on(async {
+        loop {
+            match tokio::net::UnixStream::connect(&ctl).await {
+                Ok(s) => queued.push(s),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+            assert!(queued.len() < 1000, "the backlog does not fill");
+        }
+    });
+    let toml = sb.write_toml(&sb.config(&[]));
+    let t = Instant::now();
+    let out = support::output_within(
+        Command::new(support::daemonctl()).arg("status").arg(&toml),
+        20,
+    );
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "status succeeded: {stderr}");
+    assert!(stderr.contains("daemon.pid.ctl"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "status took {took:?}");
+    drop(queued);
+    drop(listener);
+    sb.assert_no_leaks();
+}
+
+/// A PID file so deep that its control and notify sockets' paths do not fit
+/// in `sun_path`: the control socket is reached through a descriptor of its
+/// directory (held across the non-blocking connect), the notify socket lives
+/// in a private directory elsewhere; start, status and stop all work.
+#[tokio::test]
+async fn a_deep_pid_file_still_reaches_its_supervisor() {
+    let sb = Sandbox::new("modules_deep");
+    let mut deep = sb.dir.path().to_owned();
+    while deep.as_os_str().len() < 150 {
+        deep.push("d".repeat(20));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut cfg = sb.config(&["--ready-after", "50"]);
+    cfg.pid_file = deep.join("daemon.pid");
+    cfg.readiness = Some(Readiness::Notify);
+    let m = sb.manager(cfg);
+    within(20, m.start()).await.unwrap();
+    let report = within(20, m.status_report()).await.unwrap();
+    assert!(
+        matches!(report.status, daemon_lifecycle::DaemonStatus::Running(_)),
+        "{report:?}"
+    );
+    within(20, m.stop()).await.unwrap();
+    assert!(!deep.join("daemon.pid.ctl").exists());
+    sb.assert_no_leaks();
+}
