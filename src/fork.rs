@@ -1554,7 +1554,7 @@ fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<
         }
     }
     if let Ok(m) = std::fs::symlink_metadata(&paths.notify_dir) {
-        if m.file_type().is_symlink() || !m.is_dir() {
+        if m.file_type().is_symlink() || !m.is_dir() || !pidfile::trusted_uid(m.uid()) {
             return Err(pidfile::untrusted(
                 &paths.notify_dir,
                 Some(m.uid()),

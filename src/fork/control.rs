@@ -98,12 +98,12 @@ pub(crate) struct Client {
     pub peer_pid: Option<u32>,
 }
 
-/// Calls `f` with an address for `path` that fits in `sun_path`: the path
-/// itself, or on Linux `/proc/self/fd/N/NAME` through a descriptor of its
-/// directory.
-fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+/// An address for `path` that fits in `sun_path`: the path itself, or on
+/// Linux `/proc/self/fd/N/NAME` through a descriptor of its directory, which
+/// is returned too and must stay open while the address is used.
+fn address(path: &Path) -> io::Result<(PathBuf, Option<std::fs::File>)> {
     if path.as_os_str().len() <= MAX_SOCKET_PATH {
-        return f(path);
+        return Ok((path.to_owned(), None));
     }
     #[cfg(target_os = "linux")]
     {
@@ -113,9 +113,7 @@ fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::R
         let dirfd = std::fs::File::open(dir)?;
         let short = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
         if short.as_os_str().len() <= MAX_SOCKET_PATH {
-            let out = f(&short);
-            drop(dirfd);
-            return out;
+            return Ok((short, Some(dirfd)));
         }
     }
     Err(io::Error::new(
@@ -125,6 +123,14 @@ fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::R
             path.display()
         ),
     ))
+}
+
+/// Calls `f` with [`address`]`(path)`, the directory kept open meanwhile.
+fn with_address<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    let (addr, dirfd) = address(path)?;
+    let out = f(&addr);
+    drop(dirfd);
+    out
 }
 
 /// Whether the control socket path can be bound (checked before start).
@@ -143,14 +149,24 @@ impl Client {
             Err(e) => return Err(DaemonError::pid_file(path, e)),
         };
         pidfile::check_ours(path, &meta, true)?;
-        let connect = with_address(path, |addr| {
-            // A blocking connect to a Unix socket returns at once (accepted
-            // into the backlog, or refused): no wait to bound here.
-            std::os::unix::net::UnixStream::connect(addr)
-        });
-        let std_stream = match connect {
-            Ok(s) => s,
-            Err(e)
+        let (addr, dirfd) = address(path)
+            .map_err(|e| DaemonError::io(format!("connect to {}", path.display()), e))?;
+        // A non-blocking connect (tokio's), bounded all the same: a full
+        // backlog (a stopped or swamped supervisor) fails at once with
+        // EAGAIN instead of blocking until the supervisor accepts.
+        let connect = tokio::time::timeout(QUERY_TIMEOUT, UnixStream::connect(&addr)).await;
+        // The address went through this descriptor: kept open until here.
+        drop(dirfd);
+        let stream = match connect {
+            Err(_) => {
+                return Err(DaemonError::Timeout {
+                    name: String::new(),
+                    operation: "connection to the supervisor's control socket",
+                    after: QUERY_TIMEOUT,
+                })
+            }
+            Ok(Ok(s)) => s,
+            Ok(Err(e))
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
@@ -158,17 +174,18 @@ impl Client {
             {
                 return Ok(None)
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                // Backlog full: a supervisor lives but is swamped.
-                return Err(DaemonError::io(format!("connect to {}", path.display()), e));
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Backlog full: a supervisor lives but accepts nobody.
+                return Err(DaemonError::io(
+                    format!("connect to {}", path.display()),
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "the supervisor is busy: its connection queue is full (is it stopped?)",
+                    ),
+                ));
             }
-            Err(e) => return Err(DaemonError::io(format!("connect to {}", path.display()), e)),
+            Ok(Err(e)) => return Err(DaemonError::io(format!("connect to {}", path.display()), e)),
         };
-        std_stream
-            .set_nonblocking(true)
-            .map_err(|e| DaemonError::io("control socket", e))?;
-        let stream =
-            UnixStream::from_std(std_stream).map_err(|e| DaemonError::io("control socket", e))?;
         let cred = stream
             .peer_cred()
             .map_err(|e| DaemonError::io(format!("credentials of {}", path.display()), e))?;
@@ -274,16 +291,17 @@ impl Server {
     /// Binds `path` (mode 0600). Whatever was there must have been removed by
     /// the caller (under the lock, after checking it was ours and dead).
     pub fn bind(path: &Path) -> io::Result<Server> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        // The socket is created with the umask applied: close it to others
-        // from the start, not after a chmod.
+        use std::os::unix::fs::MetadataExt;
+        // The socket is created with the umask applied: closed to others
+        // from the start. No chmod afterwards: a chmod goes through the path,
+        // and would follow whatever was swapped in there meanwhile.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let bound = with_address(path, |a| std::os::unix::net::UnixListener::bind(a));
         nix::sys::stat::umask(old);
         let std_listener = bound?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        std_listener.set_nonblocking(true)?;
         let meta = std::fs::symlink_metadata(path)?;
+        check_bound(path, &meta)?;
+        std_listener.set_nonblocking(true)?;
         Ok(Server {
             listener: UnixListener::from_std(std_listener)?,
             path: path.to_owned(),
@@ -323,6 +341,25 @@ impl Drop for Server {
     }
 }
 
+/// What `lstat` must say about the socket just bound: a socket of ours with
+/// mode 0600 (anything else, say a file swapped in meanwhile, is refused).
+fn check_bound(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = nix::unistd::Uid::effective().as_raw();
+    if !meta.file_type().is_socket() || meta.mode() & 0o7777 != 0o600 || meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not the socket just bound (mode {:o}, owner UID {})",
+                path.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads one request line from an accepted connection (bounded in size and
 /// time: a client that says nothing is dropped).
 pub(crate) async fn read_request(stream: &mut BufReader<UnixStream>) -> Option<ControlRequest> {
@@ -342,4 +379,32 @@ pub(crate) async fn write_reply(stream: &mut BufReader<UnixStream>, reply: &Cont
     let mut line = serde_json::to_vec(reply).expect("a reply serializes");
     line.push(b'\n');
     let _ = tokio::time::timeout(QUERY_TIMEOUT, stream.get_mut().write_all(&line)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bound_socket_is_checked_not_chmodded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.pid.ctl");
+        let server = Server::bind(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        check_bound(&path, &meta).unwrap();
+        // What a swap could leave there instead: refused, whatever its mode.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(check_bound(&path, &meta).is_err());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        let err = check_bound(&file, &meta).unwrap_err().to_string();
+        assert!(err.contains("not the socket just bound"), "{err}");
+        drop(server);
+        assert!(!path.exists());
+    }
 }

@@ -41,6 +41,8 @@ pub(crate) struct LogFile {
     /// The last write ended inside a line (a piece of an over-long line):
     /// no rotation until the line is complete.
     mid_line: bool,
+    /// The last rotation was refused (said once, not at every line).
+    rotation_refused: bool,
 }
 
 /// A [`LogFile`] shared between the stdout and stderr pumps.
@@ -58,15 +60,27 @@ impl LogFile {
             max_bytes,
             keep: keep.unwrap_or(DEFAULT_KEEP),
             mid_line: false,
+            rotation_refused: false,
         })
     }
 
     /// Appends `piece` (a whole line, or a piece of an over-long one),
-    /// rotating first when it would push the file past `max_bytes`.
+    /// rotating first when it would push the file past `max_bytes` (where
+    /// the rotation is refused, the piece is appended all the same).
     pub fn write_piece(&mut self, piece: &[u8]) -> io::Result<()> {
         if let Some(max) = self.max_bytes {
             if !self.mid_line && self.size > 0 && self.size + piece.len() as u64 > max {
-                self.rotate()?;
+                match self.rotate() {
+                    Ok(()) => self.rotation_refused = false,
+                    // The line is not lost: it goes on past `max_bytes`,
+                    // and the refusal is said once (until a rotation works).
+                    Err(e) => {
+                        if !self.rotation_refused {
+                            tracing::warn!(error = %e, "log rotation refused; writing on");
+                        }
+                        self.rotation_refused = true;
+                    }
+                }
             }
         }
         // One write on an O_APPEND file: the piece lands whole.
@@ -77,12 +91,28 @@ impl LogFile {
     }
 
     /// `name.(keep-1)` → `name.keep`, …, `name` → `name.1`, then a new `name`.
+    /// First every one of these names must be free or hold a regular file of
+    /// ours: a directory, a link or another user's file planted at `name.N`
+    /// is refused (nothing renamed) with an error naming it.
     fn rotate(&mut self) -> io::Result<()> {
         let numbered = |i: u32| {
             let mut s = self.path.clone().into_os_string();
             s.push(format!(".{i}"));
             PathBuf::from(s)
         };
+        let names = std::iter::once(self.path.clone()).chain((1..=self.keep.max(1)).map(numbered));
+        for p in names {
+            match std::fs::symlink_metadata(&p) {
+                Ok(meta) => super::pidfile::check_ours(&p, &meta, false).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("cannot rotate {}: {e}", self.path.display()),
+                    )
+                })?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         for i in (1..self.keep).rev() {
             match std::fs::rename(numbered(i), numbered(i + 1)) {
                 Ok(()) => {}
@@ -201,25 +231,49 @@ async fn read_piece<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// The last `n` lines of a log file (for a start-up failure message).
+/// How much of the end of a log file [`tail`] reads.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// About how many bytes of one line [`tail`] quotes.
+const TAIL_LINE_BYTES: usize = 200;
+
+/// The last `n` lines of a log file (for a start-up failure message), each
+/// cut to about 200 bytes with its control characters escaped: the daemon
+/// wrote them, and they end up on the caller's terminal. Only a regular file
+/// of ours is read (opened with `O_NOFOLLOW`, and `O_NONBLOCK` so a FIFO
+/// cannot block us); anything else gives no lines.
 pub(crate) fn tail(path: &Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else {
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
         return Vec::new();
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let from = len.saturating_sub(8 * 1024);
+    let Ok(meta) = f.metadata() else {
+        return Vec::new();
+    };
+    if !meta.is_file() || !super::pidfile::trusted_uid(meta.uid()) {
+        return Vec::new();
+    }
+    let from = meta.len().saturating_sub(TAIL_BYTES);
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(from)).is_err()
+        || (&mut f).take(TAIL_BYTES).read_to_end(&mut buf).is_err()
+    {
         return Vec::new();
     }
     let text = String::from_utf8_lossy(&buf);
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut lines: Vec<&str> = text.lines().collect();
     if from > 0 && !lines.is_empty() {
         lines.remove(0); // probably cut in the middle
     }
     let skip = lines.len().saturating_sub(n);
-    lines.split_off(skip)
+    lines[skip..]
+        .iter()
+        .map(|l| crate::config::clip_middle(l, TAIL_LINE_BYTES))
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,5 +315,83 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "next\n");
         assert_eq!(tail(&p, 5), vec!["next".to_owned()]);
+    }
+
+    #[test]
+    fn tail_escapes_control_characters_and_caps_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("err.log");
+        let long = "x".repeat(5_000);
+        std::fs::write(&p, format!("one\n\x1b[2J\x1b]0;owned\x07 two\n{long}\n")).unwrap();
+        let lines = tail(&p, 5);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], "one");
+        assert_eq!(lines[1], "\\u{1b}[2J\\u{1b}]0;owned\\u{7} two");
+        assert!(lines.iter().all(|l| !l.chars().any(char::is_control)));
+        assert!(lines[2].len() < 250, "a line of {} bytes", lines[2].len());
+        assert!(lines[2].contains('…'));
+    }
+
+    #[test]
+    fn tail_reads_only_the_end_of_a_big_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("err.log");
+        // 4 MiB in lines of 100 bytes, the first line marked.
+        let mut text = String::from("FIRST LINE\n");
+        let line = format!("{}\n", "y".repeat(99));
+        for _ in 0..(4 << 20) / 100 {
+            text.push_str(&line);
+        }
+        text.push_str("LAST LINE\n");
+        std::fs::write(&p, text).unwrap();
+        let lines = tail(&p, usize::MAX);
+        assert_eq!(lines.last().map(String::as_str), Some("LAST LINE"));
+        // At most 64 KiB of 100-byte lines.
+        assert!(lines.len() <= 64 * 1024 / 100 + 1, "{} lines", lines.len());
+        assert!(!lines.iter().any(|l| l == "FIRST LINE"));
+    }
+
+    #[test]
+    fn tail_reads_no_link_and_no_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "TOPSECRET\n").unwrap();
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(tail(&link, 10), Vec::<String>::new());
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // On a thread: a tail that blocks on the FIFO fails the test, not hangs it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(tail(&f, 10));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("tail blocked on a FIFO");
+        assert_eq!(got, Vec::<String>::new());
+    }
+
+    #[test]
+    fn rotation_refuses_a_planted_directory_and_loses_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.log");
+        std::fs::create_dir(dir.path().join("out.log.2")).unwrap();
+        let mut log = LogFile::open(&p, Some(20), Some(3)).unwrap();
+        for i in 0..6 {
+            log.write_piece(format!("line {i:04}\n").as_bytes())
+                .unwrap();
+        }
+        let err = log.rotate().unwrap_err().to_string();
+        assert!(
+            err.contains("out.log.2") && err.contains("is not a regular file"),
+            "{err}"
+        );
+        // Nothing was renamed: every line is in out.log, once, in order.
+        let expected: String = (0..6).map(|i| format!("line {i:04}\n")).collect();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), expected);
+        assert!(!dir.path().join("out.log.1").exists());
+        assert!(dir.path().join("out.log.2").is_dir());
     }
 }

@@ -1,6 +1,8 @@
 //! The supervisor's `NOTIFY_SOCKET`: a datagram socket in a private directory
-//! (mode 0700, owned by the daemon's user), speaking the sd_notify protocol so
-//! a daemon written for systemd's `Type=notify` behaves the same here.
+//! (owned by the caller; mode 0700, or 0710 with the daemon's group when it
+//! switches users; the socket alone, mode 0600, is the daemon's), speaking
+//! the sd_notify protocol so a daemon written for systemd's `Type=notify`
+//! behaves the same here.
 //!
 //! Understood: `READY=1`, `STATUS=…`, `EXTEND_TIMEOUT_USEC=…`, `STOPPING=1`,
 //! `MAINPID=…`; the rest (`WATCHDOG=1`, `FDSTORE=1`, …) is ignored, and file
@@ -9,14 +11,17 @@
 //! Who may speak: on Linux the kernel stamps every datagram with the sender's
 //! PID (`SCM_CREDENTIALS`), and only a sender in the daemon's process group is
 //! heard (systemd checks its cgroup; the process group is our equivalent).
-//! Where no credentials exist (macOS, the BSDs) the 0700 directory is the only
-//! gate: only the daemon's user and root can reach the socket.
+//! Where no credentials exist (macOS, the BSDs) the private directory and the
+//! 0600 socket are the only gate: only the daemon's user and root can send.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
@@ -66,9 +71,14 @@ pub(crate) struct NotifySocket {
 const MAX_SOCKET_PATH: usize = 103;
 
 impl NotifySocket {
-    /// Creates `dir` (0700, owned by `owner` when given), binds `dir/notify`.
-    /// When the path would be too long for a Unix socket, a private directory
-    /// under the temp dir is used instead.
+    /// Creates `dir` and binds `dir/notify`. The directory stays ours (the
+    /// caller's): mode 0700, or with `owner` (the daemon's user and group,
+    /// when it switches users) group `gid` and mode 0710, so the daemon can
+    /// reach the socket but can neither add nor swap anything in it; only the
+    /// socket (mode 0600) is handed to `uid`, through a descriptor of the
+    /// directory and without following a link. When the path would be too
+    /// long for a Unix socket, a private directory under the temp dir is used
+    /// instead.
     pub fn bind(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<NotifySocket> {
         let dir = if dir.join("notify").as_os_str().len() <= MAX_SOCKET_PATH {
             // A directory left by a supervisor that was SIGKILLed: emptied
@@ -84,14 +94,35 @@ impl NotifySocket {
         };
         let path = dir.join("notify");
         let bound = (|| {
-            let socket = UnixDatagram::bind(&path)?;
+            let dirfd = open_new_dir(&dir)?;
+            let mode = match owner {
+                Some((_, gid)) => {
+                    let gid = nix::unistd::Gid::from_raw(gid);
+                    nix::unistd::fchown(&dirfd, None, Some(gid))?;
+                    0o710
+                }
+                None => 0o700,
+            };
+            nix::sys::stat::fchmod(&dirfd, Mode::from_bits_truncate(mode))?;
+            let socket = bind_in(&dirfd, &path)?;
+            // Nobody else can write in the directory: "notify" is the socket
+            // just bound.
+            nix::sys::stat::fchmodat(
+                &dirfd,
+                "notify",
+                Mode::from_bits_truncate(0o600),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )?;
             if let Some((uid, gid)) = owner {
-                // The daemon connects after dropping privileges: it needs the
-                // directory's x bit and the socket's w bit as its own user.
-                let uid = Some(nix::unistd::Uid::from_raw(uid));
-                let gid = Some(nix::unistd::Gid::from_raw(gid));
-                nix::unistd::chown(&dir, uid, gid)?;
-                nix::unistd::chown(&path, uid, gid)?;
+                // The daemon connects after dropping privileges: it needs
+                // the socket's w bit as its own user.
+                nix::unistd::fchownat(
+                    &dirfd,
+                    "notify",
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )?;
             }
             pass_credentials(&socket)?;
             Ok::<_, io::Error>(socket)
@@ -136,6 +167,51 @@ impl Drop for NotifySocket {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// Opens the directory just made at `dir`, without following a link, and
+/// checks it is the one `lstat` sees there and is ours.
+fn open_new_dir(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::symlink_metadata(dir)?;
+    let fd = nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    let me = nix::unistd::Uid::effective().as_raw();
+    if !before.is_dir()
+        || !meta.is_dir()
+        || (meta.dev(), meta.ino()) != (before.dev(), before.ino())
+        || meta.uid() != me
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} is not the directory we made", dir.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Binds the datagram socket `path` (`dir/notify`) through `dirfd`, the
+/// descriptor of `dir`: on Linux by `/proc/self/fd/N/notify`, so a directory
+/// swapped at `dir` meanwhile is not where it lands; elsewhere by `path`.
+fn bind_in(dirfd: &File, path: &Path) -> io::Result<UnixDatagram> {
+    #[cfg(target_os = "linux")]
+    {
+        let via = PathBuf::from(format!("/proc/self/fd/{}/notify", dirfd.as_raw_fd()));
+        match UnixDatagram::bind(&via) {
+            // No /proc mounted: the path it is.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").exists() => {}
+            other => return other,
+        }
+    }
+    let _ = dirfd;
+    UnixDatagram::bind(path)
+}
 
 #[cfg(target_os = "linux")]
 fn pass_credentials(socket: &UnixDatagram) -> io::Result<()> {
@@ -224,29 +300,70 @@ fn recv_with_sender(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, Optio
 
 /// Removes a notify directory we made: the `notify` socket in it, then the
 /// (then empty) directory. Never a tree: a directory holding anything else,
-/// a symbolic link, or one owned by another user is refused and left alone.
+/// a symbolic link, or one owned by another user than the caller or root is
+/// refused and left alone. Everything is done through descriptors (the
+/// directory opened without following a link), so a directory swapped for a
+/// link meanwhile cannot make us unlink a socket elsewhere.
 pub(crate) fn remove_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let me = nix::unistd::Uid::effective().as_raw();
-    // The directory is handed to the daemon's user when it switches users.
-    if !meta.is_dir() || (meta.uid() != me && me != 0) {
-        return Err(io::Error::new(
+    use std::os::unix::fs::MetadataExt;
+    let not_ours = |why: String| {
+        io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} is not our notify directory", dir.display()),
-        ));
-    }
-    let socket = dir.join("notify");
-    if let Ok(m) = std::fs::symlink_metadata(&socket) {
-        if m.file_type().is_socket() {
-            std::fs::remove_file(&socket)?;
+            format!("{} is not our notify directory: {why}", dir.display()),
+        )
+    };
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(not_ours("no parent directory".into()));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let parentfd = match nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        parent,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let dirfd = match nix::fcntl::openat(
+        &parentfd,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_DIRECTORY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => File::from(fd),
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(nix::errno::Errno::ELOOP) | Err(nix::errno::Errno::ENOTDIR) => {
+            return Err(not_ours("not a directory".into()))
         }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = dirfd.metadata()?;
+    if !super::pidfile::trusted_uid(meta.uid()) {
+        return Err(not_ours(format!("owned by UID {}", meta.uid())));
     }
-    std::fs::remove_dir(dir)
+    match nix::sys::stat::fstatat(&dirfd, "notify", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            if kind == SFlag::S_IFSOCK {
+                nix::unistd::unlinkat(&dirfd, "notify", nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+            }
+        }
+        Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    drop(dirfd);
+    nix::unistd::unlinkat(&parentfd, name, nix::unistd::UnlinkatFlags::RemoveDir)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -284,5 +401,67 @@ mod tests {
         let d = sock.dir().to_owned();
         drop(sock);
         assert!(!d.exists());
+    }
+
+    /// Root handing the socket to another user keeps the directory: nobody
+    /// but root can add, remove or swap anything in it.
+    #[tokio::test]
+    async fn the_directory_stays_ours_and_only_the_socket_is_handed_over() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: needs root (handing the socket to another user)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sock = NotifySocket::bind(&dir.path().join("n"), Some((65534, 65534))).unwrap();
+        let d = std::fs::symlink_metadata(sock.dir()).unwrap();
+        assert!(d.is_dir());
+        assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (0, 65534, 0o710));
+        let s = std::fs::symlink_metadata(sock.path()).unwrap();
+        assert_eq!((s.uid(), s.gid(), s.mode() & 0o7777), (65534, 65534, 0o600));
+        let d = sock.dir().to_owned();
+        drop(sock);
+        assert!(!d.exists());
+    }
+
+    /// A directory of another user is not ours to empty, even for root.
+    #[test]
+    fn remove_dir_refuses_another_users_directory() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: needs root (a directory of another user)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("n");
+        std::fs::create_dir(&planted).unwrap();
+        let socket = planted.join("notify");
+        let _s = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(&planted, nobody, None).unwrap();
+        nix::unistd::chown(&socket, nobody, None).unwrap();
+        let err = remove_dir(&planted).unwrap_err().to_string();
+        assert!(err.contains("owned by UID 65534"), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&socket).is_ok(),
+            "its socket was removed"
+        );
+    }
+
+    /// A link to a directory holding a socket is refused: the socket stays.
+    #[test]
+    fn remove_dir_refuses_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let socket = elsewhere.join("notify");
+        let _s = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+        let link = dir.path().join("n");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(remove_dir(&link).is_err());
+        assert!(std::fs::symlink_metadata(&socket).is_ok());
+        assert!(remove_dir(&dir.path().join("absent")).is_ok());
+        // Our own directory with our socket goes, socket first.
+        assert!(remove_dir(&elsewhere).is_ok());
+        assert!(!elsewhere.exists());
     }
 }
