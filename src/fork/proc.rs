@@ -243,28 +243,27 @@ pub(crate) fn has_children() -> bool {
 }
 
 /// The live descendants of `root` (children, their children, …), where the
-/// platform lets us see the tree (Linux `/proc`); empty elsewhere.
+/// platform lets us see the tree (Linux `/proc`); empty elsewhere. Walks the
+/// kernel's per-thread child lists, so the cost grows with the tree, not
+/// with the number of processes on the machine.
 #[cfg(target_os = "linux")]
 pub(crate) fn descendants(root: u32) -> Vec<u32> {
     if !fast_paths() {
         return Vec::new();
     }
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    let stats: Vec<(u32, u32)> = all
-        .filter_map(|p| p.ok()?.stat().ok())
-        .filter(|s| s.state != 'Z' && s.state != 'X')
-        .map(|s| (s.pid as u32, s.ppid as u32))
-        .collect();
     let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, _) in stats.iter().filter(|(_, ppid)| *ppid == parent) {
-            if !out.contains(pid) {
-                out.push(*pid);
-                frontier.push(*pid);
-            }
+    let mut frontier = children(root);
+    while let Some(pid) = frontier.pop() {
+        if out.contains(&pid) {
+            continue;
+        }
+        let zombie = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .map(|s| s.state == 'Z' || s.state == 'X')
+            .unwrap_or(true);
+        if !zombie {
+            out.push(pid);
+            frontier.extend(children(pid));
         }
     }
     out
@@ -276,9 +275,13 @@ pub(crate) fn descendants(_root: u32) -> Vec<u32> {
 }
 
 /// The children of `parent`, zombies included (Linux `/proc`; empty
-/// elsewhere).
+/// elsewhere): from `/proc/PID/task/TID/children` of each thread, else (a
+/// kernel without that file) by a scan of every process.
 #[cfg(target_os = "linux")]
 pub(crate) fn children(parent: u32) -> Vec<u32> {
+    if let Some(list) = children_from_task_lists(parent) {
+        return list;
+    }
     let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -286,6 +289,25 @@ pub(crate) fn children(parent: u32) -> Vec<u32> {
         .filter(|s| s.ppid as u32 == parent)
         .map(|s| s.pid as u32)
         .collect()
+}
+
+/// `None`: the kernel has no `children` files (CONFIG_PROC_CHILDREN off).
+#[cfg(target_os = "linux")]
+fn children_from_task_lists(parent: u32) -> Option<Vec<u32>> {
+    let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).ok()?;
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(text) => out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
+            // The thread is gone: its children moved to another one.
+            Err(_) if !task.path().exists() => {}
+            Err(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -312,15 +334,6 @@ pub(crate) fn peek_exit(pid: u32) -> Option<crate::backend::ExitInfo> {
             libc::CLD_EXITED => Some(ExitInfo::Code(info.si_status())),
             _ => Some(ExitInfo::Signal(info.si_status())),
         }
-    }
-}
-
-/// Whether process group `pgid` has a member that is not a zombie (Linux
-/// `/proc`; elsewhere whether it has any member).
-pub(crate) fn group_has_live_members(pgid: u32) -> bool {
-    match group_members(pgid) {
-        Some(members) => !members.is_empty(),
-        None => group_exists(pgid),
     }
 }
 

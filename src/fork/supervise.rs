@@ -1029,7 +1029,9 @@ fn tree_alive(leader: u32) -> bool {
     if !proc::fast_paths() {
         return proc::group_exists(leader) || proc::has_children();
     }
-    proc::group_has_live_members(leader)
+    // As a subreaper every member of the daemon's group (and every process
+    // that left it) is a descendant of ours: no scan of the whole machine.
+    !proc::descendants(std::process::id()).is_empty()
         || proc::children(std::process::id())
             .iter()
             .any(|c| *c != leader)
