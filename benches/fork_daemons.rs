@@ -75,7 +75,7 @@ async fn main() {
     let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
     println!("{n} daemons (/bin/sleep), start + status + stop each, fork backend:");
     println!(
-        "  daemon-lifecycle (supervisor, pidfd waits)   {:8.1} ms total  {:6.2} ms/daemon",
+        "  daemon-lifecycle (supervisor, control socket){:8.1} ms total  {:6.2} ms/daemon",
         lib.as_secs_f64() * 1000.0,
         per(lib)
     );
