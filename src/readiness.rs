@@ -148,11 +148,18 @@ mod tests {
             Ok(())
         );
         drop(listener);
+        // A port bound but not listening refuses every connection. (A port
+        // merely closed again may be picked as the probe's own source port,
+        // and a TCP self-connect then succeeds: that made this test flaky.)
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let refused = socket.local_addr().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_millis(200);
         assert!(matches!(
-            wait_until_ready(&tcp(&addr), deadline, || async { true }).await,
+            wait_until_ready(&tcp(&refused), deadline, || async { true }).await,
             Err(ProbeError::Timeout { last: Some(_) })
         ));
+        drop(socket);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use daemon_lifecycle::{DaemonError, DaemonManager, DaemonStatus, LogsConfig};
-use support::{alive, eventually, have_root, within, Sandbox};
+use support::{alive, as_nobody, eventually, have_root, shared_sandbox, within, Sandbox};
 
 /// A bystander that logs each signal it gets; killed when the test ends.
 struct Victim {
@@ -58,35 +58,6 @@ impl Drop for Victim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A sandbox whose directory is shared like `/tmp` (mode 1777), so `nobody`
-/// can plant files in it.
-fn shared_sandbox(name: &str) -> Sandbox {
-    let sb = Sandbox::new(name);
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    sb
-}
-
-/// Runs `script` with `sh` as `nobody` (UID 65534), the hostile neighbour.
-fn as_nobody(script: &str) {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The process start time in clock ticks (field 22 of /proc/PID/stat).

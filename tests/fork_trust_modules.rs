@@ -5,34 +5,11 @@ mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use daemon_lifecycle::{DaemonConfig, DaemonError, LogsConfig, Readiness};
-use support::{have_root, within, Sandbox};
-
-/// A sandbox whose directory is shared like `/tmp` (mode 1777).
-fn shared_sandbox(name: &str) -> Sandbox {
-    let sb = Sandbox::new(name);
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    sb
-}
-
-/// Runs `script` with `sh` as `nobody` (UID 65534); its outcome is returned.
-fn nobody_sh(script: &str) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap()
-}
+use support::{have_root, nobody_sh, shared_sandbox, within, Sandbox};
 
 /// A config running `sh -c SCRIPT TAG` as `nobody`, readiness by notify (so
 /// an exit before `READY=1` is a start-up failure quoting the stderr log).

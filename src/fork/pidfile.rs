@@ -201,14 +201,12 @@ pub(crate) fn check_ours(path: &Path, meta: &fs::Metadata, socket: bool) -> Resu
     Ok(())
 }
 
-/// Opens one of our files for reading: `O_NOFOLLOW` (a symbolic link is
-/// refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
-/// not block us), then checked with `fstat`. At most `max` bytes are read.
-/// `Ok(None)` when it does not exist.
-fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let file = match OpenOptions::new()
-        .read(true)
+/// Opens one of our files with `options` plus `O_NOFOLLOW` (a symbolic link
+/// is refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
+/// not block us) and `O_CLOEXEC`, then checks what was opened with `fstat`
+/// ([`check_ours`]). `Ok(None)` when it does not exist.
+fn open_ours(path: &Path, options: &mut OpenOptions) -> Result<Option<(File, fs::Metadata)>> {
+    let file = match options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
     {
@@ -224,6 +222,18 @@ fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
         .metadata()
         .map_err(|e| DaemonError::pid_file(path, e))?;
     check_ours(path, &meta, false)?;
+    Ok(Some((file, meta)))
+}
+
+/// Opens one of our files for reading: `O_NOFOLLOW` (a symbolic link is
+/// refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
+/// not block us), then checked with `fstat`. At most `max` bytes are read.
+/// `Ok(None)` when it does not exist.
+fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some((file, _)) = open_ours(path, OpenOptions::new().read(true))? else {
+        return Ok(None);
+    };
     let mut bytes = Vec::new();
     file.take(max + 1)
         .read_to_end(&mut bytes)
@@ -390,26 +400,19 @@ impl Lock {
     pub fn try_acquire(path: &Path) -> Result<Option<Lock>> {
         use std::os::fd::AsFd;
         loop {
-            let file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
-            {
-                Ok(f) => f,
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                    let owner = fs::symlink_metadata(path).ok().map(|m| m.uid());
-                    return Err(untrusted(path, owner, "is a symbolic link"));
-                }
-                Err(e) => return Err(DaemonError::pid_file(path, e)),
-            };
-            let meta = file
-                .metadata()
-                .map_err(|e| DaemonError::pid_file(path, e))?;
-            check_ours(path, &meta, false)?;
+            let (file, meta) = open_ours(
+                path,
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+            )?
+            .ok_or_else(|| {
+                // O_CREAT gives ENOENT only when the directory is missing.
+                DaemonError::pid_file(path, io::Error::from(io::ErrorKind::NotFound))
+            })?;
             if meta.mode() & 0o077 != 0 {
                 // A lock file of an older version (0644): close it to others.
                 nix::sys::stat::fchmod(

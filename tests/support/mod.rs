@@ -313,3 +313,39 @@ pub fn output_within(cmd: &mut std::process::Command, secs: u64) -> std::process
         stderr: err.join().unwrap(),
     }
 }
+
+/// A sandbox whose directory is shared like `/tmp` (mode 1777), so another
+/// user (`nobody`, the hostile neighbour of the attack tests) can plant
+/// files in it.
+pub fn shared_sandbox(name: &str) -> Sandbox {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new(name);
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    sb
+}
+
+/// Runs `script` with `sh` as `nobody` (UID 65534); its outcome is returned.
+pub fn nobody_sh(script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// [`nobody_sh`], which must succeed.
+pub fn as_nobody(script: &str) {
+    let out = nobody_sh(script);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
