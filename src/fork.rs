@@ -1110,7 +1110,9 @@ async fn run_supervisor(
     // A program that is not a supervisor may not read its stdin: do not let
     // a full pipe block us.
     let write = async move {
-        let _ = stdin.write_all(&json).await;
+        // Bounded too: a program that never reads would otherwise hold us
+        // here once the request outgrows the pipe's buffer.
+        let _ = tokio::time::timeout(timeout, stdin.write_all(&json)).await;
     };
     let stdout = child.stdout.take().expect("piped stdout");
     // Lines until a final one; `Extended` lines (EXTEND_TIMEOUT_USEC from a
