@@ -515,22 +515,28 @@ impl SystemdBackend {
 
     /// The unit's state, `None` when it is not loaded.
     async fn unit_state(&self, unit: &str) -> Result<Option<UnitState>> {
+        self.unit_state_with(unit, Read::All).await
+    }
+
+    /// [`Self::unit_state`], reading what `read` says.
+    async fn unit_state_with(&self, unit: &str, read: Read) -> Result<Option<UnitState>> {
         let what = format!("GetUnit {unit}");
         let path = match bounded(&what, QUERY_GRACE, self.manager.get_unit(unit)).await? {
             Ok(p) => p,
             Err(e) if is_no_such_unit(&e) => return Ok(None),
             Err(e) => return Err(bus_error(what, e)),
         };
-        self.state_at(unit, path).await.map(Some)
+        self.state_at(unit, path, read).await.map(Some)
     }
 
-    /// `LoadUnit` (loads a unit file not loaded yet) and the unit's state.
+    /// `LoadUnit` (loads a unit file not loaded yet) and the unit's state;
+    /// the service properties only when there is a unit ([`Read::Load`]).
     async fn load_state(&self, unit: &str) -> Result<UnitState> {
         let what = format!("LoadUnit {unit}");
         let path = bounded(&what, QUERY_GRACE, self.manager.load_unit(unit))
             .await?
             .map_err(|e| bus_error(what, e))?;
-        self.state_at(unit, path).await
+        self.state_at(unit, path, Read::Load).await
     }
 
     /// The unit's `FragmentPath` in one call: its object path is the name
@@ -558,14 +564,30 @@ impl SystemdBackend {
     /// The unit's state, refused with `NotOwned` when the unit exists and is
     /// not ours (see [`check_owned`]).
     async fn owned_state(&self, config: &DaemonConfig, unit: &str) -> Result<Option<UnitState>> {
-        let state = self.unit_state(unit).await?;
+        self.owned_state_with(config, unit, Read::All).await
+    }
+
+    /// [`Self::owned_state`], reading what `read` says.
+    async fn owned_state_with(
+        &self,
+        config: &DaemonConfig,
+        unit: &str,
+        read: Read,
+    ) -> Result<Option<UnitState>> {
+        let state = self.unit_state_with(unit, read).await?;
         if let Some(s) = &state {
             check_owned(config, unit, s)?;
         }
         Ok(state)
     }
 
-    async fn state_at(&self, unit: &str, path: OwnedObjectPath) -> Result<UnitState> {
+    /// Reads the unit's properties at `path`: one `GetAll` per interface,
+    /// sent together (they are answered in order, one round trip for both),
+    /// or less, as `read` says.
+    async fn state_at(&self, unit: &str, path: OwnedObjectPath, read: Read) -> Result<UnitState> {
+        type Props = std::collections::HashMap<String, OwnedValue>;
+        const UNIT: &str = "org.freedesktop.systemd1.Unit";
+        const SERVICE: &str = "org.freedesktop.systemd1.Service";
         let what = format!("properties of {unit}");
         let props = zbus::fdo::PropertiesProxy::builder(self.manager.inner().connection())
             .destination("org.freedesktop.systemd1")
@@ -590,52 +612,41 @@ impl SystemdBackend {
                 .map_err(|e| bus_error(what, e))
             }
         };
-        let u = get_all("org.freedesktop.systemd1.Unit").await?;
-        let s = get_all("org.freedesktop.systemd1.Service").await?;
-        let string = |m: &std::collections::HashMap<String, OwnedValue>, k: &str| -> String {
-            m.get(k)
-                .and_then(|v| String::try_from(v.clone()).ok())
-                .unwrap_or_default()
+        let (u, s): (Props, Props) = match read {
+            Read::All => futures_util::future::try_join(get_all(UNIT), get_all(SERVICE)).await?,
+            Read::Load => {
+                let u = get_all(UNIT).await?;
+                // A name with no unit (not found, inactive: a new transient
+                // unit's) has no service state worth a GetAll.
+                let s = if UnitState::from_unit_props(&u).present() {
+                    get_all(SERVICE).await?
+                } else {
+                    Props::new()
+                };
+                (u, s)
+            }
+            Read::Lean => {
+                let main_pid = async {
+                    let what = format!("Get MainPID of {unit}");
+                    bounded(&what, QUERY_GRACE, async {
+                        props
+                            .get(
+                                zbus::names::InterfaceName::from_static_str_unchecked(SERVICE),
+                                "MainPID",
+                            )
+                            .await
+                            .map_err(zbus::Error::from)
+                    })
+                    .await?
+                    .map_err(|e| bus_error(what, e))
+                };
+                let (u, pid) = futures_util::future::try_join(get_all(UNIT), main_pid).await?;
+                (u, Props::from([("MainPID".to_owned(), pid)]))
+            }
         };
-        let u32_of = |m: &std::collections::HashMap<String, OwnedValue>, k: &str| -> u32 {
-            m.get(k).and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
-        };
-        let i32_of = |m: &std::collections::HashMap<String, OwnedValue>, k: &str| -> i32 {
-            m.get(k).and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
-        };
-        let documentation = u
-            .get("Documentation")
-            .and_then(|v| v.try_clone().ok())
-            .and_then(|v| Vec::<String>::try_from(v).ok())
-            .unwrap_or_default();
-        // Job: (id, path); id 0 when no job is pending.
-        let job = u
-            .get("Job")
-            .and_then(|v| v.try_clone().ok())
-            .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v).ok())
-            .filter(|(id, _)| *id != 0)
-            .map(|(_, p)| p);
-        Ok(UnitState {
-            id: string(&u, "Id"),
-            documentation,
-            fragment_path: string(&u, "FragmentPath"),
-            job,
-            active: string(&u, "ActiveState"),
-            sub: string(&u, "SubState"),
-            load: string(&u, "LoadState"),
-            transient: u
-                .get("Transient")
-                .and_then(|v| bool::try_from(v).ok())
-                .unwrap_or(false),
-            main_pid: u32_of(&s, "MainPID"),
-            result: string(&s, "Result"),
-            exec_main_code: i32_of(&s, "ExecMainCode"),
-            exec_main_status: i32_of(&s, "ExecMainStatus"),
-            n_restarts: u32_of(&s, "NRestarts"),
-            status_text: string(&s, "StatusText"),
-            restart: string(&s, "Restart"),
-            start_limit_burst: u32_of(&u, "StartLimitBurst"),
-        })
+        let mut state = UnitState::from_unit_props(&u);
+        state.add_service_props(&s);
+        Ok(state)
     }
 
     /// Waits for the unit's pending job (a stop in progress) to finish, at
@@ -736,7 +747,15 @@ impl SystemdBackend {
             self.start_transient(&name, &spec, job_timeout, before.transient)
                 .await?
         };
-        let mut state = self.unit_state(&unit).await?.unwrap_or_default();
+        // A start that went well shows in the Unit interface and MainPID;
+        // the rest of the service's state is read to explain a failure.
+        let mut state = self
+            .unit_state_with(&unit, Read::Lean)
+            .await?
+            .unwrap_or_default();
+        if result != "done" || !state.is_up() || state.main_pid == 0 {
+            state = self.unit_state(&unit).await?.unwrap_or_default();
+        }
         if result != "done" && (result == "timeout" || state.result == "timeout") {
             // Not ready within TimeoutStartSec: systemd stopped it already.
             return Err(DaemonError::Timeout {
@@ -898,7 +917,7 @@ impl SystemdBackend {
     }
 
     async fn stop_unit(&self, config: &DaemonConfig, unit: &str) -> Result<()> {
-        let state = self.unit_state(unit).await?;
+        let state = self.unit_state_with(unit, Read::Lean).await?;
         self.stop_state(config, unit, state).await
     }
 
@@ -937,6 +956,33 @@ impl SystemdBackend {
     }
 }
 
+/// How much of a unit's state to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The Unit and Service interfaces (`GetAll` each, sent together).
+    All,
+    /// The Unit interface, then the Service interface only if there is a
+    /// unit (`UnitState::present`): `LoadUnit` of a new name.
+    Load,
+    /// The Unit interface and the service's `MainPID` (sent together):
+    /// all a stop needs, and a start that went well.
+    Lean,
+}
+
+fn prop_string(m: &std::collections::HashMap<String, OwnedValue>, k: &str) -> String {
+    m.get(k)
+        .and_then(|v| String::try_from(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn prop_u32(m: &std::collections::HashMap<String, OwnedValue>, k: &str) -> u32 {
+    m.get(k).and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+fn prop_i32(m: &std::collections::HashMap<String, OwnedValue>, k: &str) -> i32 {
+    m.get(k).and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
+}
+
 /// What we read of a unit.
 #[derive(Debug, Clone, Default)]
 struct UnitState {
@@ -963,6 +1009,48 @@ struct UnitState {
 }
 
 impl UnitState {
+    /// The `org.freedesktop.systemd1.Unit` part of the state.
+    fn from_unit_props(u: &std::collections::HashMap<String, OwnedValue>) -> UnitState {
+        let documentation = u
+            .get("Documentation")
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| Vec::<String>::try_from(v).ok())
+            .unwrap_or_default();
+        // Job: (id, path); id 0 when no job is pending.
+        let job = u
+            .get("Job")
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v).ok())
+            .filter(|(id, _)| *id != 0)
+            .map(|(_, p)| p);
+        UnitState {
+            id: prop_string(u, "Id"),
+            documentation,
+            fragment_path: prop_string(u, "FragmentPath"),
+            job,
+            active: prop_string(u, "ActiveState"),
+            sub: prop_string(u, "SubState"),
+            load: prop_string(u, "LoadState"),
+            transient: u
+                .get("Transient")
+                .and_then(|v| bool::try_from(v).ok())
+                .unwrap_or(false),
+            start_limit_burst: prop_u32(u, "StartLimitBurst"),
+            ..UnitState::default()
+        }
+    }
+
+    /// Adds the `org.freedesktop.systemd1.Service` part (what of it was read).
+    fn add_service_props(&mut self, s: &std::collections::HashMap<String, OwnedValue>) {
+        self.main_pid = prop_u32(s, "MainPID");
+        self.result = prop_string(s, "Result");
+        self.exec_main_code = prop_i32(s, "ExecMainCode");
+        self.exec_main_status = prop_i32(s, "ExecMainStatus");
+        self.n_restarts = prop_u32(s, "NRestarts");
+        self.status_text = prop_string(s, "StatusText");
+        self.restart = prop_string(s, "Restart");
+    }
+
     /// Whether there is a unit at all: loaded from somewhere, or still
     /// running (a `not-found` unit that is inactive is only a name).
     fn present(&self) -> bool {
@@ -1334,7 +1422,7 @@ impl Backend for SystemdBackend {
     fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let unit = Self::unit(config)?;
-            let state = self.owned_state(config, &unit).await?;
+            let state = self.owned_state_with(config, &unit, Read::Lean).await?;
             self.stop_state(config, &unit, state).await
         })
     }
