@@ -60,6 +60,8 @@ pub mod blocking;
 mod config;
 mod error;
 mod fork;
+mod fsutil;
+mod host;
 mod manager;
 mod readiness;
 pub mod systemd;

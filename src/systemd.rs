@@ -299,7 +299,7 @@ impl SystemdBackend {
         self.check_unit_dir(&dir).await?;
         let path = dir.join(&spec.unit);
         refuse_alias_link(config, &spec.unit, &path)?;
-        let existing = std::fs::read_to_string(&path).ok();
+        let existing = read_unit_file(&path)?;
         match &existing {
             // A file we wrote: whatever the manager loaded under that name
             // came from it (or is the same unit name, not yet reloaded).
@@ -391,9 +391,9 @@ impl SystemdBackend {
         };
         let path = dir.join(&spec.unit);
         refuse_alias_link(config, &spec.unit, &path)?;
-        let existing = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let existing = match read_unit_file(&path)? {
+            Some(text) => text,
+            None => {
                 let state = self.load_state(&spec.unit).await?;
                 if state.load == "loaded" && !state.transient && !state.fragment_path.is_empty() {
                     return Err(DaemonError::invalid(
@@ -408,7 +408,6 @@ impl SystemdBackend {
                 }
                 return Ok(false);
             }
-            Err(e) => return Err(DaemonError::io(format!("read {}", path.display()), e)),
         };
         if !config.adopt && !unit::text_is_ours(&existing) {
             return Err(DaemonError::NotOwned {
@@ -419,7 +418,12 @@ impl SystemdBackend {
                 ),
             });
         }
-        self.stop_unit(config, &spec.unit).await?;
+        // The unit the manager has under that name must be ours too (it may
+        // come from another directory, or be someone's transient unit).
+        let state = self
+            .owned_state_with(config, &spec.unit, Read::Lean)
+            .await?;
+        self.stop_state(config, &spec.unit, state).await?;
         let what = format!("DisableUnitFiles {}", spec.unit);
         match bounded(
             &what,
@@ -1216,40 +1220,11 @@ fn check_accounts(spec: &UnitSpec) -> Result<()> {
     if spec.scope != Scope::System {
         return Ok(());
     }
-    let numeric = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(user) = spec.user.as_deref().filter(|u| !numeric(u)) {
-        match nix::unistd::User::from_name(user) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(DaemonError::invalid(
-                    "user",
-                    format!("no user {user:?} on this host"),
-                ))
-            }
-            Err(e) => {
-                return Err(DaemonError::invalid(
-                    "user",
-                    format!("cannot look up {user:?}: {e}"),
-                ))
-            }
-        }
+    if let Some(user) = spec.user.as_deref() {
+        crate::host::user(user)?;
     }
-    if let Some(group) = spec.group.as_deref().filter(|g| !numeric(g)) {
-        match nix::unistd::Group::from_name(group) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(DaemonError::invalid(
-                    "group",
-                    format!("no group {group:?} on this host"),
-                ))
-            }
-            Err(e) => {
-                return Err(DaemonError::invalid(
-                    "group",
-                    format!("cannot look up {group:?}: {e}"),
-                ))
-            }
-        }
+    if let Some(group) = spec.group.as_deref() {
+        crate::host::group(group)?;
     }
     Ok(())
 }
@@ -1285,7 +1260,28 @@ fn warn_drift(spec: &UnitSpec, state: &UnitState, file: &Path) {
 /// namespace not described with `with_path_seen_as`), says so and leaves it.
 fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
     let check = || -> std::result::Result<(), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        // The path is the manager's answer: it must be a file in a
+        // `transient` directory, reached without `..`, a regular file owned
+        // by the manager's user (root, or us for a user manager), read
+        // without following a link.
+        if path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+            || path.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("transient"))
+        {
+            return Err("not in the manager's transient directory".into());
+        }
+        let (bytes, meta) = crate::fsutil::read_regular(path, 1 << 20)
+            .map_err(|e| e.to_string())?
+            .ok_or("the file is gone")?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            let me = nix::unistd::Uid::effective().as_raw();
+            if meta.uid() != 0 && meta.uid() != me {
+                return Err(format!("owned by UID {}, not the manager's", meta.uid()));
+            }
+        }
+        let text = String::from_utf8(bytes).map_err(|_| "not text".to_string())?;
         if !text.starts_with(TRANSIENT_HEADER) {
             return Err("not systemd's transient unit file".into());
         }
@@ -1296,9 +1292,7 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
         if new == text {
             return Ok(());
         }
-        let mtime = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map_err(|e| e.to_string())?;
+        let mtime = meta.modified().map_err(|e| e.to_string())?;
         // Atomic, but no fsync: the file lives in the manager's runtime
         // directory and is gone at reboot anyway.
         let dir = path.parent().unwrap_or(Path::new("/"));
@@ -1326,6 +1320,16 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
             %why,
             "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
         ),
+    }
+}
+
+/// An installed unit file as text (`None`: nothing there), read without
+/// following a link; bytes that are not UTF-8 are kept lossily, so a foreign
+/// file still reads as not ours rather than as absent.
+fn read_unit_file(path: &Path) -> Result<Option<String>> {
+    match crate::fsutil::read_regular(path, 1 << 20) {
+        Ok(found) => Ok(found.map(|(bytes, _)| String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) => Err(DaemonError::io(format!("read {}", path.display()), e)),
     }
 }
 

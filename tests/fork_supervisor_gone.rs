@@ -12,15 +12,7 @@ use support::{alive, eventually, output_within, within, Sandbox};
 
 /// The parent of `pid` (for a daemon: its supervisor).
 fn parent_of(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit_once(") ")
-        .unwrap()
-        .1
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    support::proc_stat(pid).unwrap()[1].parse().unwrap()
 }
 
 #[tokio::test]

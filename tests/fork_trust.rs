@@ -62,9 +62,7 @@ impl Drop for Victim {
 
 /// The process start time in clock ticks (field 22 of /proc/PID/stat).
 fn start_time(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    after.split(' ').nth(19).unwrap().parse().unwrap()
+    support::proc_stat(pid).unwrap()[19].parse().unwrap()
 }
 
 fn boot_id() -> String {
@@ -819,10 +817,9 @@ async fn the_group_leader_stays_unreaped_while_its_tree_lives() {
     // PID stays taken: a zombie child of the supervisor.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(alive(gc), "the stubborn grandchild is already gone");
-    let stat = std::fs::read_to_string(format!("/proc/{leader}/stat"))
-        .unwrap_or_else(|_| panic!("leader {leader} was reaped while its tree lived"));
-    let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
-    assert_eq!(state, 'Z', "{stat}");
+    let stat = support::proc_stat(leader)
+        .unwrap_or_else(|| panic!("leader {leader} was reaped while its tree lived"));
+    assert_eq!(stat[0], "Z", "{stat:?}");
     eventually(10, || async { (!alive(gc)).then_some(()) }).await;
     eventually(10, || async {
         (!std::path::Path::new(&format!("/proc/{leader}")).exists()).then_some(())

@@ -21,7 +21,7 @@
 //! (module `groups`). Only Linux runs this code in the tests; macOS and
 //! FreeBSD are type-checked (`scripts/check-platforms.sh`).
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DaemonConfig, Limits};
@@ -48,42 +48,9 @@ pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
     if config.user.is_none() && config.group.is_none() {
         return Ok(None);
     }
-    let lookup_err = |field: &str, e: nix::Error| {
-        DaemonError::io(format!("look up {field}"), std::io::Error::from(e))
-    };
-    let user = match &config.user {
-        None => None,
-        Some(spec) => {
-            let found = match spec.parse::<u32>() {
-                Ok(uid) => User::from_uid(Uid::from_raw(uid)).map_err(|e| lookup_err("user", e))?,
-                Err(_) => User::from_name(spec).map_err(|e| lookup_err("user", e))?,
-            };
-            match (found, spec.parse::<u32>()) {
-                (Some(u), _) => Some((u.uid.as_raw(), Some(u))),
-                // A numeric id without a passwd entry is allowed, as in systemd.
-                (None, Ok(uid)) => Some((uid, None)),
-                (None, Err(_)) => {
-                    return Err(DaemonError::invalid(
-                        "user",
-                        format!("no such user {spec:?}"),
-                    ))
-                }
-            }
-        }
-    };
+    let user = config.user.as_deref().map(crate::host::user).transpose()?;
     let gid = match &config.group {
-        Some(spec) => match spec.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => match Group::from_name(spec).map_err(|e| lookup_err("group", e))? {
-                Some(g) => g.gid.as_raw(),
-                None => {
-                    return Err(DaemonError::invalid(
-                        "group",
-                        format!("no such group {spec:?}"),
-                    ))
-                }
-            },
-        },
+        Some(spec) => crate::host::group(spec)?.as_raw(),
         None => match &user {
             Some((_, Some(u))) => u.gid.as_raw(),
             _ => Gid::effective().as_raw(),

@@ -206,10 +206,7 @@ pub(crate) fn check_ours(path: &Path, meta: &fs::Metadata, socket: bool) -> Resu
 /// not block us) and `O_CLOEXEC`, then checks what was opened with `fstat`
 /// ([`check_ours`]). `Ok(None)` when it does not exist.
 fn open_ours(path: &Path, options: &mut OpenOptions) -> Result<Option<(File, fs::Metadata)>> {
-    let file = match options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
+    let file = match crate::fsutil::open_nofollow(path, options) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {

@@ -148,13 +148,19 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
 }
 
 pub fn is_zombie(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-            after.starts_with('Z') || after.starts_with('X')
-        }
-        Err(_) => true,
+    match proc_stat(pid) {
+        Some(fields) => fields[0] == "Z" || fields[0] == "X",
+        None => true,
     }
+}
+
+/// The fields of `/proc/PID/stat` after the command name: `[0]` the state,
+/// `[1]` the parent's PID, `[19]` the start time in clock ticks. `None` when
+/// the process is gone.
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after) = stat.rsplit_once(") ")?;
+    Some(after.split(' ').map(str::to_owned).collect())
 }
 
 /// Whether `pid` is a live, non-zombie process.
