@@ -266,8 +266,8 @@ impl ForkBackend {
         }
         // A supervisor still alive here is waiting out a restart delay (or
         // finishing an exit): retire it, or two supervisors would run the daemon.
-        if found.live.is_some() {
-            retire_live(paths, config.shutdown_timeout()).await?;
+        if let Some(live) = &found.live {
+            stop_live(&name, paths, live, false, config.shutdown_timeout()).await?;
         } else if let Some(rec) = &found.record {
             retire_supervisor(rec, false, config.shutdown_timeout()).await?;
         }
@@ -512,7 +512,6 @@ impl ForkBackend {
         };
         let record = found.record.expect("running implies a record");
         let pgid_raw = record.pgid();
-        let pgid = Pid::from_raw(pgid_raw as i32);
         let supervisor = record
             .supervisor
             .as_ref()
@@ -526,9 +525,7 @@ impl ForkBackend {
                 let done = exited && proc::wait_group_gone(pgid_raw, deadline).await;
                 if !done {
                     tracing::warn!(%name, supervisor = sup.pid, "supervisor did not finish the stop in time: killing the group");
-                    if record.group_is_ours() {
-                        let _ = killpg(pgid, Signal::SIGKILL);
-                    }
+                    signal_recorded(&record, Signal::SIGKILL);
                 }
                 done || proc::wait_group_gone(pgid_raw, Instant::now() + SUPERVISOR_GRACE).await
             }
@@ -733,12 +730,9 @@ async fn stop_live(
     if !client.wait_closed(deadline).await {
         tracing::warn!(%name, supervisor = live.supervisor, "supervisor did not finish the stop in time: killing");
         let group = rec.group_is_ours();
-        if group {
-            let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
-        }
-        if let Some(sup) = rec.supervisor.as_ref().filter(|s| s.is_same_live_process()) {
-            let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
-            proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
+        signal_recorded(rec, Signal::SIGKILL);
+        if let Some(sup) = &rec.supervisor {
+            kill_supervisor(sup).await;
         }
         if group && !proc::wait_group_gone(rec.pgid(), Instant::now() + SUPERVISOR_GRACE).await {
             return Err(DaemonError::StopFailed {
@@ -759,34 +753,6 @@ async fn stop_live(
     }
     clear_dead_supervisor_files(paths).await?;
     Ok(true)
-}
-
-/// Tells a live supervisor over its socket to give up (its daemon is down:
-/// restart pending, or still recording the exit) and waits for its exit.
-async fn retire_live(paths: &Paths, shutdown: Duration) -> Result<()> {
-    let Some(mut client) = control::Client::connect(&paths.control).await? else {
-        return Ok(());
-    };
-    let reply = match client.call(control::Op::Stop, control::QUERY_TIMEOUT).await {
-        Ok(r) => r,
-        Err(DaemonError::Io { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !client
-        .wait_closed(Instant::now() + shutdown + SUPERVISOR_GRACE)
-        .await
-    {
-        if let Some(sup) = reply
-            .record
-            .supervisor
-            .as_ref()
-            .filter(|s| s.is_same_live_process())
-        {
-            let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
-            proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
-        }
-    }
-    Ok(())
 }
 
 /// What a supervisor that was killed leaves: its control socket (nobody
@@ -977,19 +943,33 @@ fn check_log_dir(field: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `sig` to the recorded process group while its leader is provably ours
+/// (its ID could name another group once the leader was reaped); otherwise
+/// to the recorded daemon alone, if it is still that process.
+fn signal_recorded(record: &Record, sig: Signal) {
+    if record.group_is_ours() {
+        let _ = killpg(Pid::from_raw(record.pgid() as i32), sig);
+    } else if record.daemon.is_same_live_process() {
+        let _ = kill(Pid::from_raw(record.daemon.pid as i32), sig);
+    }
+}
+
+/// SIGKILL to a supervisor that did not finish in time, if its PID still
+/// names it, and a bounded wait for its exit.
+async fn kill_supervisor(sup: &proc::ProcRef) {
+    if sup.is_same_live_process() {
+        let _ = kill(Pid::from_raw(sup.pid as i32), Signal::SIGKILL);
+        proc::wait_exit(sup.pid, Instant::now() + SUPERVISOR_GRACE).await;
+    }
+}
+
 /// SIGTERM to the recorded group, wait up to `grace`, SIGKILL, wait. True
 /// when it is gone at the end. The group is signalled only while its leader
 /// is still ours (its ID could name another group once the leader was
 /// reaped); otherwise only the daemon itself, identity checked.
 async fn terminate_group(record: &Record, grace: Duration) -> bool {
     let pgid = record.pgid();
-    let send_all = |sig: Signal| {
-        if record.group_is_ours() {
-            let _ = killpg(Pid::from_raw(pgid as i32), sig);
-        } else if record.daemon.is_same_live_process() {
-            let _ = kill(Pid::from_raw(record.daemon.pid as i32), sig);
-        }
-    };
+    let send_all = |sig: Signal| signal_recorded(record, sig);
     let gone = |deadline: Instant| async move {
         if record.group_is_ours() {
             proc::wait_group_gone(pgid, deadline).await
@@ -1241,11 +1221,7 @@ impl Backend for ForkBackend {
                     // checked) gets SIGKILL while the lock holder finishes.
                     let found = inspect_once(&paths).await?;
                     if let (DaemonStatus::Running(_), Some(rec)) = (&found.status, &found.record) {
-                        if rec.group_is_ours() {
-                            let _ = killpg(Pid::from_raw(rec.pgid() as i32), Signal::SIGKILL);
-                        } else if rec.daemon.is_same_live_process() {
-                            let _ = kill(Pid::from_raw(rec.daemon.pid as i32), Signal::SIGKILL);
-                        }
+                        signal_recorded(rec, Signal::SIGKILL);
                     }
                 }
             }
@@ -1385,7 +1361,7 @@ impl ForkBackend {
             }
             // A supervisor waiting out a restart delay would start the
             // daemon again behind our back: it goes first.
-            retire_live(paths, config.shutdown_timeout()).await?;
+            stop_live(&name, paths, &live, false, config.shutdown_timeout()).await?;
         }
         let disk = read_disk(paths)?;
         // Garbage (content that is not ours, in a file owned by us or root)

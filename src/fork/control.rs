@@ -110,7 +110,12 @@ fn address(path: &Path) -> io::Result<(PathBuf, Option<std::fs::File>)> {
         use std::os::fd::AsRawFd;
         let dir = path.parent().unwrap_or(Path::new("/"));
         let name = path.file_name().unwrap_or_default();
-        let dirfd = std::fs::File::open(dir)?;
+        // The directory itself, not a link planted in its place.
+        let dirfd = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().read(true),
+            libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+        .open(dir)?;
         let short = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
         if short.as_os_str().len() <= MAX_SOCKET_PATH {
             return Ok((short, Some(dirfd)));

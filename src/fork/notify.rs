@@ -141,12 +141,6 @@ impl NotifySocket {
         &self.path
     }
 
-    /// The private directory (for the identity record, so a caller can remove
-    /// it if the supervisor was killed).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The next datagram and its sender's PID (`None` where the platform
     /// gives no credentials).
     pub async fn recv(&self) -> io::Result<(Message, Option<u32>)> {
@@ -388,7 +382,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = NotifySocket::bind(&dir.path().join("n"), None).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(sock.dir()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(sock.dir.as_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
         client.send_to(b"READY=1\nSTATUS=hi", sock.path()).unwrap();
@@ -398,7 +395,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert_eq!(pid, Some(std::process::id()));
         }
-        let d = sock.dir().to_owned();
+        let d = sock.dir.as_path().to_owned();
         drop(sock);
         assert!(!d.exists());
     }
@@ -414,12 +411,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let sock = NotifySocket::bind(&dir.path().join("n"), Some((65534, 65534))).unwrap();
-        let d = std::fs::symlink_metadata(sock.dir()).unwrap();
+        let d = std::fs::symlink_metadata(sock.dir.as_path()).unwrap();
         assert!(d.is_dir());
         assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777), (0, 65534, 0o710));
         let s = std::fs::symlink_metadata(sock.path()).unwrap();
         assert_eq!((s.uid(), s.gid(), s.mode() & 0o7777), (65534, 65534, 0o600));
-        let d = sock.dir().to_owned();
+        let d = sock.dir.as_path().to_owned();
         drop(sock);
         assert!(!d.exists());
     }

@@ -94,10 +94,6 @@ pub(crate) struct Record {
     /// out the back-off delay).
     #[serde(default)]
     pub restart_pending: bool,
-    /// The private directory of the notify socket, for cleanup after a
-    /// supervisor that was SIGKILLed.
-    #[serde(default)]
-    pub notify_dir: Option<PathBuf>,
     /// The PID file this record was written for: a copy of it beside another
     /// PID file is refused.
     #[serde(default)]
@@ -122,7 +118,6 @@ impl Record {
             restarts: 0,
             failure: None,
             restart_pending: false,
-            notify_dir: None,
             pid_file: None,
             leader: None,
         }
@@ -139,7 +134,7 @@ impl Record {
     /// daemon itself, when it leads the group.
     pub fn group_is_ours(&self) -> bool {
         match &self.leader {
-            Some(leader) => leader.is_same_process_or_zombie(),
+            Some(leader) => self.pgid() == leader.pid && leader.is_same_process_or_zombie(),
             None => self.pgid() == self.daemon.pid && self.daemon.is_same_live_process(),
         }
     }

@@ -525,7 +525,6 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     );
     record.pgid = Some(run.pgid());
     record.leader = record.daemon.start_time.map(|_| record.daemon.clone());
-    record.notify_dir = notify_socket.as_ref().map(|s| s.dir().to_owned());
     record.pid_file = Some(paths.pid_file.clone());
     let written = pidfile::write_record(&paths.identity, &record)
         .and_then(|_| pidfile::write_pid(&paths.pid_file, run.child));
