@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DaemonConfig;
 use crate::error::Result;
+use crate::spec::ServiceSpec;
 
 /// A boxed, `Send` future: what [`Backend`] methods return, so the trait can
 /// be used as `dyn Backend`.
@@ -166,38 +166,40 @@ impl StatusReport {
 /// The operations a way of running daemons offers. [`crate::DaemonManager`]
 /// holds one and adds nothing backend-specific.
 ///
-/// Every method takes the config it acts on, so one backend value (holding, for
-/// example, a bus connection) serves any number of daemons. Methods expect a
-/// config that passed [`DaemonConfig::validate`]; the manager validates before
-/// calling.
+/// Every method takes the [`ServiceSpec`] it acts on (built once from the
+/// config by the manager), so one backend value (holding, for example, a bus
+/// connection) serves any number of daemons. `start` and `restart` expect a
+/// spec that passed the host checks ([`crate::host::check`]); the manager
+/// runs them before calling. Stop, kill, status and cleanup need only the
+/// spec, so a daemon whose binary an upgrade removed can still be stopped.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
 
     /// Starts the daemon, or returns the PID of the running one.
-    fn start<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>>;
+    fn start<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>>;
 
     /// Stops it: SIGTERM, up to the shutdown timeout, then SIGKILL. Stopping a
     /// stopped daemon is `Ok`.
-    fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+    fn stop<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>>;
 
     /// Sends SIGKILL to all of its processes at once.
-    fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+    fn kill<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>>;
 
     /// Reports its state.
-    fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>>;
+    fn status<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<StatusReport>>;
 
     /// Stops it (if running) and starts it again; returns the new PID.
-    fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>>;
+    fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>>;
 
     /// Waits until it is ready, at most `timeout`.
     fn wait_ready<'a>(
         &'a self,
-        config: &'a DaemonConfig,
+        spec: &'a ServiceSpec,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Clears a stale or failed record (PID file and identity record, or a
     /// failed unit); leaves a running or stopped daemon alone.
-    fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>>;
+    fn cleanup_stale<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>>;
 }

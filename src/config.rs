@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DaemonError, Result};
+
+pub(crate) mod validate;
 
 /// Longest accepted timeout: a year. Larger values would overflow `Instant`
 /// arithmetic on some platforms and are certainly typos.
@@ -281,6 +282,45 @@ pub struct Limits {
     pub processes: Option<u64>,
 }
 
+/// One of the [`Limits`], for code that treats them alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// `limits.nofile`.
+    OpenFiles,
+    /// `limits.memory_bytes`.
+    MemoryBytes,
+    /// `limits.cpu_secs`.
+    CpuSecs,
+    /// `limits.processes`.
+    Processes,
+}
+
+impl Limit {
+    /// The config field, e.g. `limits.nofile`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Limit::OpenFiles => "limits.nofile",
+            Limit::MemoryBytes => "limits.memory_bytes",
+            Limit::CpuSecs => "limits.cpu_secs",
+            Limit::Processes => "limits.processes",
+        }
+    }
+}
+
+impl Limits {
+    /// Every limit with its value (`None`: not set): the one list of them
+    /// that validation and every backend's mapping walk.
+    pub fn entries(&self) -> [(Limit, Option<u64>); 4] {
+        [
+            (Limit::OpenFiles, self.nofile),
+            (Limit::MemoryBytes, self.memory_bytes),
+            (Limit::CpuSecs, self.cpu_secs),
+            (Limit::Processes, self.processes),
+        ]
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
@@ -408,93 +448,14 @@ impl DaemonConfig {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
-    /// Checks every field; the first problem found is returned as a typed error
-    /// naming the field. Nothing is changed on disk.
+    /// Checks every field, then checks this machine can run it: the pure
+    /// well-formedness checks of [`crate::ServiceSpec::from_config`]
+    /// followed by the host checks of [`crate::host::check`] against
+    /// [`crate::host::LocalHost`]. The first problem found is returned as a
+    /// typed error naming the field. Nothing is changed on disk.
     pub fn validate(&self) -> Result<()> {
-        validate_binary(&self.binary_path)?;
-        validate_name(self)?;
-        for (i, arg) in self.args.iter().enumerate() {
-            no_nul(&format!("args[{i}]"), arg)?;
-        }
-        let pid_file = self.effective_pid_file();
-        no_nul_path("pid_file", &pid_file)?;
-        if !pid_file.is_absolute() {
-            return Err(DaemonError::invalid(
-                "pid_file",
-                format!("{} is not an absolute path", pid_file.display()),
-            ));
-        }
-        if pid_file.file_name().is_none() || self.pid_file.to_string_lossy().ends_with('/') {
-            return Err(DaemonError::invalid(
-                "pid_file",
-                format!("{} does not name a file", pid_file.display()),
-            ));
-        }
-        if let Some(dir) = &self.working_dir {
-            no_nul_path("working_dir", dir)?;
-            if !dir.is_absolute() {
-                return Err(DaemonError::invalid(
-                    "working_dir",
-                    format!("{} is not an absolute path", dir.display()),
-                ));
-            }
-            if !dir.is_dir() {
-                return Err(DaemonError::invalid(
-                    "working_dir",
-                    format!("{} is not an existing directory", dir.display()),
-                ));
-            }
-        }
-        let mut keys: Vec<_> = self.env.keys().collect();
-        keys.sort();
-        for key in keys {
-            if !is_env_key(key) {
-                return Err(DaemonError::invalid(
-                    format!("env.{key}"),
-                    "environment variable names must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
-            }
-            no_nul(&format!("env.{key}"), &self.env[key])?;
-        }
-        for (field, secs) in [
-            ("startup_timeout_secs", self.startup_timeout_secs),
-            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
-        ] {
-            if secs == 0 || secs > MAX_TIMEOUT_SECS {
-                return Err(DaemonError::invalid(
-                    field,
-                    format!("{secs} is out of range (1 to {MAX_TIMEOUT_SECS} seconds)"),
-                ));
-            }
-        }
-        if let Some(readiness) = &self.readiness {
-            validate_readiness(readiness)?;
-        }
-        validate_restart(&self.restart)?;
-        if let Some(logs) = &self.logs {
-            validate_logs(logs)?;
-        }
-        for (field, value) in [
-            ("limits.nofile", self.limits.nofile),
-            ("limits.memory_bytes", self.limits.memory_bytes),
-            ("limits.cpu_secs", self.limits.cpu_secs),
-            ("limits.processes", self.limits.processes),
-        ] {
-            if value == Some(0) || value.is_some_and(|v| v > i64::MAX as u64) {
-                return Err(DaemonError::invalid(field, "must be between 1 and 2^63-1"));
-            }
-        }
-        for (field, value) in [("user", &self.user), ("group", &self.group)] {
-            if let Some(v) = value {
-                if !is_account_name(v) {
-                    return Err(DaemonError::invalid(
-                        field,
-                        format!("{v:?} is not a valid user or group name (or numeric id)"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        let spec = crate::spec::ServiceSpec::from_config(self)?;
+        crate::host::check(&crate::host::LocalHost, &spec)
     }
 }
 
@@ -669,238 +630,6 @@ fn default_runtime_dir() -> PathBuf {
     }
 }
 
-fn validate_name(config: &DaemonConfig) -> Result<()> {
-    let name = config.name();
-    let field = if config.name.is_some() {
-        "name"
-    } else {
-        "binary_path"
-    };
-    let bad = |reason: String| Err(DaemonError::invalid(field, reason));
-    if name.is_empty() {
-        return bad("the daemon name is empty".into());
-    }
-    if name.len() > MAX_NAME_LEN {
-        return bad(format!("name {name:?} is longer than {MAX_NAME_LEN} bytes"));
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return bad(format!("name {name:?} must not start with '.' or '-'"));
-    }
-    // Any other character is fine: the name becomes a file name (no `/`)
-    // and a unit name (escaped with the systemd-escape algorithm where needed).
-    if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
-        return bad(format!(
-            "name {name:?} contains {c:?}; control characters and '/' are not allowed"
-        ));
-    }
-    Ok(())
-}
-
-fn validate_binary(path: &Path) -> Result<()> {
-    if path.as_os_str().is_empty() {
-        return Err(DaemonError::invalid("binary_path", "is missing"));
-    }
-    no_nul_path("binary_path", path)?;
-    if !path.is_absolute() {
-        return Err(DaemonError::invalid(
-            "binary_path",
-            format!(
-                "{} is not an absolute path (the daemon is executed without a shell or PATH search)",
-                path.display()
-            ),
-        ));
-    }
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DaemonError::BinaryNotFound {
-                path: path.to_owned(),
-            })
-        }
-        // A directory on the way that is not one, or cannot be searched:
-        // the binary cannot be run, which is what the caller needs to know.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-            return Err(DaemonError::BinaryNotFound {
-                path: path.to_owned(),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(DaemonError::BinaryNotExecutable {
-                path: path.to_owned(),
-            })
-        }
-        Err(e) => return Err(DaemonError::io(format!("stat {}", path.display()), e)),
-    };
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(DaemonError::BinaryNotExecutable {
-            path: path.to_owned(),
-        });
-    }
-    // The mode bits say someone may execute it; access(2) says whether we may.
-    if nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err() {
-        return Err(DaemonError::BinaryNotExecutable {
-            path: path.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn validate_readiness(r: &Readiness) -> Result<()> {
-    let interval = match r {
-        Readiness::Notify => None,
-        Readiness::Tcp {
-            address,
-            interval_ms,
-        } => {
-            no_nul("readiness.address", address)?;
-            let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !ok {
-                return Err(DaemonError::invalid(
-                    "readiness.address",
-                    format!("{address:?} is not host:port"),
-                ));
-            }
-            *interval_ms
-        }
-        Readiness::Http { url, interval_ms } => {
-            no_nul("readiness.url", url)?;
-            let rest = url.strip_prefix("http://");
-            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
-                || url.chars().any(char::is_control)
-            {
-                return Err(DaemonError::invalid(
-                    "readiness.url",
-                    format!("{url:?} is not an http:// URL with a host"),
-                ));
-            }
-            *interval_ms
-        }
-        Readiness::Command { argv, interval_ms } => {
-            let Some(program) = argv.first() else {
-                return Err(DaemonError::invalid("readiness.argv", "is empty"));
-            };
-            for (i, a) in argv.iter().enumerate() {
-                no_nul(&format!("readiness.argv[{i}]"), a)?;
-            }
-            if !Path::new(program).is_absolute() {
-                return Err(DaemonError::invalid(
-                    "readiness.argv",
-                    format!("{program:?} is not an absolute path (no shell or PATH search)"),
-                ));
-            }
-            *interval_ms
-        }
-    };
-    if let Some(ms) = interval {
-        if !(10..=60_000).contains(&ms) {
-            return Err(DaemonError::invalid(
-                "readiness.interval_ms",
-                format!("{ms} is out of range (10 to 60000)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_restart(r: &RestartConfig) -> Result<()> {
-    if r.delay_ms > MAX_TIMEOUT_SECS * 1000 {
-        return Err(DaemonError::invalid(
-            "restart.delay_ms",
-            "is longer than a year",
-        ));
-    }
-    if r.max_delay_ms < r.delay_ms || r.max_delay_ms > MAX_TIMEOUT_SECS * 1000 {
-        return Err(DaemonError::invalid(
-            "restart.max_delay_ms",
-            format!(
-                "{} must be at least delay_ms ({}) and at most a year",
-                r.max_delay_ms, r.delay_ms
-            ),
-        ));
-    }
-    if r.max_restarts == 0 {
-        return Err(DaemonError::invalid(
-            "restart.max_restarts",
-            "must be at least 1",
-        ));
-    }
-    if r.window_secs == 0 || r.window_secs > MAX_TIMEOUT_SECS {
-        return Err(DaemonError::invalid(
-            "restart.window_secs",
-            format!("{} is out of range (1 s to a year)", r.window_secs),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_logs(logs: &LogsConfig) -> Result<()> {
-    for (field, path) in [("logs.stdout", &logs.stdout), ("logs.stderr", &logs.stderr)] {
-        if let Some(p) = path {
-            no_nul_path(field, p)?;
-            if !p.is_absolute() || p.file_name().is_none() {
-                return Err(DaemonError::invalid(
-                    field,
-                    format!("{} is not an absolute file path", p.display()),
-                ));
-            }
-            if p.to_str().is_none_or(|s| s.chars().any(char::is_control)) {
-                return Err(DaemonError::invalid(
-                    field,
-                    "must be UTF-8 without control characters",
-                ));
-            }
-        }
-    }
-    if logs.max_bytes == Some(0) {
-        return Err(DaemonError::invalid("logs.max_bytes", "must be at least 1"));
-    }
-    if logs.keep == Some(0) || logs.keep.is_some_and(|k| k > 1000) {
-        return Err(DaemonError::invalid(
-            "logs.keep",
-            "must be between 1 and 1000",
-        ));
-    }
-    Ok(())
-}
-
-/// A POSIX-portable user or group name (`[A-Za-z_][A-Za-z0-9_.-]*`, at most 32
-/// bytes, optionally ending in `$`), or a numeric id.
-fn is_account_name(s: &str) -> bool {
-    if !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u32>().is_ok();
-    }
-    let body = s.strip_suffix('$').unwrap_or(s);
-    let mut chars = body.chars();
-    !body.is_empty()
-        && s.len() <= 32
-        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
-/// `[A-Za-z_][A-Za-z0-9_]*`: the names every shell and systemd accept.
-pub(crate) fn is_env_key(key: &str) -> bool {
-    let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn no_nul(field: &str, value: &str) -> Result<()> {
-    if value.contains('\0') {
-        return Err(DaemonError::invalid(field, "contains a NUL byte"));
-    }
-    Ok(())
-}
-
-fn no_nul_path(field: &str, value: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    if value.as_os_str().as_bytes().contains(&0) {
-        return Err(DaemonError::invalid(field, "contains a NUL byte"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -966,7 +695,8 @@ mod tests {
             Err(DaemonError::BinaryNotFound { .. })
         ));
         let file = tempfile::NamedTempFile::new().unwrap(); // mode 0600: not executable
-        let c = DaemonConfig::new(file.path(), "/tmp/x.pid");
+                                                            // (Named: the temp file's own name starts with '.'.)
+        let c = DaemonConfig::new(file.path(), "/tmp/x.pid").with_name("x");
         assert!(matches!(
             c.validate(),
             Err(DaemonError::BinaryNotExecutable { .. })

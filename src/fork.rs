@@ -46,13 +46,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
-use crate::config::{DaemonConfig, Readiness};
+use crate::config::Readiness;
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
+use crate::spec::ServiceSpec;
 use pidfile::{Lock, Paths, Record};
 use state::Inspection;
 
-pub(crate) use state::is_clean_exit;
 use supervise::{Request, Response};
 
 pub use proc::PORTABLE_ENV;
@@ -136,24 +136,24 @@ impl ForkBackend {
     ///
     /// It reaps every child of this process, so the caller must not run
     /// other child processes meanwhile.
-    pub async fn run_foreground(&self, config: &DaemonConfig) -> Result<i32> {
-        config.validate()?;
-        let paths = Paths::new(config.effective_pid_file());
-        check_pid_dir(config, &paths, DirUse::Create)?;
+    pub async fn run_foreground(&self, spec: &ServiceSpec) -> Result<i32> {
+        crate::host::check(&crate::host::LocalHost, spec)?;
+        let paths = Paths::new(spec.pid_file.clone());
+        check_pid_dir(spec, &paths, DirUse::Create)?;
         control::check_path(&paths.control)?;
         if !pidfile::present(&paths.lock) {
             check_dir_writable(&paths)?;
         }
         let mut request = {
             // Held only for the checks: a `stop` from elsewhere needs it later.
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
+            let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
             match self
-                .prepare_start(config, &paths, &lock, || build_request(config, &paths))
+                .prepare_start(spec, &paths, &lock, || build_request(spec, &paths))
                 .await?
             {
                 Prepared::Running(pid) | Prepared::Starting(pid) => {
                     return Err(DaemonError::StartFailed {
-                        name: config.name(),
+                        name: spec.name.clone(),
                         reason: format!("already running with PID {pid}"),
                         source: None,
                     })
@@ -167,9 +167,9 @@ impl ForkBackend {
         let (code, first) = supervise::run_foreground(request).await;
         match first {
             Some(Response::Started { .. }) => Ok(code),
-            Some(other) => Err(response_error(config, other)),
+            Some(other) => Err(response_error(spec, other)),
             None => Err(DaemonError::StartFailed {
-                name: config.name(),
+                name: spec.name.clone(),
                 reason: "the supervisor ended without starting the daemon".into(),
                 source: None,
             }),
@@ -222,12 +222,12 @@ impl ForkBackend {
     /// One moment is ambiguous on disk: the daemon has just died and its live
     /// supervisor has not yet reaped it and recorded the exit (a few
     /// milliseconds). Then we look again rather than call the PID stale.
-    async fn inspect(&self, config: &DaemonConfig, paths: &Paths) -> Result<Inspection> {
+    async fn inspect(&self, spec: &ServiceSpec, paths: &Paths) -> Result<Inspection> {
         let deadline = Instant::now() + EXIT_RECORD_WAIT;
         loop {
             let found = inspect_once(paths).await?;
             if !found.exit_in_progress || Instant::now() >= deadline {
-                tracing::trace!(name = %config.name(), status = %found.status, "inspected");
+                tracing::trace!(name = %spec.name.clone(), status = %found.status, "inspected");
                 return Ok(found);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -239,13 +239,13 @@ impl ForkBackend {
     /// what a previous run left (only files that are provably ours).
     async fn prepare_start(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         paths: &Paths,
         _held: &Lock,
         check: impl FnOnce() -> Result<Request>,
     ) -> Result<Prepared> {
-        let name = config.name();
-        let found = self.inspect(config, paths).await?;
+        let name = spec.name.clone();
+        let found = self.inspect(spec, paths).await?;
         match found.status {
             DaemonStatus::Running(pid) => return Ok(Prepared::Running(pid)),
             DaemonStatus::Starting(pid) => return Ok(Prepared::Starting(pid)),
@@ -267,9 +267,9 @@ impl ForkBackend {
         // A supervisor still alive here is waiting out a restart delay (or
         // finishing an exit): retire it, or two supervisors would run the daemon.
         if let Some(live) = &found.live {
-            stop_live(&name, paths, live, false, config.shutdown_timeout()).await?;
+            stop_live(&name, paths, live, false, spec.shutdown_timeout).await?;
         } else if let Some(rec) = &found.record {
-            retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+            retire_supervisor(rec, false, spec.shutdown_timeout).await?;
         }
         pidfile::remove(&paths.pid_file)?;
         pidfile::remove(&paths.identity)?;
@@ -277,12 +277,12 @@ impl ForkBackend {
         Ok(Prepared::Ready(Box::new(request)))
     }
 
-    async fn start_locked(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
-        let name = config.name();
+    async fn start_locked(&self, spec: &ServiceSpec, paths: &Paths, lock: &Lock) -> Result<u32> {
+        let name = spec.name.clone();
         let mut program = None;
         let prepared = self
-            .prepare_start(config, paths, lock, || {
-                let request = build_request(config, paths)?;
+            .prepare_start(spec, paths, lock, || {
+                let request = build_request(spec, paths)?;
                 program = Some(self.supervisor_program()?);
                 Ok(request)
             })
@@ -297,24 +297,24 @@ impl ForkBackend {
                 // readiness: finish its job (wait, probe) rather than call a
                 // daemon ready that never was.
                 tracing::info!(%name, pid, "a start is under way: waiting for readiness");
-                return self.finish_start(config, paths, lock).await;
+                return self.finish_start(spec, paths, lock).await;
             }
             Prepared::Ready(request) => request,
         };
         let program = program.expect("set by the check");
         // The supervisor enforces the notify start-up timeout and then stops
         // the daemon: give it the time for both.
-        let patience = config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE;
+        let patience = spec.startup_timeout + spec.shutdown_timeout + SUPERVISOR_GRACE;
         let started_at = Instant::now();
         let response = run_supervisor(&program, &name, &request, patience).await?;
         let pid = match response {
             Response::Started { pid } => pid,
-            other => return Err(response_error(config, other)),
+            other => return Err(response_error(spec, other)),
         };
         if !request.await_probe {
             return Ok(pid);
         }
-        self.probe_until_ready(config, paths, lock, started_at + config.startup_timeout())
+        self.probe_until_ready(spec, paths, lock, started_at + spec.startup_timeout)
             .await?;
         Ok(pid)
     }
@@ -324,23 +324,19 @@ impl ForkBackend {
     /// start-up timeout has passed). On a timeout the daemon is stopped here.
     async fn probe_until_ready(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         paths: &Paths,
         lock: &Lock,
         deadline: Instant,
     ) -> Result<()> {
-        let name = config.name();
-        let Some(probe) = config
-            .readiness
-            .as_ref()
-            .filter(|p| !matches!(p, Readiness::Notify))
-        else {
+        let name = spec.name.clone();
+        let Some(probe) = spec.probe() else {
             return Ok(());
         };
-        let found = self.inspect(config, paths).await?;
+        let found = self.inspect(spec, paths).await?;
         let daemon = match (&found.status, found.record) {
             (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec.daemon,
-            _ => return Err(self.start_gone(config, paths, lock).await),
+            _ => return Err(self.start_gone(spec, paths, lock).await),
         };
         match readiness::wait_until_ready(probe, deadline, || {
             std::future::ready(daemon.is_same_live_process())
@@ -349,19 +345,19 @@ impl ForkBackend {
         {
             Ok(()) => match control_call(paths, control::Op::Ready).await {
                 Ok(_) => Ok(()),
-                Err(_) => Err(self.start_gone(config, paths, lock).await),
+                Err(_) => Err(self.start_gone(spec, paths, lock).await),
             },
             Err(ProbeError::Timeout { last }) => {
                 tracing::warn!(%name, pid = daemon.pid, ?last, "not ready within the start-up timeout: stopping it");
-                self.stop_locked(config, paths, lock, false).await?;
+                self.stop_locked(spec, paths, lock, false).await?;
                 Err(DaemonError::Timeout {
                     name,
                     operation: "readiness probe",
-                    after: config.startup_timeout(),
+                    after: spec.startup_timeout,
                 })
             }
             Err(ProbeError::DaemonGone) | Err(ProbeError::NotAProbe) => {
-                Err(self.start_gone(config, paths, lock).await)
+                Err(self.start_gone(spec, paths, lock).await)
             }
         }
     }
@@ -369,28 +365,23 @@ impl ForkBackend {
     /// A start found the daemon `starting` (the start that launched it was
     /// interrupted): wait for readiness within the start-up timeout, as
     /// that start would have; not ready in time, it is stopped.
-    async fn finish_start(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> Result<u32> {
-        let deadline = Instant::now() + config.startup_timeout();
-        match config.readiness {
-            Some(Readiness::Notify) => {
-                match self.wait_notify_ready(config, paths, deadline).await {
-                    Ok(()) => {}
-                    Err(e @ DaemonError::Timeout { .. }) => {
-                        self.stop_locked(config, paths, lock, false).await?;
-                        return Err(e);
-                    }
-                    Err(e) => return Err(e),
+    async fn finish_start(&self, spec: &ServiceSpec, paths: &Paths, lock: &Lock) -> Result<u32> {
+        let deadline = Instant::now() + spec.startup_timeout;
+        match spec.readiness {
+            Some(Readiness::Notify) => match self.wait_notify_ready(spec, paths, deadline).await {
+                Ok(()) => {}
+                Err(e @ DaemonError::Timeout { .. }) => {
+                    self.stop_locked(spec, paths, lock, false).await?;
+                    return Err(e);
                 }
-            }
-            _ => {
-                self.probe_until_ready(config, paths, lock, deadline)
-                    .await?
-            }
+                Err(e) => return Err(e),
+            },
+            _ => self.probe_until_ready(spec, paths, lock, deadline).await?,
         }
-        match self.inspect(config, paths).await?.status {
+        match self.inspect(spec, paths).await?.status {
             DaemonStatus::Running(pid) => Ok(pid),
             other => Err(DaemonError::NotRunning {
-                name: config.name(),
+                name: spec.name.clone(),
                 state: other.to_string(),
             }),
         }
@@ -400,27 +391,27 @@ impl ForkBackend {
     /// current run, waking on each rewrite of the record.
     async fn wait_notify_ready(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         paths: &Paths,
         deadline: Instant,
     ) -> Result<()> {
         let watch = pidfile::RecordWatch::new(&paths.identity);
         let started = Instant::now();
         loop {
-            let found = self.inspect(config, paths).await?;
+            let found = self.inspect(spec, paths).await?;
             match (&found.status, &found.record) {
                 (DaemonStatus::Running(_), Some(rec)) if rec.ready => return Ok(()),
                 (DaemonStatus::Running(_) | DaemonStatus::Starting(_), _) => {}
                 _ => {
                     return Err(DaemonError::NotRunning {
-                        name: config.name(),
+                        name: spec.name.clone(),
                         state: found.status.to_string(),
                     })
                 }
             }
             if Instant::now() >= deadline {
                 return Err(DaemonError::Timeout {
-                    name: config.name(),
+                    name: spec.name.clone(),
                     operation: "readiness (READY=1 over NOTIFY_SOCKET)",
                     after: deadline.saturating_duration_since(started),
                 });
@@ -431,25 +422,25 @@ impl ForkBackend {
 
     /// The daemon died while the caller probed it: collect how it ended,
     /// make sure no restart goes on behind the caller's back, and explain.
-    async fn start_gone(&self, config: &DaemonConfig, paths: &Paths, lock: &Lock) -> DaemonError {
-        let found = self.inspect(config, paths).await;
+    async fn start_gone(&self, spec: &ServiceSpec, paths: &Paths, lock: &Lock) -> DaemonError {
+        let found = self.inspect(spec, paths).await;
         let record = found.ok().and_then(|f| f.record);
         let exit = record.as_ref().and_then(|r| r.last_exit);
         if let Some(rec) = &record {
-            if config.restart.policy == crate::config::RestartPolicy::Never {
+            if spec.restart.policy == crate::config::RestartPolicy::Never {
                 // It exits on its own once it has copied the last log lines.
                 if let Some(sup) = &rec.supervisor {
-                    let deadline = Instant::now() + config.shutdown_timeout() + SUPERVISOR_GRACE;
+                    let deadline = Instant::now() + spec.shutdown_timeout + SUPERVISOR_GRACE;
                     proc::wait_exit(sup.pid, deadline).await;
                 }
-            } else if let Err(e) = self.stop_locked(config, paths, lock, true).await {
+            } else if let Err(e) = self.stop_locked(spec, paths, lock, true).await {
                 return e;
             }
         }
         match exit {
-            Some(exit) => died_before_ready(config, exit),
+            Some(exit) => died_before_ready(spec, exit),
             None => DaemonError::StartFailed {
-                name: config.name(),
+                name: spec.name.clone(),
                 reason: "the daemon ended before it was ready".into(),
                 source: None,
             },
@@ -461,25 +452,25 @@ impl ForkBackend {
     /// stopped here — never a PID whose identity does not match the record.
     async fn stop_locked(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         paths: &Paths,
         _held: &Lock, // proof that the caller holds the lock
         force: bool,
     ) -> Result<()> {
-        let name = config.name();
+        let name = spec.name.clone();
         let grace = if force {
             Duration::ZERO
         } else {
-            config.shutdown_timeout()
+            spec.shutdown_timeout
         };
-        let found = self.inspect(config, paths).await?;
+        let found = self.inspect(spec, paths).await?;
         if let Some(live) = &found.live {
             if stop_live(&name, paths, live, force, grace).await? {
                 return Ok(());
             }
             // The supervisor went away between the two calls: look at the
             // disk as it left it.
-            return Box::pin(self.stop_locked(config, paths, _held, force)).await;
+            return Box::pin(self.stop_locked(spec, paths, _held, force)).await;
         }
         let pid = match found.status {
             DaemonStatus::Running(pid) | DaemonStatus::Starting(pid) => pid,
@@ -500,7 +491,7 @@ impl ForkBackend {
                 // daemon keeps its record until cleanup or the next start, as
                 // a failed systemd unit does.
                 if let Some(rec) = &found.record {
-                    retire_supervisor(rec, force, config.shutdown_timeout()).await?;
+                    retire_supervisor(rec, force, spec.shutdown_timeout).await?;
                 }
                 return Ok(());
             }
@@ -813,16 +804,16 @@ async fn ask_supervisor_to_stop(
 }
 
 /// The error for a supervisor's answer other than `Started`.
-fn response_error(config: &DaemonConfig, response: Response) -> DaemonError {
-    let name = config.name();
+fn response_error(spec: &ServiceSpec, response: Response) -> DaemonError {
+    let name = spec.name.clone();
     match response {
         Response::NotReady { .. } => DaemonError::Timeout {
             name,
             operation: "readiness (READY=1 over NOTIFY_SOCKET)",
-            after: config.startup_timeout(),
+            after: spec.startup_timeout,
         },
-        Response::ExitedBeforeReady { exit } => died_before_ready(config, exit),
-        Response::ExecFailed { errno, message } => exec_error(config, errno, message),
+        Response::ExitedBeforeReady { exit } => died_before_ready(spec, exit),
+        Response::ExecFailed { errno, message } => exec_error(spec, errno, message),
         Response::PidFileFailed {
             path,
             errno,
@@ -858,9 +849,9 @@ fn response_error(config: &DaemonConfig, response: Response) -> DaemonError {
 
 /// `StartFailed` for a daemon that ended before it was ready, with the last
 /// lines of its stderr log when there is one.
-fn died_before_ready(config: &DaemonConfig, exit: ExitInfo) -> DaemonError {
+fn died_before_ready(spec: &ServiceSpec, exit: ExitInfo) -> DaemonError {
     let mut reason = format!("{exit} before it was ready");
-    if let Some(path) = config.logs.as_ref().and_then(|l| l.stderr.as_ref()) {
+    if let Some(path) = spec.logs.stderr.as_ref() {
         let tail = logs::tail(path, STDERR_TAIL_LINES);
         if !tail.is_empty() {
             reason.push_str(&format!(
@@ -871,7 +862,7 @@ fn died_before_ready(config: &DaemonConfig, exit: ExitInfo) -> DaemonError {
         }
     }
     DaemonError::StartFailed {
-        name: config.name(),
+        name: spec.name.clone(),
         reason,
         source: None,
     }
@@ -882,39 +873,32 @@ const STDERR_TAIL_LINES: usize = 10;
 
 /// Everything the supervisor needs, checked and resolved here in the
 /// caller, so a refused user or limit changes nothing.
-fn build_request(config: &DaemonConfig, paths: &Paths) -> Result<Request> {
-    let credentials = limits::resolve(config)?;
-    limits::check_limits(config)?;
-    if let Some(logs) = &config.logs {
-        for (field, path) in [("logs.stdout", &logs.stdout), ("logs.stderr", &logs.stderr)] {
-            if let Some(p) = path {
-                check_log_dir(field, p)?;
-                logs::check_log_file(p)?;
-            }
-        }
+fn build_request(spec: &ServiceSpec, paths: &Paths) -> Result<Request> {
+    let credentials = limits::resolve(spec)?;
+    limits::check_limits(spec)?;
+    for (field, path) in spec.logs.files() {
+        check_log_dir(field, path)?;
+        logs::check_log_file(path)?;
     }
     Ok(Request {
         version: supervise::REQUEST_VERSION,
-        name: config.name(),
-        binary_path: config.binary_path.clone(),
-        args: config.args.clone(),
-        env: daemon_env(config, credentials.as_ref()),
-        working_dir: config
+        name: spec.name.clone(),
+        binary_path: spec.program.clone(),
+        args: spec.args.clone(),
+        env: daemon_env(spec, credentials.as_ref()),
+        working_dir: spec
             .working_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("/")),
         pid_file: paths.pid_file.clone(),
-        shutdown_timeout_ms: config.shutdown_timeout().as_millis() as u64,
-        startup_timeout_ms: config.startup_timeout().as_millis() as u64,
-        notify: matches!(config.readiness, Some(Readiness::Notify)),
-        restart: config.restart.clone(),
-        logs: config.logs.clone(),
-        limits: config.limits.clone(),
+        shutdown_timeout_ms: spec.shutdown_timeout.as_millis() as u64,
+        startup_timeout_ms: spec.startup_timeout.as_millis() as u64,
+        notify: spec.notify(),
+        restart: spec.restart.clone(),
+        logs: spec.logs.clone(),
+        limits: spec.limits.clone(),
         credentials,
-        await_probe: config
-            .readiness
-            .as_ref()
-            .is_some_and(|r| !matches!(r, Readiness::Notify)),
+        await_probe: spec.probe().is_some(),
     })
 }
 
@@ -1001,18 +985,18 @@ fn send(pid: u32, signal: Signal) -> Result<()> {
     }
 }
 
-fn exec_error(config: &DaemonConfig, errno: Option<i32>, message: String) -> DaemonError {
+fn exec_error(spec: &ServiceSpec, errno: Option<i32>, message: String) -> DaemonError {
     match errno {
         Some(libc::ENOENT) => DaemonError::BinaryNotFound {
-            path: config.binary_path.clone(),
+            path: spec.program.clone(),
         },
         Some(libc::EACCES) | Some(libc::EPERM) => DaemonError::PermissionDenied {
-            action: format!("execute {}", config.binary_path.display()),
+            action: format!("execute {}", spec.program.display()),
             source: errno.map(std::io::Error::from_raw_os_error),
         },
         _ => DaemonError::StartFailed {
-            name: config.name(),
-            reason: format!("exec {}: {message}", config.binary_path.display()),
+            name: spec.name.clone(),
+            reason: format!("exec {}: {message}", spec.program.display()),
             source: errno.map(std::io::Error::from_raw_os_error),
         },
     }
@@ -1020,10 +1004,7 @@ fn exec_error(config: &DaemonConfig, errno: Option<i32>, message: String) -> Dae
 
 /// The daemon's environment: a clean base (as systemd gives a service) plus
 /// the config's `env`, which wins.
-fn daemon_env(
-    config: &DaemonConfig,
-    creds: Option<&limits::Credentials>,
-) -> BTreeMap<String, String> {
+fn daemon_env(spec: &ServiceSpec, creds: Option<&limits::Credentials>) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
     if let Some(c) = creds.filter(|c| c.name.is_some()) {
@@ -1045,7 +1026,7 @@ fn daemon_env(
             user.shell.to_string_lossy().into_owned(),
         );
     }
-    env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
 
@@ -1162,19 +1143,19 @@ impl Backend for ForkBackend {
         BackendKind::Fork
     }
 
-    fn start<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
+    fn start<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            check_pid_dir(config, &paths, DirUse::Create)?;
+            let paths = Paths::new(spec.pid_file.clone());
+            check_pid_dir(spec, &paths, DirUse::Create)?;
             control::check_path(&paths.control)?;
             if !pidfile::present(&paths.lock) {
                 check_dir_writable(&paths)?; // say so, rather than fail creating the lock
             }
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let result = self.start_locked(config, &paths, &lock).await;
+            let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            let result = self.start_locked(spec, &paths, &lock).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
-                if matches!(self.inspect(config, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped && i.live.is_none())
+                if matches!(self.inspect(spec, &paths).await, Ok(i) if i.status == DaemonStatus::Stopped && i.live.is_none())
                 {
                     let _ = pidfile::remove(&paths.identity);
                 }
@@ -1184,23 +1165,23 @@ impl Backend for ForkBackend {
         })
     }
 
-    fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn stop<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
+            let paths = Paths::new(spec.pid_file.clone());
+            if !check_pid_dir(spec, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(()); // nothing to stop; do not create a lock file
             }
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let result = self.stop_locked(config, &paths, &lock, false).await;
+            let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            let result = self.stop_locked(spec, &paths, &lock, false).await;
             release(&paths, lock);
             result
         })
     }
 
-    fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn kill<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
+            let paths = Paths::new(spec.pid_file.clone());
+            if !check_pid_dir(spec, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(());
             }
             // A kill must not wait behind a slow stop holding the lock: a
@@ -1227,20 +1208,20 @@ impl Backend for ForkBackend {
             }
             let lock = match lock {
                 Some(l) => l,
-                None => Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?,
+                None => Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?,
             };
-            let result = self.stop_locked(config, &paths, &lock, true).await;
+            let result = self.stop_locked(spec, &paths, &lock, true).await;
             release(&paths, lock);
             result
         })
     }
 
-    fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
+    fn status<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            check_pid_dir(config, &paths, DirUse::Read)?;
-            let found = self.inspect(config, &paths).await?;
-            let mut report = StatusReport::new(config.name(), BackendKind::Fork, found.status);
+            let paths = Paths::new(spec.pid_file.clone());
+            check_pid_dir(spec, &paths, DirUse::Read)?;
+            let found = self.inspect(spec, &paths).await?;
+            let mut report = StatusReport::new(spec.name.clone(), BackendKind::Fork, found.status);
             report.problem = found.problem;
             if let Some(rec) = found.record {
                 report.last_exit = rec.last_exit;
@@ -1251,19 +1232,19 @@ impl Backend for ForkBackend {
         })
     }
 
-    fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
+    fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            check_pid_dir(config, &paths, DirUse::Create)?;
+            let paths = Paths::new(spec.pid_file.clone());
+            check_pid_dir(spec, &paths, DirUse::Create)?;
             control::check_path(&paths.control)?;
             if !pidfile::present(&paths.lock) {
                 check_dir_writable(&paths)?;
             }
             // One lock across stop and start: nobody slips in between.
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
+            let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
             // The lock file stays in place between the two (see `release`).
-            let result = match self.stop_locked(config, &paths, &lock, false).await {
-                Ok(()) => self.start_locked(config, &paths, &lock).await,
+            let result = match self.stop_locked(spec, &paths, &lock, false).await {
+                Ok(()) => self.start_locked(spec, &paths, &lock).await,
                 Err(e) => Err(e),
             };
             release(&paths, lock);
@@ -1273,33 +1254,33 @@ impl Backend for ForkBackend {
 
     fn wait_ready<'a>(
         &'a self,
-        config: &'a DaemonConfig,
+        spec: &'a ServiceSpec,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            check_pid_dir(config, &paths, DirUse::Read)?;
+            let paths = Paths::new(spec.pid_file.clone());
+            check_pid_dir(spec, &paths, DirUse::Read)?;
             let deadline = Instant::now() + timeout;
             let not_running = |status: DaemonStatus| DaemonError::NotRunning {
-                name: config.name(),
+                name: spec.name.clone(),
                 state: status.to_string(),
             };
-            let found = self.inspect(config, &paths).await?;
+            let found = self.inspect(spec, &paths).await?;
             let starting = match found.status {
                 DaemonStatus::Running(_) => false,
                 DaemonStatus::Starting(_) => true,
                 other => return Err(not_running(other)),
             };
             let daemon = found.record.expect("running implies a record").daemon;
-            match &config.readiness {
+            match &spec.readiness {
                 // Without a readiness probe, a running daemon is a ready one.
                 None => Ok(()),
                 // The supervisor records READY=1; wake on each rewrite of the
                 // record until it says so (a restarted daemon must say it again).
                 Some(Readiness::Notify) => {
-                    match self.wait_notify_ready(config, &paths, deadline).await {
+                    match self.wait_notify_ready(spec, &paths, deadline).await {
                         Err(DaemonError::Timeout { operation, .. }) => Err(DaemonError::Timeout {
-                            name: config.name(),
+                            name: spec.name.clone(),
                             operation,
                             after: timeout,
                         }),
@@ -1321,12 +1302,12 @@ impl Backend for ForkBackend {
                             Ok(())
                         }
                         Err(ProbeError::Timeout { .. }) => Err(DaemonError::Timeout {
-                            name: config.name(),
+                            name: spec.name.clone(),
                             operation: "readiness probe",
                             after: timeout,
                         }),
                         Err(_) => {
-                            let status = self.inspect(config, &paths).await?.status;
+                            let status = self.inspect(spec, &paths).await?.status;
                             Err(not_running(status))
                         }
                     }
@@ -1335,14 +1316,14 @@ impl Backend for ForkBackend {
         })
     }
 
-    fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn cleanup_stale<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let paths = Paths::new(config.effective_pid_file());
-            if !check_pid_dir(config, &paths, DirUse::Write)? || !anything_there(&paths) {
+            let paths = Paths::new(spec.pid_file.clone());
+            if !check_pid_dir(spec, &paths, DirUse::Write)? || !anything_there(&paths) {
                 return Ok(());
             }
-            let lock = Lock::acquire(&paths.lock, &config.name(), lock_timeout(config)).await?;
-            let result = self.cleanup_locked(config, &paths).await;
+            let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            let result = self.cleanup_locked(spec, &paths).await;
             release(&paths, lock);
             result
         })
@@ -1350,8 +1331,8 @@ impl Backend for ForkBackend {
 }
 
 impl ForkBackend {
-    async fn cleanup_locked(&self, config: &DaemonConfig, paths: &Paths) -> Result<()> {
-        let name = config.name();
+    async fn cleanup_locked(&self, spec: &ServiceSpec, paths: &Paths) -> Result<()> {
+        let name = spec.name.clone();
         if let Some(live) = control_call(paths, control::Op::Status).await? {
             if matches!(
                 live.phase,
@@ -1361,7 +1342,7 @@ impl ForkBackend {
             }
             // A supervisor waiting out a restart delay would start the
             // daemon again behind our back: it goes first.
-            stop_live(&name, paths, &live, false, config.shutdown_timeout()).await?;
+            stop_live(&name, paths, &live, false, spec.shutdown_timeout).await?;
         }
         let disk = read_disk(paths)?;
         // Garbage (content that is not ours, in a file owned by us or root)
@@ -1376,7 +1357,7 @@ impl ForkBackend {
             &proc::is_alive,
         );
         if let Some(rec) = &record {
-            retire_supervisor(rec, false, config.shutdown_timeout()).await?;
+            retire_supervisor(rec, false, spec.shutdown_timeout).await?;
         }
         match &found.status {
             DaemonStatus::Running(_) | DaemonStatus::Starting(_) => return Ok(()),
@@ -1438,8 +1419,8 @@ fn anything_there(paths: &Paths) -> bool {
 
 /// Long enough to outlast another operation holding the lock (a stop waits
 /// up to the shutdown timeout, a start up to the start-up timeout).
-fn lock_timeout(config: &DaemonConfig) -> Duration {
-    config.startup_timeout() + config.shutdown_timeout() + SUPERVISOR_GRACE
+fn lock_timeout(spec: &ServiceSpec) -> Duration {
+    spec.startup_timeout + spec.shutdown_timeout + SUPERVISOR_GRACE
 }
 
 /// What an operation does in the PID directory.
@@ -1465,10 +1446,10 @@ enum DirUse {
 ///   [`pidfile::check_ours`]), and the PID file must not be a directory.
 ///
 /// `Ok(false)`: the directory does not exist (nothing there to act on).
-fn check_pid_dir(config: &DaemonConfig, paths: &Paths, usage: DirUse) -> Result<bool> {
+fn check_pid_dir(spec: &ServiceSpec, paths: &Paths, usage: DirUse) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let dir = paths.pid_file.parent().unwrap_or(Path::new("/"));
-    let default = config.pid_file.as_os_str().is_empty();
+    let default = spec.pid_file_is_default();
     let me = nix::unistd::Uid::effective();
     let dir_error = |kind: std::io::ErrorKind, msg: String| {
         DaemonError::pid_file(&paths.pid_file, std::io::Error::new(kind, msg))

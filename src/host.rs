@@ -1,11 +1,118 @@
-//! Host checks shared by every backend: facts about the machine that will
-//! run the daemon (today always this one), as opposed to the pure checks of
-//! the config. Account lookups live here so the fork backend's credentials
-//! and the systemd backend's `User=`/`Group=` check read names the same way.
+//! Host checks: facts about the machine that will run the daemon, as
+//! opposed to the pure well-formedness checks of the config
+//! (`config::validate`). [`Host`] is what such a machine answers (today
+//! always [`LocalHost`], this machine; a remote host is a second
+//! implementation); [`check`] is the one list of questions asked before a
+//! start. Rendering a unit asks none of them.
+//!
+//! Account lookups live here too, so the fork backend's credentials and the
+//! systemd backend's `User=`/`Group=` check read names the same way.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::error::{DaemonError, Result};
+use crate::spec::ServiceSpec;
+
+/// What a host that runs daemons can be asked before a start. Each method
+/// answers for one path or name, with the typed error a caller reports.
+pub trait Host: Send + Sync + fmt::Debug {
+    /// `path` is a regular file this caller may execute there:
+    /// [`DaemonError::BinaryNotFound`] or
+    /// [`DaemonError::BinaryNotExecutable`] otherwise.
+    fn check_executable(&self, path: &Path) -> Result<()>;
+
+    /// `path` is an existing directory there; otherwise
+    /// [`DaemonError::InvalidConfig`] naming `field`.
+    fn check_directory(&self, field: &str, path: &Path) -> Result<()>;
+
+    /// `user` (a name or a numeric UID) exists there; a numeric UID without
+    /// an entry is accepted, as systemd accepts it.
+    fn check_user(&self, user: &str) -> Result<()>;
+
+    /// `group` (a name or a numeric GID) exists there.
+    fn check_group(&self, group: &str) -> Result<()>;
+}
+
+/// Asks `host` everything a start of `spec` needs: the binary is
+/// executable, the working directory and the log files' directories exist,
+/// the user and group exist. The first problem is returned.
+pub fn check(host: &dyn Host, spec: &ServiceSpec) -> Result<()> {
+    host.check_executable(&spec.program)?;
+    if let Some(dir) = &spec.working_dir {
+        host.check_directory("working_dir", dir)?;
+    }
+    for (field, file) in spec.logs.files() {
+        host.check_directory(field, file.parent().unwrap_or(Path::new("/")))?;
+    }
+    if let Some(user) = &spec.run_as.user {
+        host.check_user(user)?;
+    }
+    if let Some(group) = &spec.run_as.group {
+        host.check_group(group)?;
+    }
+    Ok(())
+}
+
+/// This machine, as the calling process sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalHost;
+
+impl Host for LocalHost {
+    fn check_executable(&self, path: &Path) -> Result<()> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            // A directory on the way that is not one, or cannot be
+            // searched: the binary cannot be run, which is what the caller
+            // needs to know.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Err(DaemonError::BinaryNotFound {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(DaemonError::BinaryNotExecutable {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => return Err(DaemonError::io(format!("stat {}", path.display()), e)),
+        };
+        // The mode bits say someone may execute it; access(2) says whether we may.
+        if !meta.is_file()
+            || meta.permissions().mode() & 0o111 == 0
+            || nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err()
+        {
+            return Err(DaemonError::BinaryNotExecutable {
+                path: path.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_directory(&self, field: &str, path: &Path) -> Result<()> {
+        if path.is_dir() {
+            return Ok(());
+        }
+        Err(DaemonError::invalid(
+            field,
+            format!("{} is not an existing directory", path.display()),
+        ))
+    }
+
+    fn check_user(&self, user: &str) -> Result<()> {
+        self::user(user).map(drop)
+    }
+
+    fn check_group(&self, group: &str) -> Result<()> {
+        self::group(group).map(drop)
+    }
+}
 
 fn lookup_err(field: &str, e: nix::Error) -> DaemonError {
     DaemonError::io(format!("look up {field}"), std::io::Error::from(e))

@@ -13,6 +13,12 @@
 //!   installed unit, driven over D-Bus with zbus, from the same config
 //!   ([`UnitSpec`] renders both the unit file and the transient properties).
 //!
+//! Between the config and every backend sits one resolved model,
+//! [`ServiceSpec`]: the manager builds it once (pure checks, no host
+//! needed), asks the host that will run the daemon what a start needs
+//! ([`host::check`]), and hands the spec to the backend, which renders it
+//! (a unit, transient properties, a supervisor request).
+//!
 //! [`BackendChoice::Auto`] picks systemd when a manager answers on the bus of
 //! the config's scope, the fork backend otherwise.
 //!
@@ -61,18 +67,20 @@ mod config;
 mod error;
 mod fork;
 mod fsutil;
-mod host;
+pub mod host;
 mod manager;
 mod readiness;
+mod spec;
 pub mod systemd;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
 pub use config::{
-    DaemonConfig, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
+    DaemonConfig, Limit, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
 };
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
 pub use manager::{BackendChoice, DaemonManager};
+pub use spec::{LogSpec, RestartSpec, RunAs, ServiceSpec};
 pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 
 /// Turns this process into a supervisor when the fork backend started it as

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use crate::backend::{Backend, BackendKind, DaemonStatus, StatusReport};
-use crate::config::{DaemonConfig, Scope};
+use crate::config::DaemonConfig;
 use crate::error::Result;
 use crate::fork::ForkBackend;
+use crate::host::{self, Host, LocalHost};
+use crate::spec::ServiceSpec;
 use crate::systemd::SystemdBackend;
 
 /// Which backend a [`DaemonManager`] uses.
@@ -72,6 +74,9 @@ pub struct DaemonManager {
     config: DaemonConfig,
     choice: BackendChoice,
     backend: OnceCell<Arc<dyn Backend>>,
+    /// The config resolved, built at the first operation.
+    spec: std::sync::OnceLock<ServiceSpec>,
+    host: Arc<dyn Host>,
 }
 
 impl DaemonManager {
@@ -87,6 +92,8 @@ impl DaemonManager {
             config,
             choice,
             backend: OnceCell::new(),
+            spec: std::sync::OnceLock::new(),
+            host: Arc::new(LocalHost),
         }
     }
 
@@ -101,6 +108,8 @@ impl DaemonManager {
             config,
             choice,
             backend: OnceCell::new_with(Some(backend)),
+            spec: std::sync::OnceLock::new(),
+            host: Arc::new(LocalHost),
         }
     }
 
@@ -109,15 +118,26 @@ impl DaemonManager {
         &self.config
     }
 
+    /// The resolved model every operation hands the backend: the config
+    /// checked for well-formedness (no host needed) with its defaults
+    /// resolved. Built once.
+    pub fn spec(&self) -> Result<&ServiceSpec> {
+        if let Some(spec) = self.spec.get() {
+            return Ok(spec);
+        }
+        let spec = ServiceSpec::from_config(&self.config)?;
+        Ok(self.spec.get_or_init(|| spec))
+    }
+
     /// The backend in use, choosing it now if needed.
     pub async fn backend_kind(&self) -> Result<BackendKind> {
         Ok(self.backend().await?.kind())
     }
 
     async fn backend(&self) -> Result<&Arc<dyn Backend>> {
+        let scope = self.spec()?.scope;
         self.backend
             .get_or_try_init(|| async {
-                let scope = self.config.scope.unwrap_or_else(Scope::default_for_current_user);
                 let backend: Arc<dyn Backend> = match self.choice {
                     BackendChoice::Fork => Arc::new(ForkBackend::new()),
                     BackendChoice::Systemd => Arc::new(SystemdBackend::connect(scope).await?),
@@ -135,27 +155,32 @@ impl DaemonManager {
             .await
     }
 
-    /// Validates the config and returns the backend.
-    async fn ready(&self) -> Result<&Arc<dyn Backend>> {
-        self.config.validate()?;
+    /// The spec and the backend, for an operation that does not start
+    /// anything (no host checks: a daemon whose binary is gone can still be
+    /// stopped).
+    async fn ready(&self) -> Result<(&ServiceSpec, &Arc<dyn Backend>)> {
+        let spec = self.spec()?;
         if self.choice == BackendChoice::Systemd && self.backend.get().is_none() {
             // What systemd cannot express for this scope (`user` in a user
             // unit, ...) is a config error, even where no bus answers.
-            let scope = self
-                .config
-                .scope
-                .unwrap_or_else(Scope::default_for_current_user);
-            crate::systemd::UnitSpec::from_config(&self.config, scope)?;
+            crate::systemd::UnitSpec::from_spec(spec, spec.scope)?;
         }
-        self.backend().await
+        Ok((spec, self.backend().await?))
+    }
+
+    /// [`Self::ready`] plus the host checks a start needs.
+    async fn ready_to_start(&self) -> Result<(&ServiceSpec, &Arc<dyn Backend>)> {
+        let spec = self.spec()?;
+        host::check(self.host.as_ref(), spec)?;
+        self.ready().await
     }
 
     /// Starts the daemon and returns its PID; if it already runs, returns the
     /// running PID (concurrent starts give one daemon).
     pub async fn start(&self) -> Result<u32> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.start(&self.config).await;
+        let (spec, backend) = self.ready_to_start().await?;
+        let result = backend.start(spec).await;
         self.log("start", t, &result);
         result
     }
@@ -164,8 +189,8 @@ impl DaemonManager {
     /// `shutdown_timeout_secs`. Stopping a stopped daemon is `Ok`.
     pub async fn stop(&self) -> Result<()> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.stop(&self.config).await;
+        let (spec, backend) = self.ready().await?;
+        let result = backend.stop(spec).await;
         self.log("stop", t, &result);
         result
     }
@@ -173,8 +198,8 @@ impl DaemonManager {
     /// SIGKILL to all the daemon's processes at once.
     pub async fn kill(&self) -> Result<()> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.kill(&self.config).await;
+        let (spec, backend) = self.ready().await?;
+        let result = backend.kill(spec).await;
         self.log("kill", t, &result);
         result
     }
@@ -187,8 +212,8 @@ impl DaemonManager {
     /// The daemon's state with details (backend, last exit).
     pub async fn status_report(&self) -> Result<StatusReport> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.status(&self.config).await;
+        let (spec, backend) = self.ready().await?;
+        let result = backend.status(spec).await;
         if let Ok(report) = &result {
             tracing::debug!(name = %report.name, status = %report.status, elapsed_ms = t.elapsed().as_millis() as u64, "status");
         }
@@ -198,8 +223,8 @@ impl DaemonManager {
     /// Stops the daemon if it runs and starts it again; returns the new PID.
     pub async fn restart(&self) -> Result<u32> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.restart(&self.config).await;
+        let (spec, backend) = self.ready_to_start().await?;
+        let result = backend.restart(spec).await;
         self.log("restart", t, &result);
         result
     }
@@ -208,10 +233,10 @@ impl DaemonManager {
     /// a readiness probe, ready means running.
     pub async fn wait_ready(&self, timeout_secs: u64) -> Result<()> {
         let t = Instant::now();
-        let backend = self.ready().await?;
+        let (spec, backend) = self.ready().await?;
         // Clamped like the config's timeouts: `Instant + u64::MAX s` would panic.
         let timeout = Duration::from_secs(timeout_secs.min(crate::config::MAX_TIMEOUT_SECS));
-        let result = backend.wait_ready(&self.config, timeout).await;
+        let result = backend.wait_ready(spec, timeout).await;
         self.log("wait_ready", t, &result);
         result
     }
@@ -238,8 +263,8 @@ impl DaemonManager {
     /// state; never signals anything and leaves a running daemon alone.
     pub async fn cleanup_stale(&self) -> Result<()> {
         let t = Instant::now();
-        let backend = self.ready().await?;
-        let result = backend.cleanup_stale(&self.config).await;
+        let (spec, backend) = self.ready().await?;
+        let result = backend.cleanup_stale(spec).await;
         self.log("cleanup_stale", t, &result);
         result
     }

@@ -29,9 +29,10 @@ use tokio::time::Instant;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
-use crate::config::{DaemonConfig, Readiness, Scope};
+use crate::config::{Readiness, Scope};
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
+use crate::spec::ServiceSpec;
 use dbus::ManagerProxy;
 pub use unit::{UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
 
@@ -270,12 +271,13 @@ impl SystemdBackend {
 
     /// The unit name alone (no rendering): what status, stop, kill, restart,
     /// wait-ready and cleanup need.
-    fn unit(config: &DaemonConfig) -> Result<String> {
-        unit::unit_name(&config.name())
+    fn unit(spec: &ServiceSpec) -> Result<String> {
+        unit::unit_name(&spec.name)
     }
 
-    fn spec(&self, config: &DaemonConfig) -> Result<UnitSpec> {
-        UnitSpec::from_config(config, self.scope)
+    /// The unit for this backend's manager.
+    fn unit_spec(&self, spec: &ServiceSpec) -> Result<UnitSpec> {
+        UnitSpec::from_spec(spec, self.scope)
     }
 
     /// Writes the persistent unit into `unit_dir` (default:
@@ -284,29 +286,28 @@ impl SystemdBackend {
     /// whether the file changed.
     pub async fn install(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         unit_dir: Option<&Path>,
         enable: bool,
     ) -> Result<bool> {
-        config.validate()?;
-        let spec = self.spec(config)?;
-        check_accounts(&spec)?;
-        let text = spec.render()?;
+        crate::host::check(&crate::host::LocalHost, spec)?;
+        let unit_spec = self.unit_spec(spec)?;
+        let text = unit_spec.render()?;
         let dir = match unit_dir {
             Some(d) => d.to_owned(),
             None => Self::default_unit_dir(self.scope)?,
         };
         self.check_unit_dir(&dir).await?;
-        let path = dir.join(&spec.unit);
-        refuse_alias_link(config, &spec.unit, &path)?;
+        let path = dir.join(&unit_spec.unit);
+        refuse_alias_link(spec, &unit_spec.unit, &path)?;
         let existing = read_unit_file(&path)?;
         match &existing {
             // A file we wrote: whatever the manager loaded under that name
             // came from it (or is the same unit name, not yet reloaded).
             Some(old) if unit::text_is_ours(old) => {}
-            Some(_) if !config.adopt => {
+            Some(_) if !spec.adopt => {
                 return Err(DaemonError::NotOwned {
-                    unit: spec.unit.clone(),
+                    unit: unit_spec.unit.clone(),
                     reason: format!(
                         "{} was not written by daemon-lifecycle (no {OWNERSHIP_KEY}= in [Unit])",
                         path.display()
@@ -316,8 +317,8 @@ impl SystemdBackend {
             _ => {
                 // A unit of that name loaded from elsewhere (a vendor or
                 // hand-written unit, an alias): ours would shadow it.
-                let state = self.load_state(&spec.unit).await?;
-                check_owned(config, &spec.unit, &state)?;
+                let state = self.load_state(&unit_spec.unit).await?;
+                check_owned(spec, &unit_spec.unit, &state)?;
             }
         }
         let changed = existing.as_deref() != Some(text.as_str());
@@ -331,20 +332,20 @@ impl SystemdBackend {
                 other => other,
             })?;
             self.reload().await?;
-            tracing::info!(unit = %spec.unit, path = %path.display(), "unit file written, manager reloaded");
+            tracing::info!(unit = %unit_spec.unit, path = %path.display(), "unit file written, manager reloaded");
         } else {
-            tracing::info!(unit = %spec.unit, path = %path.display(), "unit file unchanged");
+            tracing::info!(unit = %unit_spec.unit, path = %path.display(), "unit file unchanged");
         }
         if enable {
             // By name, not path: the unit directory is one the manager loads
             // from, and the manager may see it under another path (a
             // container or namespace).
-            let what = format!("EnableUnitFiles {}", spec.unit);
+            let what = format!("EnableUnitFiles {}", unit_spec.unit);
             let enabled = match bounded(
                 &what,
                 QUERY_GRACE,
                 self.manager
-                    .enable_unit_files(&[spec.unit.as_str()], false, true),
+                    .enable_unit_files(&[unit_spec.unit.as_str()], false, true),
             )
             .await
             {
@@ -371,7 +372,7 @@ impl SystemdBackend {
                     return Err(e);
                 }
             };
-            tracing::info!(unit = %spec.unit, ?changes, "enabled");
+            tracing::info!(unit = %unit_spec.unit, ?changes, "enabled");
             self.reload().await?;
         }
         Ok(changed)
@@ -382,26 +383,25 @@ impl SystemdBackend {
     /// remove: nothing in `unit_dir` is `Ok(false)`, unless the manager
     /// loads a unit of that name from another directory (a wrong
     /// `unit_dir`), which is refused naming it.
-    pub async fn uninstall(&self, config: &DaemonConfig, unit_dir: Option<&Path>) -> Result<bool> {
-        config.validate()?;
-        let spec = self.spec(config)?;
+    pub async fn uninstall(&self, spec: &ServiceSpec, unit_dir: Option<&Path>) -> Result<bool> {
+        let unit_spec = self.unit_spec(spec)?;
         let dir = match unit_dir {
             Some(d) => d.to_owned(),
             None => Self::default_unit_dir(self.scope)?,
         };
-        let path = dir.join(&spec.unit);
-        refuse_alias_link(config, &spec.unit, &path)?;
+        let path = dir.join(&unit_spec.unit);
+        refuse_alias_link(spec, &unit_spec.unit, &path)?;
         let existing = match read_unit_file(&path)? {
             Some(text) => text,
             None => {
-                let state = self.load_state(&spec.unit).await?;
+                let state = self.load_state(&unit_spec.unit).await?;
                 if state.load == "loaded" && !state.transient && !state.fragment_path.is_empty() {
                     return Err(DaemonError::invalid(
                         "unit_dir",
                         format!(
                             "nothing is installed at {}, but the manager loads {} from {}: pass the directory it is in",
                             path.display(),
-                            spec.unit,
+                            unit_spec.unit,
                             state.fragment_path
                         ),
                     ));
@@ -409,9 +409,9 @@ impl SystemdBackend {
                 return Ok(false);
             }
         };
-        if !config.adopt && !unit::text_is_ours(&existing) {
+        if !spec.adopt && !unit::text_is_ours(&existing) {
             return Err(DaemonError::NotOwned {
-                unit: spec.unit.clone(),
+                unit: unit_spec.unit.clone(),
                 reason: format!(
                     "{} was not written by daemon-lifecycle (no {OWNERSHIP_KEY}= in [Unit])",
                     path.display()
@@ -421,15 +421,15 @@ impl SystemdBackend {
         // The unit the manager has under that name must be ours too (it may
         // come from another directory, or be someone's transient unit).
         let state = self
-            .owned_state_with(config, &spec.unit, Read::Lean)
+            .owned_state_with(spec, &unit_spec.unit, Read::Lean)
             .await?;
-        self.stop_state(config, &spec.unit, state).await?;
-        let what = format!("DisableUnitFiles {}", spec.unit);
+        self.stop_state(spec, &unit_spec.unit, state).await?;
+        let what = format!("DisableUnitFiles {}", unit_spec.unit);
         match bounded(
             &what,
             QUERY_GRACE,
             self.manager
-                .disable_unit_files(&[spec.unit.as_str()], false),
+                .disable_unit_files(&[unit_spec.unit.as_str()], false),
         )
         .await?
         {
@@ -440,7 +440,7 @@ impl SystemdBackend {
         std::fs::remove_file(&path)
             .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?;
         self.reload().await?;
-        let _ = self.reset_failed(&spec.unit).await;
+        let _ = self.reset_failed(&unit_spec.unit).await;
         Ok(true)
     }
 
@@ -567,20 +567,20 @@ impl SystemdBackend {
 
     /// The unit's state, refused with `NotOwned` when the unit exists and is
     /// not ours (see [`check_owned`]).
-    async fn owned_state(&self, config: &DaemonConfig, unit: &str) -> Result<Option<UnitState>> {
-        self.owned_state_with(config, unit, Read::All).await
+    async fn owned_state(&self, spec: &ServiceSpec, unit: &str) -> Result<Option<UnitState>> {
+        self.owned_state_with(spec, unit, Read::All).await
     }
 
     /// [`Self::owned_state`], reading what `read` says.
     async fn owned_state_with(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         unit: &str,
         read: Read,
     ) -> Result<Option<UnitState>> {
         let state = self.unit_state_with(unit, read).await?;
         if let Some(s) = &state {
-            check_owned(config, unit, s)?;
+            check_owned(spec, unit, s)?;
         }
         Ok(state)
     }
@@ -697,21 +697,20 @@ impl SystemdBackend {
         }
     }
 
-    async fn start_unit(&self, config: &DaemonConfig) -> Result<u32> {
-        let spec = self.spec(config)?;
-        check_accounts(&spec)?;
-        let unit = spec.unit.clone();
-        let name = config.name();
+    async fn start_unit(&self, spec: &ServiceSpec) -> Result<u32> {
+        let unit_spec = self.unit_spec(spec)?;
+        let unit = unit_spec.unit.clone();
+        let name = spec.name.clone();
         // A start during a stop waits for the stop, then starts: a
         // deactivating unit's PID is about to be gone.
-        let stop_bound = config.shutdown_timeout() + BUS_GRACE;
+        let stop_bound = spec.shutdown_timeout + BUS_GRACE;
         let stop_deadline = Instant::now() + stop_bound;
         // One look answers three questions: running already? installed as a
         // unit file? a leftover transient unit holding the name? (LoadUnit
         // also loads a unit file that is not loaded yet.)
         let before = loop {
             let before = self.load_state(&unit).await?;
-            check_owned(config, &unit, &before)?;
+            check_owned(spec, &unit, &before)?;
             if before.active != "deactivating" {
                 break before;
             }
@@ -731,13 +730,13 @@ impl SystemdBackend {
         if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
             if !before.transient {
-                warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
+                warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
             }
             return Ok(before.main_pid);
         }
-        let job_timeout = config.startup_timeout() + BUS_GRACE;
+        let job_timeout = spec.startup_timeout + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
-            warn_drift(&spec, &before, &self.local_path(&before.fragment_path));
+            warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
             if before.active == "failed" {
                 // As for a transient unit: a failed unit (start limit hit
                 // included) is reset, then started.
@@ -748,7 +747,7 @@ impl SystemdBackend {
             })
             .await?
         } else {
-            self.start_transient(&name, &spec, job_timeout, before.transient)
+            self.start_transient(&name, &unit_spec, job_timeout, before.transient)
                 .await?
         };
         // A start that went well shows in the Unit interface and MainPID;
@@ -765,7 +764,7 @@ impl SystemdBackend {
             return Err(DaemonError::Timeout {
                 name,
                 operation: "start (systemd TimeoutStartSec)",
-                after: config.startup_timeout(),
+                after: spec.startup_timeout,
             });
         }
         if result != "done" || !state.is_up() {
@@ -774,19 +773,15 @@ impl SystemdBackend {
                 &format!("systemd start job of {unit} ended with result '{result}'; unit is"),
             ));
         }
-        if let Some(probe) = config
-            .readiness
-            .as_ref()
-            .filter(|r| !matches!(r, Readiness::Notify))
-        {
+        if let Some(probe) = spec.probe() {
             if let Err(e) = self
-                .probe_ready(config, &unit, probe, config.startup_timeout())
+                .probe_ready(spec, &unit, probe, spec.startup_timeout)
                 .await
             {
                 if matches!(e, DaemonError::Timeout { .. }) {
                     // Not ready in time: nothing is left running (as on the
                     // fork backend).
-                    let _ = self.stop_unit(config, &unit).await;
+                    let _ = self.stop_unit(spec, &unit).await;
                 }
                 return Err(e);
             }
@@ -804,16 +799,16 @@ impl SystemdBackend {
     async fn start_transient(
         &self,
         name: &str,
-        spec: &UnitSpec,
+        unit_spec: &UnitSpec,
         timeout: Duration,
         leftover: bool,
     ) -> Result<String> {
-        let unit = spec.unit.as_str();
+        let unit = unit_spec.unit.as_str();
         if leftover {
             // A failed (or not yet collected) unit holds the name.
             self.reset_failed(unit).await?;
         }
-        let owned = spec.transient_properties();
+        let owned = unit_spec.transient_properties();
         let props: Vec<(&str, zbus::zvariant::Value<'_>)> = owned
             .iter()
             .map(|(k, v)| {
@@ -841,7 +836,7 @@ impl SystemdBackend {
                         // start-up would read systemd's version of the file.
                         match self.fragment_path(unit).await {
                             Ok(path) => {
-                                make_transient_file_reload_safe(spec, &self.local_path(&path))
+                                make_transient_file_reload_safe(unit_spec, &self.local_path(&path))
                             }
                             Err(e) => {
                                 tracing::warn!(%unit, %e, "cannot read the new transient unit")
@@ -884,7 +879,7 @@ impl SystemdBackend {
     /// attempts, systemd says whether the unit is still up.
     async fn probe_ready(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         unit: &str,
         probe: &Readiness,
         timeout: Duration,
@@ -905,30 +900,27 @@ impl SystemdBackend {
             Err(ProbeError::Timeout { last }) => {
                 tracing::info!(%unit, ?last, "not ready in time");
                 Err(DaemonError::Timeout {
-                    name: config.name(),
+                    name: spec.name.clone(),
                     operation: "readiness probe",
                     after: timeout,
                 })
             }
             Err(ProbeError::DaemonGone | ProbeError::NotAProbe) => {
                 let state = self.unit_state(unit).await?.unwrap_or_default();
-                Err(state.start_failed(
-                    &config.name(),
-                    &format!("before it became ready, {unit} is"),
-                ))
+                Err(state.start_failed(&spec.name, &format!("before it became ready, {unit} is")))
             }
         }
     }
 
-    async fn stop_unit(&self, config: &DaemonConfig, unit: &str) -> Result<()> {
+    async fn stop_unit(&self, spec: &ServiceSpec, unit: &str) -> Result<()> {
         let state = self.unit_state_with(unit, Read::Lean).await?;
-        self.stop_state(config, unit, state).await
+        self.stop_state(spec, unit, state).await
     }
 
     /// [`Self::stop_unit`] with the state just read.
     async fn stop_state(
         &self,
-        config: &DaemonConfig,
+        spec: &ServiceSpec,
         unit: &str,
         state: Option<UnitState>,
     ) -> Result<()> {
@@ -938,16 +930,16 @@ impl SystemdBackend {
         if state.active == "inactive" || state.active == "failed" {
             return Ok(());
         }
-        let timeout = config.shutdown_timeout() + BUS_GRACE;
+        let timeout = spec.shutdown_timeout + BUS_GRACE;
         let result = self
-            .run_job(&config.name(), format!("StopUnit {unit}"), timeout, || {
+            .run_job(&spec.name, format!("StopUnit {unit}"), timeout, || {
                 self.manager.stop_unit(unit, "replace")
             })
             .await;
         match result {
             Ok(r) if r == "done" => Ok(()),
             Ok(r) => Err(DaemonError::StopFailed {
-                name: config.name(),
+                name: spec.name.clone(),
                 pid: state.main_pid,
                 reason: format!("systemd stop job of {unit} ended with result '{r}'"),
             }),
@@ -1161,8 +1153,8 @@ impl UnitState {
 
 /// Refuses a unit that exists and is not ours (no [`OWNERSHIP_MARK`]), or
 /// whose loaded `Id` is another name (an alias), unless the config adopts it.
-fn check_owned(config: &DaemonConfig, unit: &str, state: &UnitState) -> Result<()> {
-    if !state.present() || config.adopt {
+fn check_owned(spec: &ServiceSpec, unit: &str, state: &UnitState) -> Result<()> {
+    if !state.present() || spec.adopt {
         return Ok(());
     }
     if !state.id.is_empty() && state.id != unit {
@@ -1180,9 +1172,9 @@ fn check_owned(config: &DaemonConfig, unit: &str, state: &UnitState) -> Result<(
 /// A unit file that is a symlink is an alias (or a linked unit) of another
 /// unit: writing or removing it would act on that one. Refused unless
 /// adopted.
-fn refuse_alias_link(config: &DaemonConfig, unit: &str, path: &Path) -> Result<()> {
+fn refuse_alias_link(spec: &ServiceSpec, unit: &str, path: &Path) -> Result<()> {
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link || config.adopt {
+    if !is_link || spec.adopt {
         return Ok(());
     }
     let target = std::fs::read_link(path)
@@ -1214,36 +1206,21 @@ fn not_owned(unit: &str, state: &UnitState) -> DaemonError {
     }
 }
 
-/// `User=`/`Group=` must name an account of this host: systemd would only
-/// find out when the unit starts (exit 217/216, naming nothing).
-fn check_accounts(spec: &UnitSpec) -> Result<()> {
-    if spec.scope != Scope::System {
-        return Ok(());
-    }
-    if let Some(user) = spec.user.as_deref() {
-        crate::host::user(user)?;
-    }
-    if let Some(group) = spec.group.as_deref() {
-        crate::host::group(group)?;
-    }
-    Ok(())
-}
-
 /// Whether the installed unit file differs from what `spec` renders now.
 /// `None`: not a persistent unit, or its file cannot be read here.
 /// `file` is the unit's `FragmentPath`, as we see it.
-fn drift(spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
+fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
     if state.transient || state.load != "loaded" || state.fragment_path.is_empty() {
         return None;
     }
     let installed = std::fs::read_to_string(file).ok()?;
-    Some(spec.render().ok()? != installed)
+    Some(unit_spec.render().ok()? != installed)
 }
 
-fn warn_drift(spec: &UnitSpec, state: &UnitState, file: &Path) {
-    if drift(spec, state, file) == Some(true) {
+fn warn_drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) {
+    if drift(unit_spec, state, file) == Some(true) {
         tracing::warn!(
-            unit = %spec.unit,
+            unit = %unit_spec.unit,
             path = %file.display(),
             "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
         );
@@ -1258,7 +1235,7 @@ fn warn_drift(spec: &UnitSpec, state: &UnitState, file: &Path) {
 /// unchanged, keeping its mtime so the unit does not read as changed on
 /// disk. Where the file is out of reach (the manager in another mount
 /// namespace not described with `with_path_seen_as`), says so and leaves it.
-fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
+fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
     let check = || -> std::result::Result<(), String> {
         // The path is the manager's answer: it must be a file in a
         // `transient` directory, reached without `..`, a regular file owned
@@ -1288,7 +1265,9 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
         if !text.contains(&format!("Documentation={OWNERSHIP_MARK}")) {
             return Err("not our unit's file".into());
         }
-        let new = spec.render_transient_file().map_err(|e| e.to_string())?;
+        let new = unit_spec
+            .render_transient_file()
+            .map_err(|e| e.to_string())?;
         if new == text {
             return Ok(());
         }
@@ -1312,10 +1291,10 @@ fn make_transient_file_reload_safe(spec: &UnitSpec, path: &Path) {
     }
     match check() {
         Ok(()) => {
-            tracing::debug!(unit = %spec.unit, path = %path.display(), "transient unit file is reload-safe")
+            tracing::debug!(unit = %unit_spec.unit, path = %path.display(), "transient unit file is reload-safe")
         }
         Err(why) => tracing::warn!(
-            unit = %spec.unit,
+            unit = %unit_spec.unit,
             path = %path.display(),
             %why,
             "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
@@ -1419,22 +1398,22 @@ impl Backend for SystemdBackend {
         BackendKind::Systemd
     }
 
-    fn start<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
-        Box::pin(self.start_unit(config))
+    fn start<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
+        Box::pin(self.start_unit(spec))
     }
 
-    fn stop<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn stop<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            let state = self.owned_state_with(config, &unit, Read::Lean).await?;
-            self.stop_state(config, &unit, state).await
+            let unit = Self::unit(spec)?;
+            let state = self.owned_state_with(spec, &unit, Read::Lean).await?;
+            self.stop_state(spec, &unit, state).await
         })
     }
 
-    fn kill<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn kill<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            let Some(state) = self.owned_state(config, &unit).await? else {
+            let unit = Self::unit(spec)?;
+            let Some(state) = self.owned_state(spec, &unit).await? else {
                 return Ok(());
             };
             if state.is_up() {
@@ -1452,7 +1431,7 @@ impl Backend for SystemdBackend {
                 }
                 // A stop job after the kill: no restart policy brings it back,
                 // and the caller returns once systemd saw everything go.
-                self.stop_unit(config, &unit).await?;
+                self.stop_unit(spec, &unit).await?;
             }
             // As with the fork backend, a kill ends in "stopped", not "failed".
             let _ = self.reset_failed(&unit).await;
@@ -1460,14 +1439,14 @@ impl Backend for SystemdBackend {
         })
     }
 
-    fn status<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<StatusReport>> {
+    fn status<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<StatusReport>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            let state = self.owned_state(config, &unit).await?;
+            let unit = Self::unit(spec)?;
+            let state = self.owned_state(spec, &unit).await?;
             let status = state
                 .as_ref()
                 .map_or(DaemonStatus::Stopped, UnitState::status);
-            let mut report = StatusReport::new(config.name(), BackendKind::Systemd, status);
+            let mut report = StatusReport::new(spec.name.clone(), BackendKind::Systemd, status);
             if let Some(s) = &state {
                 tracing::trace!(%unit, sub = %s.sub, "unit state");
                 report.restarts = s.n_restarts;
@@ -1482,7 +1461,7 @@ impl Backend for SystemdBackend {
                     report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
                 }
                 if !s.transient && s.load == "loaded" {
-                    report.drift = UnitSpec::from_config(config, self.scope)
+                    report.drift = UnitSpec::from_spec(spec, self.scope)
                         .ok()
                         .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
                 }
@@ -1491,37 +1470,37 @@ impl Backend for SystemdBackend {
         })
     }
 
-    fn restart<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<u32>> {
+    fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            match self.owned_state(config, &unit).await? {
+            let unit = Self::unit(spec)?;
+            match self.owned_state(spec, &unit).await? {
                 Some(state) if state.is_up() => {
-                    self.stop_unit(config, &unit).await?;
-                    self.start_unit(config).await
+                    self.stop_unit(spec, &unit).await?;
+                    self.start_unit(spec).await
                 }
-                _ => self.start_unit(config).await,
+                _ => self.start_unit(spec).await,
             }
         })
     }
 
     fn wait_ready<'a>(
         &'a self,
-        config: &'a DaemonConfig,
+        spec: &'a ServiceSpec,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            let state = self.owned_state(config, &unit).await?.unwrap_or_default();
+            let unit = Self::unit(spec)?;
+            let state = self.owned_state(spec, &unit).await?.unwrap_or_default();
             // Stopping, or waiting out a restart delay, is not "starting":
             // a start job queued now would cancel the stop or skip RestartSec.
             let starting = state.active == "activating" && state.sub != "auto-restart";
             if !(state.active == "active" || state.active == "reloading" || starting) {
                 return Err(DaemonError::NotRunning {
-                    name: config.name(),
+                    name: spec.name.clone(),
                     state: state.status().to_string(),
                 });
             }
-            match &config.readiness {
+            match &spec.readiness {
                 // Type=notify: "active" means READY=1 arrived.
                 Some(Readiness::Notify) | None if !starting => Ok(()),
                 Some(Readiness::Notify) | None => {
@@ -1529,7 +1508,7 @@ impl Backend for SystemdBackend {
                     // with it ("fail" never replaces a conflicting job) and
                     // reports its result.
                     let result = self
-                        .run_job(&config.name(), format!("StartUnit {unit}"), timeout, || {
+                        .run_job(&spec.name, format!("StartUnit {unit}"), timeout, || {
                             self.manager.start_unit(&unit, "fail")
                         })
                         .await?;
@@ -1537,21 +1516,21 @@ impl Backend for SystemdBackend {
                         Ok(())
                     } else {
                         Err(DaemonError::StartFailed {
-                            name: config.name(),
+                            name: spec.name.clone(),
                             reason: format!("start job of {unit} ended with result '{result}'"),
                             source: None,
                         })
                     }
                 }
-                Some(probe) => self.probe_ready(config, &unit, probe, timeout).await,
+                Some(probe) => self.probe_ready(spec, &unit, probe, timeout).await,
             }
         })
     }
 
-    fn cleanup_stale<'a>(&'a self, config: &'a DaemonConfig) -> BoxFuture<'a, Result<()>> {
+    fn cleanup_stale<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let unit = Self::unit(config)?;
-            self.owned_state(config, &unit).await?;
+            let unit = Self::unit(spec)?;
+            self.owned_state(spec, &unit).await?;
             self.reset_failed(&unit).await
         })
     }

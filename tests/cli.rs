@@ -183,3 +183,55 @@ fn verbose_flag_shows_tracing_events() {
     assert!(daemonctl(&["stop"], &toml).status.success());
     sb.assert_no_leaks();
 }
+
+/// Issue 9: rendering needs only the pure checks, so a packager renders a
+/// unit for a binary that is not installed on the build machine; status and
+/// stop need no binary either (an upgrade may have removed it), while a
+/// start asks the host and changes nothing when it cannot.
+#[test]
+fn render_status_and_stop_need_no_installed_binary() {
+    let sb = Sandbox::new("cli_uninstalled");
+    let mut config = sb.config(&[]);
+    config.binary_path = "/usr/bin/queen-rbee-not-installed".into();
+    config.name = Some(sb.tag.clone());
+    let toml = sb.write_toml(&config);
+
+    let out = daemonctl(
+        &["--scope", "system", "render", "--format", "systemd"],
+        &toml,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("ExecStart=\"/usr/bin/queen-rbee-not-installed\" ")),
+        "{unit}"
+    );
+
+    let out = daemonctl(&["--backend", "fork", "status"], &toml);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = daemonctl(&["--backend", "fork", "stop"], &toml);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = daemonctl(&["--backend", "fork", "start"], &toml);
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("queen-rbee-not-installed"), "{err}");
+    assert!(!config.effective_pid_file().exists());
+    sb.assert_no_leaks();
+}

@@ -92,7 +92,11 @@ impl Env {
                 // Enabled: a unit nothing refers to is unloaded once
                 // inactive, which would hide what a loaded one reports.
                 self.backend
-                    .install(config, Some(&self.um.unit_dir()), true)
+                    .install(
+                        &daemon_lifecycle::ServiceSpec::from_config(config).unwrap(),
+                        Some(&self.um.unit_dir()),
+                        true,
+                    )
                     .await
                     .unwrap();
                 self.sb.systemd_manager(&self.um, config.clone()).await
@@ -106,7 +110,10 @@ impl Env {
         let _ = within(30, m.cleanup_stale()).await;
         if self.target == Target::SystemdPersistent {
             self.backend
-                .uninstall(config, Some(&self.um.unit_dir()))
+                .uninstall(
+                    &daemon_lifecycle::ServiceSpec::from_config(config).unwrap(),
+                    Some(&self.um.unit_dir()),
+                )
                 .await
                 .unwrap();
         }

@@ -49,7 +49,11 @@ async fn drift_is_reported_by_status_and_start_warns() {
     within(30, m.stop()).await.unwrap();
 
     backend
-        .install(&config, Some(&um.unit_dir()), true)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            true,
+        )
         .await
         .unwrap();
     let pid = within(30, m.start()).await.unwrap();
@@ -70,7 +74,10 @@ async fn drift_is_reported_by_status_and_start_warns() {
     assert!(stderr.contains("differs from the config"), "{stderr}");
 
     backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
     assert!(!alive(pid));
@@ -87,7 +94,15 @@ async fn a_unit_dir_the_manager_does_not_load_from_is_refused_before_writing() {
     let unit = UnitSpec::from_config(&config, Scope::User).unwrap().unit;
     let elsewhere = sb.path("not-a-unit-dir");
     let backend = backend(&um).await;
-    let reason = invalid_unit_dir(backend.install(&config, Some(&elsewhere), true).await);
+    let reason = invalid_unit_dir(
+        backend
+            .install(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&elsewhere),
+                true,
+            )
+            .await,
+    );
     assert!(reason.contains("UnitPath"), "{reason}");
     assert!(!elsewhere.exists(), "something was written");
     let toml = sb.write_toml(&config);
@@ -120,7 +135,11 @@ async fn a_failed_enable_leaves_nothing_written() {
     std::fs::write(&blocker, "").unwrap();
     let backend = backend(&um).await;
     let err = backend
-        .install(&config, Some(&um.unit_dir()), true)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            true,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("EnableUnitFiles"), "{err}");
@@ -145,13 +164,24 @@ async fn uninstall_from_the_wrong_dir_says_so_and_leaves_the_unit() {
     let unit = UnitSpec::from_config(&config, Scope::User).unwrap().unit;
     let backend = backend(&um).await;
     backend
-        .install(&config, Some(&um.unit_dir()), true)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            true,
+        )
         .await
         .unwrap();
     let m = sb.systemd_manager(&um, config.clone()).await;
     let pid = within(30, m.start()).await.unwrap();
     let wrong = sb.path("wrong");
-    let reason = invalid_unit_dir(backend.uninstall(&config, Some(&wrong)).await);
+    let reason = invalid_unit_dir(
+        backend
+            .uninstall(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&wrong),
+            )
+            .await,
+    );
     assert!(
         reason.contains(&um.unit_dir().join(&unit).display().to_string()),
         "{reason}"
@@ -172,13 +202,19 @@ async fn uninstall_from_the_wrong_dir_says_so_and_leaves_the_unit() {
     assert_eq!(out.status.code(), Some(6));
 
     assert!(backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir())
+        )
         .await
         .unwrap());
     assert!(!alive(pid));
     // Nothing anywhere: fine, and said.
     assert!(!backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir())
+        )
         .await
         .unwrap());
     let out = daemonctl(

@@ -108,7 +108,13 @@ async fn a_hand_written_unit_file_is_neither_started_nor_overwritten_nor_removed
     std::fs::write(&path, &text).unwrap();
     let backend = backend(&um).await;
     not_owned(
-        backend.install(&config, Some(&um.unit_dir()), true).await,
+        backend
+            .install(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&um.unit_dir()),
+                true,
+            )
+            .await,
         &unit,
         "install",
     );
@@ -118,7 +124,12 @@ async fn a_hand_written_unit_file_is_neither_started_nor_overwritten_nor_removed
         "install overwrote it"
     );
     not_owned(
-        backend.uninstall(&config, Some(&um.unit_dir())).await,
+        backend
+            .uninstall(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&um.unit_dir()),
+            )
+            .await,
         &unit,
         "uninstall",
     );
@@ -149,11 +160,18 @@ async fn a_hand_written_unit_file_is_neither_started_nor_overwritten_nor_removed
     let mut adopted = config.clone();
     adopted.adopt = true;
     assert!(backend
-        .install(&adopted, Some(&um.unit_dir()), false)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&adopted).unwrap(),
+            Some(&um.unit_dir()),
+            false
+        )
         .await
         .unwrap());
     backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
     assert!(!path.exists());
@@ -172,7 +190,11 @@ async fn an_alias_is_not_followed() {
     let real_unit = UnitSpec::from_config(&real, Scope::User).unwrap().unit;
     let backend = backend(&um).await;
     backend
-        .install(&real, Some(&um.unit_dir()), false)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&real).unwrap(),
+            Some(&um.unit_dir()),
+            false,
+        )
         .await
         .unwrap();
     let nick = sb.config(&[]).with_name(format!("{}-nick", sb.tag));
@@ -196,13 +218,24 @@ async fn an_alias_is_not_followed() {
     // Neither installed over (the link would become a unit of its own) nor
     // uninstalled (that would stop the real unit).
     let reason = not_owned(
-        backend.install(&nick, Some(&um.unit_dir()), false).await,
+        backend
+            .install(
+                &daemon_lifecycle::ServiceSpec::from_config(&nick).unwrap(),
+                Some(&um.unit_dir()),
+                false,
+            )
+            .await,
         &nick_unit,
         "install",
     );
     assert!(reason.contains("symlink"), "{reason}");
     not_owned(
-        backend.uninstall(&nick, Some(&um.unit_dir())).await,
+        backend
+            .uninstall(
+                &daemon_lifecycle::ServiceSpec::from_config(&nick).unwrap(),
+                Some(&um.unit_dir()),
+            )
+            .await,
         &nick_unit,
         "uninstall",
     );
@@ -217,7 +250,10 @@ async fn an_alias_is_not_followed() {
 
     std::fs::remove_file(um.unit_dir().join(&nick_unit)).unwrap();
     backend
-        .uninstall(&real, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&real).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
     assert!(!alive(pid));
@@ -252,7 +288,13 @@ async fn a_vendor_unit_found_by_binary_name_is_not_started_and_the_bus_is_not_ki
     );
     let backend = backend(&um).await;
     not_owned(
-        backend.install(&config, Some(&um.unit_dir()), false).await,
+        backend
+            .install(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&um.unit_dir()),
+                false,
+            )
+            .await,
         "gpg-agent.service",
         "install over a vendor unit",
     );

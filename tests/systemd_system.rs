@@ -31,11 +31,16 @@ async fn persistent_unit_as_nobody_over_the_system_bus() {
             .await
             .unwrap()
             .with_path_seen_as(&sm.unit_dir, "/etc/systemd/system");
-    assert!(
-        within(30, backend.install(&config, Some(&sm.unit_dir), true))
-            .await
-            .unwrap()
-    );
+    assert!(within(
+        30,
+        backend.install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&sm.unit_dir),
+            true
+        )
+    )
+    .await
+    .unwrap());
     let unit_file = sm.unit_dir.join(&unit);
     assert!(std::fs::read_to_string(&unit_file)
         .unwrap()
@@ -55,9 +60,15 @@ async fn persistent_unit_as_nobody_over_the_system_bus() {
 
     within(30, m.stop()).await.unwrap();
     assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
-    within(30, backend.uninstall(&config, Some(&sm.unit_dir)))
-        .await
-        .unwrap();
+    within(
+        30,
+        backend.uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&sm.unit_dir),
+        ),
+    )
+    .await
+    .unwrap();
     assert!(!unit_file.exists());
     assert!(wants.symlink_metadata().is_err(), "still enabled");
     sb.assert_no_leaks();
@@ -144,9 +155,16 @@ async fn an_unknown_user_or_group_is_refused_before_any_unit_exists() {
             matches!(&err, daemon_lifecycle::DaemonError::InvalidConfig { field: f, .. } if f == field),
             "{err:?}"
         );
-        let err = within(30, backend.install(&config, Some(&sm.unit_dir), true))
-            .await
-            .unwrap_err();
+        let err = within(
+            30,
+            backend.install(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                Some(&sm.unit_dir),
+                true,
+            ),
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(&err, daemon_lifecycle::DaemonError::InvalidConfig { field: f, .. } if f == field),
             "{err:?}"

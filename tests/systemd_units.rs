@@ -158,7 +158,11 @@ async fn hostile_argv_and_env_arrive_byte_for_byte_both_ways_and_mean_the_same()
     .await
     .unwrap();
     assert!(backend
-        .install(&config, Some(&um.unit_dir()), false)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            false
+        )
         .await
         .unwrap());
     within(30, m.start()).await.unwrap();
@@ -174,7 +178,10 @@ async fn hostile_argv_and_env_arrive_byte_for_byte_both_ways_and_mean_the_same()
     let persistent = meaning(&um, &unit).await;
     within(30, m.stop()).await.unwrap();
     backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
 
@@ -292,14 +299,22 @@ async fn install_is_idempotent_and_uninstall_cleans_up() {
     .unwrap();
     let path = um.unit_dir().join(&unit);
     assert!(backend
-        .install(&config, Some(&um.unit_dir()), true)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            true
+        )
         .await
         .unwrap());
     let first = std::fs::read_to_string(&path).unwrap();
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     // Same content: nothing written, no reload.
     assert!(!backend
-        .install(&config, Some(&um.unit_dir()), true)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+            true
+        )
         .await
         .unwrap());
     assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
@@ -318,18 +333,28 @@ async fn install_is_idempotent_and_uninstall_cleans_up() {
     // A changed config rewrites the file.
     let changed = config.clone().with_env("NEW", "1");
     assert!(backend
-        .install(&changed, Some(&um.unit_dir()), false)
+        .install(
+            &daemon_lifecycle::ServiceSpec::from_config(&changed).unwrap(),
+            Some(&um.unit_dir()),
+            false
+        )
         .await
         .unwrap());
     assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
 
     // Uninstall stops, disables, removes; twice is fine.
     backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
     backend
-        .uninstall(&config, Some(&um.unit_dir()))
+        .uninstall(
+            &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+            Some(&um.unit_dir()),
+        )
         .await
         .unwrap();
     assert!(!path.exists());
@@ -417,10 +442,14 @@ async fn refused_bad_input_changes_nothing() {
             matches!(&err, DaemonError::InvalidConfig { field: f, .. } if f == field),
             "{field}: {err:?}"
         );
-        let err = backend
-            .install(&config, Some(&um.unit_dir()), true)
-            .await
-            .unwrap_err();
+        // Refused as a spec already, or by install for this scope.
+        let err = match daemon_lifecycle::ServiceSpec::from_config(&config) {
+            Err(e) => e,
+            Ok(spec) => backend
+                .install(&spec, Some(&um.unit_dir()), true)
+                .await
+                .unwrap_err(),
+        };
         assert!(matches!(err, DaemonError::InvalidConfig { .. }), "{err:?}");
     }
     assert_eq!(

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use daemon_lifecycle::host::{self, LocalHost};
 use daemon_lifecycle::{
-    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, StatusReport,
-    SystemdBackend, UnitSpec,
+    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, ServiceSpec,
+    StatusReport, SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -218,32 +219,31 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     if cli.adopt {
         config.adopt = true;
     }
-    let scope = config.scope.unwrap_or_else(Scope::default_for_current_user);
-    // Validated before connecting, so a bad config is reported as such even
-    // where no bus answers.
+    // Checked before connecting, so a bad config is reported as such even
+    // where no bus answers. Only the pure checks: rendering, uninstalling
+    // and stopping need no installed binary.
+    let spec = ServiceSpec::from_config(&config)?;
+    let scope = spec.scope;
     match &cli.command {
         Command::Render { .. } => {
-            config.validate()?;
-            print!("{}", UnitSpec::from_config(&config, scope)?.render()?);
+            print!("{}", UnitSpec::from_spec(&spec, scope)?.render()?);
             return Ok(0);
         }
         Command::Install {
             enable, unit_dir, ..
         } => {
-            config.validate()?;
-            UnitSpec::from_config(&config, scope)?;
+            // Installing is for this host: its host checks first.
+            host::check(&LocalHost, &spec)?;
+            UnitSpec::from_spec(&spec, scope)?;
             let systemd = SystemdBackend::connect(scope).await?;
-            let changed = systemd
-                .install(&config, unit_dir.as_deref(), *enable)
-                .await?;
+            let changed = systemd.install(&spec, unit_dir.as_deref(), *enable).await?;
             tracing::info!(changed, "install");
             return Ok(0);
         }
         Command::Uninstall { unit_dir, .. } => {
-            config.validate()?;
-            let unit = UnitSpec::from_config(&config, scope)?.unit;
+            let unit = UnitSpec::from_spec(&spec, scope)?.unit;
             let systemd = SystemdBackend::connect(scope).await?;
-            if !systemd.uninstall(&config, unit_dir.as_deref()).await? {
+            if !systemd.uninstall(&spec, unit_dir.as_deref()).await? {
                 let dir = match unit_dir {
                     Some(d) => d.clone(),
                     None => SystemdBackend::default_unit_dir(scope)?,
@@ -264,7 +264,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 });
             }
             let code = daemon_lifecycle::ForkBackend::new()
-                .run_foreground(&config)
+                .run_foreground(&spec)
                 .await?;
             return Ok(code.clamp(0, 255) as u8);
         }

@@ -24,8 +24,9 @@
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DaemonConfig, Limits};
+use crate::config::{Limit, Limits};
 use crate::error::{DaemonError, Result};
+use crate::spec::ServiceSpec;
 
 /// Who the daemon runs as, fully resolved to numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +45,17 @@ pub(crate) struct Credentials {
 
 /// Resolves `user`/`group`. `None` when neither is set. A non-root caller may
 /// only name itself (and its own groups): anything else is `PermissionDenied`.
-pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
-    if config.user.is_none() && config.group.is_none() {
+pub(crate) fn resolve(spec: &ServiceSpec) -> Result<Option<Credentials>> {
+    if spec.run_as.is_default() {
         return Ok(None);
     }
-    let user = config.user.as_deref().map(crate::host::user).transpose()?;
-    let gid = match &config.group {
+    let user = spec
+        .run_as
+        .user
+        .as_deref()
+        .map(crate::host::user)
+        .transpose()?;
+    let gid = match &spec.run_as.group {
         Some(spec) => crate::host::group(spec)?.as_raw(),
         None => match &user {
             Some((_, Some(u))) => u.gid.as_raw(),
@@ -68,9 +74,9 @@ pub(crate) fn resolve(config: &DaemonConfig) -> Result<Option<Credentials>> {
             return Err(DaemonError::PermissionDenied {
                 action: format!(
                     "run {} as user {} group {} (only root can switch users; running as uid {})",
-                    config.name(),
-                    config.user.as_deref().unwrap_or("(self)"),
-                    config.group.as_deref().unwrap_or("(default)"),
+                    spec.name,
+                    spec.run_as.user.as_deref().unwrap_or("(self)"),
+                    spec.run_as.group.as_deref().unwrap_or("(default)"),
                     me
                 ),
                 source: None,
@@ -212,13 +218,16 @@ pub(crate) struct Rlimit {
 
 /// The config's limits, each with its field name and resource: the one list
 /// of them in the fork backend.
-fn limit_fields(limits: &Limits) -> [(&'static str, ResourceId, Option<u64>); 4] {
-    [
-        ("limits.nofile", libc::RLIMIT_NOFILE, limits.nofile),
-        ("limits.memory_bytes", libc::RLIMIT_AS, limits.memory_bytes),
-        ("limits.cpu_secs", libc::RLIMIT_CPU, limits.cpu_secs),
-        ("limits.processes", libc::RLIMIT_NPROC, limits.processes),
-    ]
+fn limit_fields(limits: &Limits) -> impl Iterator<Item = (&'static str, ResourceId, Option<u64>)> {
+    limits.entries().into_iter().map(|(limit, value)| {
+        let resource = match limit {
+            Limit::OpenFiles => libc::RLIMIT_NOFILE,
+            Limit::MemoryBytes => libc::RLIMIT_AS,
+            Limit::CpuSecs => libc::RLIMIT_CPU,
+            Limit::Processes => libc::RLIMIT_NPROC,
+        };
+        (limit.field(), resource, value)
+    })
 }
 
 /// A config value as an `rlim_t`: values past the platform's largest limit
@@ -245,11 +254,11 @@ pub(crate) fn rlimits(limits: &Limits) -> Vec<Rlimit> {
 
 /// Refuses, before anything starts, a limit that the OS would refuse in the
 /// child: raising a hard limit needs privilege.
-pub(crate) fn check_limits(config: &DaemonConfig) -> Result<()> {
+pub(crate) fn check_limits(spec: &ServiceSpec) -> Result<()> {
     if Uid::effective().is_root() {
         return Ok(());
     }
-    for (field, resource, value) in limit_fields(&config.limits) {
+    for (field, resource, value) in limit_fields(&spec.limits) {
         let Some(v) = value else { continue };
         let mut current = libc::rlimit {
             rlim_cur: 0,
@@ -310,18 +319,23 @@ pub(crate) fn apply_in_child(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DaemonConfig;
+
+    fn spec(c: &DaemonConfig) -> ServiceSpec {
+        ServiceSpec::from_config(c).unwrap()
+    }
 
     #[test]
     fn unknown_names_are_refused_by_field() {
         let mut c = DaemonConfig::new("/bin/sh", "/tmp/x.pid");
         c.user = Some("no-such-user-dltest".into());
         assert!(
-            matches!(resolve(&c), Err(DaemonError::InvalidConfig { field, .. }) if field == "user")
+            matches!(resolve(&spec(&c)), Err(DaemonError::InvalidConfig { field, .. }) if field == "user")
         );
         c.user = None;
         c.group = Some("no-such-group-dltest".into());
         assert!(
-            matches!(resolve(&c), Err(DaemonError::InvalidConfig { field, .. }) if field == "group")
+            matches!(resolve(&spec(&c)), Err(DaemonError::InvalidConfig { field, .. }) if field == "group")
         );
     }
 
@@ -351,7 +365,7 @@ mod tests {
     fn naming_yourself_needs_no_switch_or_is_root() {
         let mut c = DaemonConfig::new("/bin/sh", "/tmp/x.pid");
         c.user = Some(Uid::effective().as_raw().to_string());
-        let creds = resolve(&c).unwrap().unwrap();
+        let creds = resolve(&spec(&c)).unwrap().unwrap();
         assert_eq!(creds.uid, Uid::effective().as_raw());
         assert_eq!(creds.switch, Uid::effective().is_root());
     }

@@ -26,9 +26,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// make the supervisor's memory grow without bound.
 const MAX_LINE: usize = 64 * 1024;
 
-/// Default number of rotated files kept.
-pub(crate) const DEFAULT_KEEP: u32 = 5;
-
 /// One log file with its rotation rule. Shared (behind a mutex) when stdout
 /// and stderr name the same file, so their lines interleave whole.
 #[derive(Debug)]
@@ -50,7 +47,7 @@ pub(crate) type SharedLog = Arc<Mutex<LogFile>>;
 
 impl LogFile {
     /// Opens (creating, mode 0640) `path` for appending.
-    pub fn open(path: &Path, max_bytes: Option<u64>, keep: Option<u32>) -> io::Result<LogFile> {
+    pub fn open(path: &Path, max_bytes: Option<u64>, keep: u32) -> io::Result<LogFile> {
         let file = open_append(path)?;
         let size = file.metadata()?.len();
         Ok(LogFile {
@@ -58,7 +55,7 @@ impl LogFile {
             file,
             size,
             max_bytes,
-            keep: keep.unwrap_or(DEFAULT_KEEP),
+            keep,
             mid_line: false,
             rotation_refused: false,
         })
@@ -284,7 +281,7 @@ mod tests {
     fn rotation_keeps_every_line_once() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.log");
-        let mut log = LogFile::open(&p, Some(100), Some(3)).unwrap();
+        let mut log = LogFile::open(&p, Some(100), 3).unwrap();
         for i in 0..50 {
             log.write_piece(format!("line {i:04}\n").as_bytes())
                 .unwrap();
@@ -305,7 +302,7 @@ mod tests {
     fn no_rotation_inside_a_long_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.log");
-        let mut log = LogFile::open(&p, Some(10), Some(2)).unwrap();
+        let mut log = LogFile::open(&p, Some(10), 2).unwrap();
         log.write_piece(b"0123456789").unwrap(); // piece without newline
         log.write_piece(b"abcdef\n").unwrap(); // the same line continues
         log.write_piece(b"next\n").unwrap();
@@ -378,7 +375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.log");
         std::fs::create_dir(dir.path().join("out.log.2")).unwrap();
-        let mut log = LogFile::open(&p, Some(20), Some(3)).unwrap();
+        let mut log = LogFile::open(&p, Some(20), 3).unwrap();
         for i in 0..6 {
             log.write_piece(format!("line {i:04}\n").as_bytes())
                 .unwrap();

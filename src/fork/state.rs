@@ -5,12 +5,11 @@
 //! Pure decisions live here (with their table tested below); the I/O that
 //! gathers the inputs is in [`super`].
 
-use nix::sys::signal::Signal;
-
 use super::control::{ControlReply, Phase};
 use super::pidfile::Record;
 use super::proc::ProcRef;
 use crate::backend::{DaemonStatus, ExitInfo};
+use crate::spec::is_clean_exit;
 
 /// What one look found.
 #[derive(Debug)]
@@ -207,23 +206,6 @@ fn failed_or_stopped(exit: ExitInfo) -> DaemonStatus {
         DaemonStatus::Stopped
     } else {
         DaemonStatus::Failed(exit.to_string())
-    }
-}
-
-/// systemd's rule for a service: exit code 0 and the signals HUP, INT, TERM
-/// and PIPE are a clean end, anything else is a failure.
-pub(crate) fn is_clean_exit(exit: ExitInfo) -> bool {
-    match exit {
-        ExitInfo::Code(0) => true,
-        ExitInfo::Code(_) => false,
-        ExitInfo::Signal(sig) => [
-            Signal::SIGHUP,
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGPIPE,
-        ]
-        .iter()
-        .any(|s| *s as i32 == sig),
     }
 }
 

@@ -31,7 +31,7 @@
 //! [`run_foreground`] runs the same loop in the calling process without the
 //! fork and `setsid`: `daemonctl run`, the entrypoint of a container, where the
 //! supervisor is PID 1 and so also reaps every orphan of the namespace.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -57,7 +57,8 @@ use super::notify::{self, NotifySocket};
 use super::pidfile::{self, Paths, Record};
 use super::proc::{self, ProcRef};
 use crate::backend::ExitInfo;
-use crate::config::{Limits, LogsConfig, RestartConfig, RestartPolicy};
+use crate::config::Limits;
+use crate::spec::{LogSpec, RestartSpec, StartLimit};
 
 /// Environment variable that turns a program calling
 /// [`crate::supervisor_init`] into a supervisor.
@@ -66,7 +67,7 @@ pub const SUPERVISE_ENV: &str = "DAEMON_LIFECYCLE_SUPERVISE";
 /// Version of the caller → supervisor request. A supervisor program built
 /// from another version of this crate refuses a request of another version
 /// (and unknown fields) instead of silently dropping what it does not know.
-pub(crate) const REQUEST_VERSION: u32 = 2;
+pub(crate) const REQUEST_VERSION: u32 = 3;
 
 /// What the caller asks the supervisor to run.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,9 +91,9 @@ pub(crate) struct Request {
     #[serde(default)]
     pub notify: bool,
     #[serde(default)]
-    pub restart: RestartConfig,
+    pub restart: RestartSpec,
     #[serde(default)]
-    pub logs: Option<LogsConfig>,
+    pub logs: LogSpec,
     #[serde(default)]
     pub limits: Limits,
     /// Resolved by the caller (see [`super::limits`]).
@@ -354,13 +355,7 @@ struct Logs {
     stderr: Option<SharedLog>,
 }
 
-fn open_logs(cfg: Option<&LogsConfig>) -> Result<Logs, (PathBuf, std::io::Error)> {
-    let Some(cfg) = cfg else {
-        return Ok(Logs {
-            stdout: None,
-            stderr: None,
-        });
-    };
+fn open_logs(cfg: &LogSpec) -> Result<Logs, (PathBuf, std::io::Error)> {
     let open = |p: &PathBuf| {
         LogFile::open(p, cfg.max_bytes, cfg.keep)
             .map(|f| Arc::new(Mutex::new(f)))
@@ -465,7 +460,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     };
     tokio::pin!(acceptor);
 
-    let logs = match open_logs(req.logs.as_ref()) {
+    let logs = match open_logs(&req.logs) {
         Ok(l) => l,
         Err((path, e)) => {
             out(&Response::SetupFailed {
@@ -572,7 +567,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
     // SIGKILL was sent: anything still alive (forked meanwhile) gets it again.
     let mut killed = false;
     // Restarts scheduled within the start-limit window.
-    let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
+    let mut start_limit = StartLimit::default();
     // After the daemon's exit without a subreaper, leftover group members
     // are not our children: look again now and then.
     let mut recheck = tokio::time::interval(Duration::from_millis(50));
@@ -598,28 +593,19 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                     clean_up(&paths, &record);
                     return 0;
                 }
-                if record.failure.is_some() || !should_restart(req.restart.policy, exit) {
+                if record.failure.is_some() || !req.restart.restarts_after(exit) {
                     record.restart_pending = false;
                     save_record(&paths, &record);
                     return exit_code(exit);
                 }
                 let now = Instant::now();
-                let window = Duration::from_secs(req.restart.window_secs);
-                while recent_restarts
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > window)
-                {
-                    recent_restarts.pop_front();
-                }
-                if recent_restarts.len() >= req.restart.max_restarts as usize {
+                let Some(delay) = start_limit.next(&req.restart, now.into_std()) else {
                     tracing::warn!(name = %req.name, "start limit hit: not restarting");
                     record.failure = Some("start limit hit".into());
                     record.restart_pending = false;
                     save_record(&paths, &record);
                     return exit_code(exit);
-                }
-                let delay = backoff(&req.restart, recent_restarts.len() as u32);
-                recent_restarts.push_back(now);
+                };
                 record.restart_pending = true;
                 save_record(&paths, &record);
                 tracing::info!(name = %req.name, ?delay, "restarting after back-off");
@@ -713,7 +699,7 @@ async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i32 {
                         record.restart_pending = answered
                             && !stop_requested
                             && record.failure.is_none()
-                            && should_restart(req.restart.policy, info);
+                            && req.restart.restarts_after(info);
                         save_record(&paths, &record);
                         remove_own(&paths.pid_file, &paths, &record);
                         // What is left of the daemon's tree goes too (as
@@ -891,7 +877,7 @@ fn signal_tree(run: &Run, sig: Signal) {
 }
 
 fn is_clean(exit: ExitInfo) -> bool {
-    super::is_clean_exit(exit)
+    crate::spec::is_clean_exit(exit)
 }
 
 /// The exit code `daemonctl run` ends with for a daemon that ended this way.
@@ -900,23 +886,6 @@ fn exit_code(exit: ExitInfo) -> i32 {
         ExitInfo::Code(c) => c,
         ExitInfo::Signal(s) => 128 + s,
     }
-}
-
-/// systemd's rule: `on-failure` restarts after an unclean end (non-zero code,
-/// or a signal other than HUP/INT/TERM/PIPE); `always` after any end that a
-/// stop did not ask for.
-fn should_restart(policy: RestartPolicy, exit: ExitInfo) -> bool {
-    match policy {
-        RestartPolicy::Never => false,
-        RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => !super::is_clean_exit(exit),
-    }
-}
-
-/// `delay_ms · 2^n`, capped at `max_delay_ms`.
-pub(crate) fn backoff(cfg: &RestartConfig, n: u32) -> Duration {
-    let factor = 1u64.checked_shl(n.min(62)).unwrap_or(u64::MAX);
-    Duration::from_millis(cfg.delay_ms.saturating_mul(factor).min(cfg.max_delay_ms))
 }
 
 /// Removes the PID file and the record: a requested stop ends in a clean
@@ -1286,38 +1255,14 @@ mod tests {
         v["version"] = 1.into();
         let e = parse_request(v.to_string().as_bytes()).unwrap_err();
         assert!(
-            e.contains("request version 2, the caller sent version 1"),
+            e.contains(&format!(
+                "request version {REQUEST_VERSION}, the caller sent version 1"
+            )),
             "{e}"
         );
         v["version"] = REQUEST_VERSION.into();
         v["from_the_future"] = true.into();
         let e = parse_request(v.to_string().as_bytes()).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let cfg = RestartConfig {
-            delay_ms: 100,
-            max_delay_ms: 1000,
-            ..Default::default()
-        };
-        let ms: Vec<u64> = (0..6)
-            .map(|n| backoff(&cfg, n).as_millis() as u64)
-            .collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(backoff(&cfg, 200).as_millis(), 1000);
-    }
-
-    #[test]
-    fn restart_policy_follows_systemd() {
-        use RestartPolicy::*;
-        let code = |c| ExitInfo::Code(c);
-        assert!(!should_restart(Never, code(1)));
-        assert!(should_restart(OnFailure, code(1)));
-        assert!(!should_restart(OnFailure, code(0)));
-        assert!(!should_restart(OnFailure, ExitInfo::Signal(15)));
-        assert!(should_restart(OnFailure, ExitInfo::Signal(9)));
-        assert!(should_restart(Always, code(0)));
     }
 }

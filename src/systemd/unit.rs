@@ -15,8 +15,9 @@ use askama::Template;
 use zbus::zvariant::{OwnedValue, Value};
 
 use super::escape;
-use crate::config::{DaemonConfig, Limits, Readiness, RestartPolicy, Scope};
+use crate::config::{DaemonConfig, Limit, Limits, RestartPolicy, Scope};
 use crate::error::{DaemonError, Result};
+use crate::spec::ServiceSpec;
 
 /// The ownership marker every unit we create carries, read back over D-Bus
 /// as the unit's `Documentation` (persistent and transient units alike; it
@@ -121,31 +122,35 @@ fn utf8(field: &str, path: &std::path::Path) -> Result<String> {
 }
 
 impl UnitSpec {
-    /// Builds the model from a config that passed [`DaemonConfig::validate`].
-    /// Refuses what systemd cannot express for this scope.
-    pub fn from_config(config: &DaemonConfig, scope: Scope) -> Result<UnitSpec> {
-        let name = config.name();
-        let executable = utf8("binary_path", &config.binary_path)?;
+    /// The systemd rendering of `spec` for the manager of `scope`
+    /// (normally `spec.scope`; a [`crate::SystemdBackend`] uses its own
+    /// bus's). Refuses what systemd
+    /// cannot express for that scope (`User=` in a user unit, paths that
+    /// are not UTF-8 or not normalized). Pure: nothing on the host is
+    /// looked at.
+    pub fn from_spec(spec: &ServiceSpec, scope: Scope) -> Result<UnitSpec> {
+        let name = &spec.name;
+        let executable = utf8("binary_path", &spec.program)?;
         let mut argv = vec![executable.clone()];
-        argv.extend(config.args.iter().cloned());
-        let mut environment: Vec<(String, String)> = config
+        argv.extend(spec.args.iter().cloned());
+        let environment: Vec<(String, String)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        environment.sort();
-        let working_directory = config
+        let working_directory = spec
             .working_dir
             .as_deref()
             .map(|d| utf8("working_dir", d))
             .transpose()?;
-        let logs = config.logs.clone().unwrap_or_default();
-        let stdout_append = logs
+        let stdout_append = spec
+            .logs
             .stdout
             .as_deref()
             .map(|p| utf8("logs.stdout", p))
             .transpose()?;
-        let stderr_append = logs
+        let stderr_append = spec
+            .logs
             .stderr
             .as_deref()
             .map(|p| utf8("logs.stderr", p))
@@ -163,7 +168,7 @@ impl UnitSpec {
             }
         }
         if scope == Scope::User {
-            for (field, value) in [("user", &config.user), ("group", &config.group)] {
+            for (field, value) in [("user", &spec.run_as.user), ("group", &spec.run_as.group)] {
                 if value.is_some() {
                     return Err(DaemonError::invalid(
                         field,
@@ -179,26 +184,30 @@ impl UnitSpec {
             argv,
             environment,
             working_directory,
-            notify: matches!(config.readiness, Some(Readiness::Notify)),
-            timeout_start: config.startup_timeout(),
-            timeout_stop: config.shutdown_timeout(),
-            restart: config.restart.policy,
-            restart_delay: Duration::from_millis(config.restart.delay_ms),
-            // systemd counts every start in the window, the first included;
-            // `max_restarts` counts restarts only.
-            start_limit_burst: config.restart.max_restarts.saturating_add(1),
-            start_limit_interval: Duration::from_secs(config.restart.window_secs),
-            limits: config.limits.clone(),
+            notify: spec.notify(),
+            timeout_start: spec.startup_timeout,
+            timeout_stop: spec.shutdown_timeout,
+            restart: spec.restart.policy,
+            restart_delay: spec.restart.delay,
+            start_limit_burst: spec.restart.start_limit_burst(),
+            start_limit_interval: spec.restart.window,
+            limits: spec.limits.clone(),
             stdout_append,
             stderr_append,
-            user: config.user.clone(),
-            group: config.group.clone(),
+            user: spec.run_as.user.clone(),
+            group: spec.run_as.group.clone(),
             scope,
         };
         // Render once so every refusal of the quoting rules happens here,
         // before anything is sent or written.
         spec.render()?;
         Ok(spec)
+    }
+
+    /// [`UnitSpec::from_spec`] of the config's [`ServiceSpec`] for `scope`:
+    /// a shortcut for callers that only hold a config.
+    pub fn from_config(config: &DaemonConfig, scope: Scope) -> Result<UnitSpec> {
+        UnitSpec::from_spec(&ServiceSpec::from_config(config)?, scope)
     }
 
     fn service_type(&self) -> &'static str {
@@ -271,10 +280,12 @@ impl UnitSpec {
             restart_usec: self.restart_delay.as_micros() as u64,
             start_limit_burst: self.start_limit_burst,
             start_limit_interval_usec: self.start_limit_interval.as_micros() as u64,
-            limit_nofile: self.limits.nofile,
-            limit_cpu: self.limits.cpu_secs,
-            memory_max: self.limits.memory_bytes,
-            tasks_max: self.limits.processes,
+            limits: self
+                .limits
+                .entries()
+                .into_iter()
+                .filter_map(|(limit, value)| Some((directive(limit).0, value?)))
+                .collect(),
             standard_output: append("logs.stdout", &self.stdout_append)?,
             standard_error: append("logs.stderr", &self.stderr_append)?,
             user: self
@@ -349,19 +360,11 @@ impl UnitSpec {
         if let Some(dir) = &self.working_directory {
             props.push(("WorkingDirectory", v(dir.as_str())));
         }
-        if let Some(n) = self.limits.nofile {
-            props.push(("LimitNOFILE", v(n)));
-            props.push(("LimitNOFILESoft", v(n)));
-        }
-        if let Some(n) = self.limits.cpu_secs {
-            props.push(("LimitCPU", v(n)));
-            props.push(("LimitCPUSoft", v(n)));
-        }
-        if let Some(n) = self.limits.memory_bytes {
-            props.push(("MemoryMax", v(n)));
-        }
-        if let Some(n) = self.limits.processes {
-            props.push(("TasksMax", v(n)));
+        for (limit, value) in self.limits.entries() {
+            let Some(n) = value else { continue };
+            let (name, soft) = directive(limit);
+            props.push((name, v(n)));
+            props.extend(soft.map(|soft| (soft, v(n))));
         }
         if let Some(p) = &self.stdout_append {
             props.push(("StandardOutputFileToAppend", v(p.as_str())));
@@ -376,6 +379,20 @@ impl UnitSpec {
             props.push(("Group", v(g.as_str())));
         }
         props
+    }
+}
+
+/// A limit's unit-file directive (also its transient property), and the
+/// property that sets the soft limit where the directive sets both.
+/// `MemoryMax=` and `TasksMax=` are cgroup limits: stronger than the fork
+/// backend's `RLIMIT_AS` and `RLIMIT_NPROC`, since they count the whole
+/// unit, not one process or user.
+fn directive(limit: Limit) -> (&'static str, Option<&'static str>) {
+    match limit {
+        Limit::OpenFiles => ("LimitNOFILE", Some("LimitNOFILESoft")),
+        Limit::MemoryBytes => ("MemoryMax", None),
+        Limit::CpuSecs => ("LimitCPU", Some("LimitCPUSoft")),
+        Limit::Processes => ("TasksMax", None),
     }
 }
 
@@ -398,10 +415,8 @@ struct UnitFile {
     restart_usec: u64,
     start_limit_burst: u32,
     start_limit_interval_usec: u64,
-    limit_nofile: Option<u64>,
-    limit_cpu: Option<u64>,
-    memory_max: Option<u64>,
-    tasks_max: Option<u64>,
+    /// `(directive, value)` of each set limit.
+    limits: Vec<(&'static str, u64)>,
     standard_output: Option<String>,
     standard_error: Option<String>,
     user: Option<String>,
