@@ -242,7 +242,6 @@ fn to_rlim(value: u64) -> libc::rlim_t {
 /// The set limits, in the order the child applies them.
 pub(crate) fn rlimits(limits: &Limits) -> Vec<Rlimit> {
     limit_fields(limits)
-        .into_iter()
         .filter_map(|(_, resource, value)| {
             value.map(|v| Rlimit {
                 resource,

@@ -178,7 +178,7 @@ impl UnitSpec {
             }
         }
         let spec = UnitSpec {
-            unit: unit_name(&name)?,
+            unit: unit_name(name)?,
             description: format!("{name} (daemon-lifecycle)"),
             executable,
             argv,
