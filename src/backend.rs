@@ -97,8 +97,12 @@ impl fmt::Display for ExitInfo {
 }
 
 /// Which backend runs a daemon.
+///
+/// More backends will come (launchd), hence `#[non_exhaustive]`: match with
+/// a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Our own supervisor process and a PID file.
     Fork,

@@ -112,3 +112,50 @@ pub fn supervisor_init() {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The enums that will gain members are `#[non_exhaustive]`: a `match`
+/// outside the crate without a `_` arm does not compile.
+///
+/// ```compile_fail,E0004
+/// fn name(kind: daemon_lifecycle::BackendKind) -> &'static str {
+///     match kind {
+///         daemon_lifecycle::BackendKind::Fork => "fork",
+///         daemon_lifecycle::BackendKind::Systemd => "systemd",
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail,E0004
+/// fn name(choice: daemon_lifecycle::BackendChoice) -> &'static str {
+///     use daemon_lifecycle::BackendChoice::*;
+///     match choice {
+///         Auto => "auto",
+///         Fork => "fork",
+///         Systemd => "systemd",
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail,E0004
+/// fn is_probe(readiness: &daemon_lifecycle::Readiness) -> bool {
+///     use daemon_lifecycle::Readiness::*;
+///     match readiness {
+///         Notify => false,
+///         Tcp { .. } | Http { .. } | Command { .. } => true,
+///     }
+/// }
+/// ```
+///
+/// With the `_` arm they do:
+///
+/// ```
+/// fn name(kind: daemon_lifecycle::BackendKind) -> &'static str {
+///     match kind {
+///         daemon_lifecycle::BackendKind::Fork => "fork",
+///         daemon_lifecycle::BackendKind::Systemd => "systemd",
+///         _ => "another backend",
+///     }
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct NonExhaustiveDoctests;

@@ -16,7 +16,11 @@ use crate::fork::ForkBackend;
 use crate::systemd::SystemdBackend;
 
 /// Which backend a [`DaemonManager`] uses.
+///
+/// Choices will be added with backends (hence `#[non_exhaustive]`): match
+/// with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BackendChoice {
     /// systemd when a systemd manager answers on the bus of the config's
     /// scope, the fork backend otherwise.
