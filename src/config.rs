@@ -105,8 +105,9 @@ pub struct DaemonConfig {
     pub adopt: bool,
 }
 
-/// Which systemd manager runs the unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which systemd manager runs the unit. Also a [`clap::ValueEnum`]
+/// (`system`, `user`), as `daemonctl --scope` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The system manager, over the system bus (`/etc/systemd/system`).

@@ -183,3 +183,41 @@ fn verbose_flag_shows_tracing_events() {
     assert!(daemonctl(&["stop"], &toml).status.success());
     sb.assert_no_leaks();
 }
+
+#[test]
+fn help_lists_and_explains_backend_and_scope_values() {
+    let out = Command::new(support::daemonctl())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each possible value on its own line with what it means.
+    for (value, meaning) in [
+        ("auto", "the fork backend otherwise"),
+        ("fork", "fork/PID-file backend"),
+        ("systemd", "never a silent fallback"),
+        ("system", "system bus"),
+        ("user", "session bus"),
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("- {value}:")) && l.contains(meaning)),
+            "no line for {value}: {help}"
+        );
+    }
+
+    // A bad value is a usage error that names the choices, before any config is read.
+    for (flag, listed) in [
+        ("--backend", "[possible values: auto, fork, systemd]"),
+        ("--scope", "[possible values: system, user]"),
+    ] {
+        let out = Command::new(support::daemonctl())
+            .args([flag, "bogus", "status", "/nonexistent.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(listed), "{stderr}");
+    }
+}

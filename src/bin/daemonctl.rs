@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::{
     BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, StatusReport,
     SystemdBackend, UnitSpec,
@@ -15,12 +15,12 @@ use daemon_lifecycle::{
 #[command(name = "daemonctl", version, about)]
 struct Cli {
     /// Which backend runs the daemon.
-    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "fork", "systemd"])]
-    backend: String,
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
 
     /// systemd scope: the system manager (default as root) or the user's.
-    #[arg(long, global = true, value_parser = ["system", "user"])]
-    scope: Option<String>,
+    #[arg(long, global = true, value_enum)]
+    scope: Option<Scope>,
 
     /// systemd: act on a unit of the config's name that daemon-lifecycle did
     /// not create (no ownership marker), taking it over (as `adopt = true`).
@@ -85,10 +85,17 @@ enum Command {
     /// Print the rendered unit (nothing is written or started).
     Render {
         /// Output format.
-        #[arg(long, default_value = "systemd", value_parser = ["systemd"])]
-        format: String,
+        #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
+        format: RenderFormat,
         config: PathBuf,
     },
+}
+
+/// What `render` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RenderFormat {
+    /// A systemd service unit file.
+    Systemd,
 }
 
 impl Command {
@@ -210,10 +217,10 @@ fn exit_code(error: &DaemonError) -> u8 {
 }
 
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
-    let choice: BackendChoice = cli.backend.parse().expect("clap checked the value");
+    let choice = cli.backend;
     let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
-    if let Some(scope) = &cli.scope {
-        config.scope = Some(scope.parse::<Scope>().expect("clap checked the value"));
+    if let Some(scope) = cli.scope {
+        config.scope = Some(scope);
     }
     if cli.adopt {
         config.adopt = true;
@@ -222,7 +229,10 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     // Validated before connecting, so a bad config is reported as such even
     // where no bus answers.
     match &cli.command {
-        Command::Render { .. } => {
+        Command::Render {
+            format: RenderFormat::Systemd,
+            ..
+        } => {
             config.validate()?;
             print!("{}", UnitSpec::from_config(&config, scope)?.render()?);
             return Ok(0);
