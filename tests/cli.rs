@@ -221,3 +221,41 @@ fn help_lists_and_explains_backend_and_scope_values() {
         assert!(stderr.contains(listed), "{stderr}");
     }
 }
+
+#[test]
+fn what_a_backend_cannot_do_is_unsupported_exit_3() {
+    let sb = Sandbox::new("cli_unsupported");
+    let toml = sb.write_toml(&sb.config(&[]));
+    let units = sb.path("units");
+    std::fs::create_dir(&units).unwrap();
+    let units = units.to_str().unwrap();
+    for (args, backend, operation) in [
+        (vec!["--backend", "systemd", "run"], "systemd", "run"),
+        (
+            vec!["--backend", "fork", "install", "--unit-dir", units],
+            "fork",
+            "install",
+        ),
+        (
+            vec!["--backend", "fork", "uninstall", "--unit-dir", units],
+            "fork",
+            "uninstall",
+        ),
+    ] {
+        let out = daemonctl(&args, &toml);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // LSB: 3 = unimplemented feature.
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the {backend} backend does not support {operation}: "
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    assert!(sb.processes().is_empty(), "something was started");
+    assert_eq!(std::fs::read_dir(sb.path("units")).unwrap().count(), 0);
+    sb.assert_no_leaks();
+}

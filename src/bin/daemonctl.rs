@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::{
-    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, StatusReport,
-    SystemdBackend, UnitSpec,
+    BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope,
+    StatusReport, SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -200,8 +200,9 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-/// LSB init-script exit codes for actions: 1 generic error, 4 insufficient
-/// privilege, 5 program not installed, 6 program not configured, 7 not running.
+/// LSB init-script exit codes for actions: 1 generic error, 3 unimplemented
+/// feature, 4 insufficient privilege, 5 program not installed, 6 program not
+/// configured, 7 not running.
 fn exit_code(error: &DaemonError) -> u8 {
     match error {
         DaemonError::InvalidConfig { .. }
@@ -210,6 +211,7 @@ fn exit_code(error: &DaemonError) -> u8 {
         DaemonError::BinaryNotFound { .. } | DaemonError::BinaryNotExecutable { .. } => 5,
         DaemonError::PermissionDenied { .. } => 4,
         DaemonError::NotRunning { .. } => 7,
+        DaemonError::Unsupported { .. } => 3,
         // Not ours: like a config that names the wrong thing.
         DaemonError::NotOwned { .. } => 6,
         _ => 1,
@@ -240,6 +242,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         Command::Install {
             enable, unit_dir, ..
         } => {
+            refuse_on_fork(choice, "install")?;
             config.validate()?;
             UnitSpec::from_config(&config, scope)?;
             let systemd = SystemdBackend::connect(scope).await?;
@@ -250,6 +253,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             return Ok(0);
         }
         Command::Uninstall { unit_dir, .. } => {
+            refuse_on_fork(choice, "uninstall")?;
             config.validate()?;
             let unit = UnitSpec::from_config(&config, scope)?.unit;
             let systemd = SystemdBackend::connect(scope).await?;
@@ -268,9 +272,12 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
         Command::Run { .. } => {
             if choice == BackendChoice::Systemd {
-                return Err(DaemonError::BackendUnavailable {
-                    backend: "systemd",
-                    reason: "`run` supervises in the foreground: fork backend only".into(),
+                return Err(DaemonError::Unsupported {
+                    backend: BackendKind::Systemd,
+                    operation: "run",
+                    reason: "`run` supervises the daemon in the foreground, which only the fork \
+                             backend does; systemd supervises its units itself (use `start`)"
+                        .into(),
                 });
             }
             let code = daemon_lifecycle::ForkBackend::new()
@@ -320,6 +327,21 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
     }
     Ok(0)
+}
+
+/// `install` and `uninstall` write and remove a persistent systemd unit:
+/// the fork backend has nothing of the kind.
+fn refuse_on_fork(choice: BackendChoice, operation: &'static str) -> Result<(), DaemonError> {
+    if choice != BackendChoice::Fork {
+        return Ok(());
+    }
+    Err(DaemonError::Unsupported {
+        backend: BackendKind::Fork,
+        operation,
+        reason: "the fork backend has no persistent units; this writes a systemd unit \
+                 (use --backend systemd or auto; `render` prints it without a manager)"
+            .into(),
+    })
 }
 
 fn status_json(report: &StatusReport) -> serde_json::Value {
