@@ -3,6 +3,7 @@ mod support;
 
 use std::process::{Command, Output};
 
+use daemon_lifecycle::DaemonStatus;
 use support::{alive, Sandbox};
 
 fn daemonctl(args: &[&str], config: &std::path::Path) -> Output {
@@ -257,5 +258,74 @@ fn what_a_backend_cannot_do_is_unsupported_exit_3() {
     }
     assert!(sb.processes().is_empty(), "something was started");
     assert_eq!(std::fs::read_dir(sb.path("units")).unwrap().count(), 0);
+    sb.assert_no_leaks();
+}
+
+/// `status --json` is the library's `StatusReport` serialized: the same
+/// object, key for key, in every state.
+#[tokio::test]
+async fn status_json_is_the_serialized_report() {
+    let sb = Sandbox::new("cli_json_report");
+    let config = sb.config(&[]);
+    let toml = sb.write_toml(&config);
+    let manager = sb.manager(config);
+    let same = |what: &str, cli: serde_json::Value, report: daemon_lifecycle::StatusReport| {
+        let lib = serde_json::to_value(&report).unwrap();
+        assert_eq!(cli, lib, "{what}");
+        // Every key, always; the state's keys flattened in.
+        let keys: Vec<&str> = lib.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "backend",
+                "state",
+                "pid",
+                "reason",
+                "status_text",
+                "restarts",
+                "last_exit",
+                "problem",
+                "drift"
+            ],
+            "{what}"
+        );
+        assert_eq!(lib["state"], report.status.state_name(), "{what}");
+        assert_eq!(lib["pid"], serde_json::json!(report.status.pid()), "{what}");
+    };
+
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("stopped", cli, manager.status_report().await.unwrap());
+
+    assert!(daemonctl(&["start"], &toml).status.success());
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("running", cli, manager.status_report().await.unwrap());
+
+    assert!(daemonctl(&["kill"], &toml).status.success());
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("killed", cli, manager.status_report().await.unwrap());
+
+    // Failed, with a reason and the last exit in words.
+    let failing = sb.config(&["--exit-code", "3"]);
+    let toml = sb.write_toml(&failing);
+    let manager = sb.manager(failing);
+    assert!(daemonctl(&["start"], &toml).status.success());
+    let report = support::eventually(10, || async {
+        let r = manager.status_report().await.unwrap();
+        matches!(r.status, DaemonStatus::Failed(_)).then_some(r)
+    })
+    .await;
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    assert_eq!(cli["last_exit"], "exited with code 3", "{cli}");
+    assert!(cli["reason"].as_str().unwrap().contains("code 3"), "{cli}");
+    same("failed", cli, report);
+    assert!(daemonctl(&["cleanup"], &toml).status.success());
+
+    let mut bystander = Command::new("/bin/sleep").arg("300").spawn().unwrap();
+    std::fs::write(sb.path("daemon.pid"), format!("{}\n", bystander.id())).unwrap();
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("stale", cli, manager.status_report().await.unwrap());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
     sb.assert_no_leaks();
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::{
     BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope,
-    StatusReport, SystemdBackend, UnitSpec,
+    SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -311,7 +311,11 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         Command::Status { json, .. } => {
             let report = manager.status_report().await?;
             if json {
-                println!("{}", status_json(&report));
+                let line = serde_json::to_string(&report).map_err(|e| DaemonError::Io {
+                    context: "serialize the status report".into(),
+                    source: e.into(),
+                })?;
+                println!("{line}");
             } else {
                 println!("{}: {} [{}]", report.name, report.status, report.backend);
                 if let Some(problem) = &report.problem {
@@ -341,25 +345,5 @@ fn refuse_on_fork(choice: BackendChoice, operation: &'static str) -> Result<(), 
         reason: "the fork backend has no persistent units; this writes a systemd unit \
                  (use --backend systemd or auto; `render` prints it without a manager)"
             .into(),
-    })
-}
-
-fn status_json(report: &StatusReport) -> serde_json::Value {
-    let reason = match &report.status {
-        DaemonStatus::Failed(reason) => Some(reason.clone()),
-        DaemonStatus::Stale(pid) => Some(format!("PID {pid} is not the daemon")),
-        _ => None,
-    };
-    serde_json::json!({
-        "name": report.name,
-        "backend": report.backend.as_str(),
-        "state": report.status.state_name(),
-        "pid": report.status.pid(),
-        "reason": reason,
-        "status_text": report.status_text,
-        "restarts": report.restarts,
-        "last_exit": report.last_exit.map(|e| e.to_string()),
-        "problem": report.problem,
-        "drift": report.drift,
     })
 }
