@@ -159,3 +159,41 @@ pub struct ReadmeDoctests;
 /// ```
 #[cfg(doctest)]
 pub struct NonExhaustiveDoctests;
+
+/// What `systemd` makes public: [`UnitSpec`], [`systemd::unit_name`], the
+/// ownership marks, [`SystemdBackend::from_connection`] and the zbus it
+/// takes. Its quoting and unit modules are not part of the API:
+///
+/// ```compile_fail,E0603
+/// let _ = daemon_lifecycle::systemd::escape::unit_name_escape("a b");
+/// ```
+///
+/// ```compile_fail,E0603
+/// let _ = daemon_lifecycle::systemd::unit::unit_name("a b");
+/// ```
+///
+/// and no zbus type leaks out but the connection a caller hands in:
+///
+/// ```compile_fail,E0624
+/// # async fn f() {
+/// let _ = daemon_lifecycle::BusTarget::Session.connect().await;
+/// # }
+/// ```
+///
+/// ```compile_fail,E0624
+/// # fn f(spec: daemon_lifecycle::UnitSpec) {
+/// let _ = spec.transient_properties();
+/// # }
+/// ```
+///
+/// ```
+/// use daemon_lifecycle::systemd::{self, zbus, OWNERSHIP_MARK};
+///
+/// assert_eq!(systemd::unit_name("my daemon").unwrap(), r"my\x20daemon.service");
+/// assert!(OWNERSHIP_MARK.starts_with("https://"));
+/// async fn own_bus(conn: zbus::Connection) -> daemon_lifecycle::Result<systemd::SystemdBackend> {
+///     systemd::SystemdBackend::from_connection(conn, daemon_lifecycle::Scope::User).await
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct SystemdApiDoctests;
