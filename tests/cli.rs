@@ -273,7 +273,12 @@ async fn status_json_is_the_serialized_report() {
         let lib = serde_json::to_value(&report).unwrap();
         assert_eq!(cli, lib, "{what}");
         // Every key, always; the state's keys flattened in.
-        let keys: Vec<&str> = lib.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let keys: Vec<&str> = lib
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         assert_eq!(
             keys,
             [
