@@ -19,6 +19,14 @@
 //! [`DaemonManager`] is the async API; [`blocking::DaemonManager`] mirrors it
 //! for callers without a runtime.
 //!
+//! The API can grow without breaking callers: the enums that will gain
+//! members ([`DaemonError`], [`DaemonStatus`], [`BackendKind`],
+//! [`BackendChoice`], [`Readiness`], ...) are `#[non_exhaustive]`, and what a
+//! backend cannot do at all is [`DaemonError::Unsupported`]. A
+//! [`StatusReport`] serializes (serde) to exactly what `daemonctl status
+//! --json` prints; [`BackendChoice`] and [`Scope`] are `clap::ValueEnum`s
+//! for programs with their own CLI.
+//!
 //! ## The supervisor program
 //!
 //! The fork backend never forks the caller without exec: it runs a
