@@ -19,7 +19,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// New states may be added (hence `#[non_exhaustive]`): match with a `_`
 /// arm.
+///
+/// Serialized flat, with the same three keys for every state (as in
+/// `daemonctl status --json`): `state` ([`DaemonStatus::state_name`]), `pid`
+/// ([`DaemonStatus::pid`]) and `reason` (why it failed, or why the PID is
+/// stale; `null` otherwise).
+///
+/// ```
+/// use daemon_lifecycle::DaemonStatus;
+///
+/// let json = serde_json::to_string(&DaemonStatus::Running(1234)).unwrap();
+/// assert_eq!(json, r#"{"state":"running","pid":1234,"reason":null}"#);
+/// let failed: DaemonStatus =
+///     serde_json::from_str(r#"{"state":"failed","reason":"exited with code 3"}"#).unwrap();
+/// assert_eq!(failed, DaemonStatus::Failed("exited with code 3".into()));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "StatusFields", try_from = "StatusFields")]
 #[non_exhaustive]
 pub enum DaemonStatus {
     /// Daemon is running with this PID.
@@ -62,6 +78,55 @@ impl DaemonStatus {
     }
 }
 
+/// [`DaemonStatus`] as serialized: one shape for every state.
+#[derive(Serialize, Deserialize)]
+struct StatusFields {
+    state: StateName,
+    pid: Option<u32>,
+    reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StateName {
+    Running,
+    Starting,
+    Stopped,
+    Failed,
+    Stale,
+}
+
+impl From<DaemonStatus> for StatusFields {
+    fn from(status: DaemonStatus) -> Self {
+        let pid = status.pid();
+        let (state, reason) = match status {
+            DaemonStatus::Running(_) => (StateName::Running, None),
+            DaemonStatus::Starting(_) => (StateName::Starting, None),
+            DaemonStatus::Stopped => (StateName::Stopped, None),
+            DaemonStatus::Failed(reason) => (StateName::Failed, Some(reason)),
+            DaemonStatus::Stale(pid) => (
+                StateName::Stale,
+                Some(format!("PID {pid} is not the daemon")),
+            ),
+        };
+        StatusFields { state, pid, reason }
+    }
+}
+
+impl TryFrom<StatusFields> for DaemonStatus {
+    type Error = String;
+    fn try_from(f: StatusFields) -> std::result::Result<Self, String> {
+        let pid = |state: &str| f.pid.ok_or_else(|| format!("state {state} needs a pid"));
+        Ok(match f.state {
+            StateName::Running => DaemonStatus::Running(pid("running")?),
+            StateName::Starting => DaemonStatus::Starting(pid("starting")?),
+            StateName::Stale => DaemonStatus::Stale(pid("stale")?),
+            StateName::Stopped => DaemonStatus::Stopped,
+            StateName::Failed => DaemonStatus::Failed(f.reason.unwrap_or_default()),
+        })
+    }
+}
+
 impl fmt::Display for DaemonStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -97,8 +162,12 @@ impl fmt::Display for ExitInfo {
 }
 
 /// Which backend runs a daemon.
+///
+/// More backends will come (launchd), hence `#[non_exhaustive]`: match with
+/// a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Our own supervisor process and a PID file.
     Fork,
@@ -122,8 +191,22 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// A fuller status than [`DaemonStatus`]: what `daemonctl status --json` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A fuller status than [`DaemonStatus`]. Its [`Serialize`] is what
+/// `daemonctl status --json` prints: one flat object, every key always
+/// present (`null` when unknown), the state's keys (`state`, `pid`, `reason`:
+/// see [`DaemonStatus`]) in place of `status`, and `last_exit` in words:
+///
+/// ```
+/// use daemon_lifecycle::{BackendKind, DaemonStatus, StatusReport};
+///
+/// let report = StatusReport::new("queen-rbee".into(), BackendKind::Fork, DaemonStatus::Running(1234));
+/// assert_eq!(
+///     serde_json::to_string(&report).unwrap(),
+///     r#"{"name":"queen-rbee","backend":"fork","state":"running","pid":1234,"reason":null,"#.to_owned()
+///         + r#""status_text":null,"restarts":0,"last_exit":null,"problem":null,"drift":null}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StatusReport {
     /// The daemon's name.
@@ -131,13 +214,16 @@ pub struct StatusReport {
     /// The backend that answered.
     pub backend: BackendKind,
     /// The state.
+    #[serde(flatten)]
     pub status: DaemonStatus,
-    /// How the last run ended, when known.
-    pub last_exit: Option<ExitInfo>,
     /// The last `STATUS=` text the daemon sent over sd_notify, if any.
     pub status_text: Option<String>,
     /// How often the daemon was restarted after exiting on its own.
     pub restarts: u32,
+    /// How the last run ended, when known. Serialized in words, as its
+    /// `Display` (`exited with code 3`, `killed by signal 9 (SIGKILL)`).
+    #[serde(serialize_with = "exit_in_words")]
+    pub last_exit: Option<ExitInfo>,
     /// Something wrong beside the state, in words: for the fork backend a
     /// PID file or identity record that disagrees with the live supervisor
     /// ("PID file names 1, supervisor 4242 runs daemon 4250").
@@ -145,6 +231,16 @@ pub struct StatusReport {
     /// systemd: whether the installed unit file differs from what the
     /// config renders now (`None`: not an installed unit, or not known).
     pub drift: Option<bool>,
+}
+
+fn exit_in_words<S: serde::Serializer>(
+    exit: &Option<ExitInfo>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match exit {
+        Some(exit) => s.collect_str(exit),
+        None => s.serialize_none(),
+    }
 }
 
 impl StatusReport {

@@ -106,8 +106,9 @@ pub struct DaemonConfig {
     pub adopt: bool,
 }
 
-/// Which systemd manager runs the unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which systemd manager runs the unit. Also a [`clap::ValueEnum`]
+/// (`system`, `user`), as `daemonctl --scope` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The system manager, over the system bus (`/etc/systemd/system`).
@@ -154,8 +155,12 @@ impl std::str::FromStr for Scope {
 
 /// How readiness is detected. TOML: a table with `kind` and the kind's keys,
 /// e.g. `readiness = { kind = "tcp", address = "127.0.0.1:8080" }`.
+///
+/// New kinds may be added (hence `#[non_exhaustive]`): a `match` outside
+/// this crate needs a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum Readiness {
     /// The daemon sends `READY=1` over `$NOTIFY_SOCKET` (sd_notify), as a
     /// systemd `Type=notify` service does.

@@ -4,6 +4,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backend::BackendKind;
+
 /// Result alias used throughout the crate.
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
 
@@ -126,6 +128,20 @@ pub enum DaemonError {
         /// The backend's name (`fork`, `systemd`).
         backend: &'static str,
         /// Why.
+        reason: String,
+    },
+
+    /// The backend cannot do this at all: not a passing condition (retrying
+    /// will not help) but something only another backend offers, such as
+    /// supervising in the foreground (fork only) or installing a persistent
+    /// unit (systemd only).
+    #[error("the {backend} backend does not support {operation}: {reason}")]
+    Unsupported {
+        /// The backend that was asked.
+        backend: BackendKind,
+        /// What was asked (`run`, `install`, `uninstall`, ...).
+        operation: &'static str,
+        /// Why, and what to use instead.
         reason: String,
     },
 

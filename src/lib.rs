@@ -25,6 +25,14 @@
 //! [`DaemonManager`] is the async API; [`blocking::DaemonManager`] mirrors it
 //! for callers without a runtime.
 //!
+//! The API can grow without breaking callers: the enums that will gain
+//! members ([`DaemonError`], [`DaemonStatus`], [`BackendKind`],
+//! [`BackendChoice`], [`Readiness`], ...) are `#[non_exhaustive]`, and what a
+//! backend cannot do at all is [`DaemonError::Unsupported`]. A
+//! [`StatusReport`] serializes (serde) to exactly what `daemonctl status
+//! --json` prints; [`BackendChoice`] and [`Scope`] are `clap::ValueEnum`s
+//! for programs with their own CLI.
+//!
 //! ## The supervisor program
 //!
 //! The fork backend never forks the caller without exec: it runs a
@@ -120,3 +128,88 @@ pub fn supervisor_init() {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The enums that will gain members are `#[non_exhaustive]`: a `match`
+/// outside the crate without a `_` arm does not compile.
+///
+/// ```compile_fail,E0004
+/// fn name(kind: daemon_lifecycle::BackendKind) -> &'static str {
+///     match kind {
+///         daemon_lifecycle::BackendKind::Fork => "fork",
+///         daemon_lifecycle::BackendKind::Systemd => "systemd",
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail,E0004
+/// fn name(choice: daemon_lifecycle::BackendChoice) -> &'static str {
+///     use daemon_lifecycle::BackendChoice::*;
+///     match choice {
+///         Auto => "auto",
+///         Fork => "fork",
+///         Systemd => "systemd",
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail,E0004
+/// fn is_probe(readiness: &daemon_lifecycle::Readiness) -> bool {
+///     use daemon_lifecycle::Readiness::*;
+///     match readiness {
+///         Notify => false,
+///         Tcp { .. } | Http { .. } | Command { .. } => true,
+///     }
+/// }
+/// ```
+///
+/// With the `_` arm they do:
+///
+/// ```
+/// fn name(kind: daemon_lifecycle::BackendKind) -> &'static str {
+///     match kind {
+///         daemon_lifecycle::BackendKind::Fork => "fork",
+///         daemon_lifecycle::BackendKind::Systemd => "systemd",
+///         _ => "another backend",
+///     }
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct NonExhaustiveDoctests;
+
+/// What `systemd` makes public: [`UnitSpec`], [`systemd::unit_name`], the
+/// ownership marks, [`SystemdBackend::from_connection`] and the zbus it
+/// takes. Its quoting and unit modules are not part of the API:
+///
+/// ```compile_fail,E0603
+/// let _ = daemon_lifecycle::systemd::escape::unit_name_escape("a b");
+/// ```
+///
+/// ```compile_fail,E0603
+/// let _ = daemon_lifecycle::systemd::unit::unit_name("a b");
+/// ```
+///
+/// and no zbus type leaks out but the connection a caller hands in:
+///
+/// ```compile_fail,E0624
+/// # async fn f() {
+/// let _ = daemon_lifecycle::BusTarget::Session.connect().await;
+/// # }
+/// ```
+///
+/// ```compile_fail,E0624
+/// # fn f(spec: daemon_lifecycle::UnitSpec) {
+/// let _ = spec.transient_properties();
+/// # }
+/// ```
+///
+/// ```
+/// use daemon_lifecycle::systemd::{self, zbus, OWNERSHIP_MARK};
+///
+/// assert_eq!(systemd::unit_name("my daemon").unwrap(), r"my\x20daemon.service");
+/// assert!(OWNERSHIP_MARK.starts_with("https://"));
+/// async fn own_bus(conn: zbus::Connection) -> daemon_lifecycle::Result<systemd::SystemdBackend> {
+///     systemd::SystemdBackend::from_connection(conn, daemon_lifecycle::Scope::User).await
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct SystemdApiDoctests;

@@ -18,7 +18,15 @@ use crate::spec::ServiceSpec;
 use crate::systemd::SystemdBackend;
 
 /// Which backend a [`DaemonManager`] uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Choices will be added with backends (hence `#[non_exhaustive]`): match
+/// with a `_` arm.
+///
+/// Also a [`clap::ValueEnum`] (`auto`, `fork`, `systemd`), so a CLI can take it
+/// as an argument and list the choices in its help, as `daemonctl --backend`
+/// does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[non_exhaustive]
 pub enum BackendChoice {
     /// systemd when a systemd manager answers on the bus of the config's
     /// scope, the fork backend otherwise.

@@ -18,8 +18,8 @@
 //! `make_transient_file_reload_safe`.
 
 pub(crate) mod dbus;
-pub mod escape;
-pub mod unit;
+mod escape;
+mod unit;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,7 +34,10 @@ use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
 use crate::spec::ServiceSpec;
 use dbus::ManagerProxy;
-pub use unit::{UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
+pub use unit::{unit_name, UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
+/// The zbus this crate is built with, so a [`zbus::Connection`] you pass to
+/// [`SystemdBackend::from_connection`] is of the same version.
+pub use zbus;
 
 /// How long we wait for the manager to answer when connecting, and what a
 /// job may take beyond the config's own timeouts (systemd enforces those;
@@ -86,7 +89,7 @@ impl BusTarget {
     }
 
     /// Connects (bounded by a few seconds).
-    pub async fn connect(&self) -> Result<zbus::Connection> {
+    pub(crate) async fn connect(&self) -> Result<zbus::Connection> {
         let unavailable = |reason: String| DaemonError::BackendUnavailable {
             backend: "systemd",
             reason: format!("cannot connect to {}: {reason}", self.describe()),
@@ -148,6 +151,12 @@ impl SystemdBackend {
 
     /// Uses an existing connection; checks that a systemd manager answers
     /// on it and subscribes to its job signals.
+    ///
+    /// The one place a zbus type is in this crate's API, on purpose: for
+    /// callers who own the bus (a connection they share with their own
+    /// D-Bus services, a peer-to-peer connection, a transport [`BusTarget`]
+    /// has no variant for). Build it with the re-exported [`zbus`], so the
+    /// versions match.
     pub async fn from_connection(conn: zbus::Connection, scope: Scope) -> Result<SystemdBackend> {
         // No property cache: it would fetch (unbounded) and watch
         // properties we read once.

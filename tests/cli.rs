@@ -3,6 +3,7 @@ mod support;
 
 use std::process::{Command, Output};
 
+use daemon_lifecycle::DaemonStatus;
 use support::{alive, Sandbox};
 
 fn daemonctl(args: &[&str], config: &std::path::Path) -> Output {
@@ -233,5 +234,155 @@ fn render_status_and_stop_need_no_installed_binary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("queen-rbee-not-installed"), "{err}");
     assert!(!config.effective_pid_file().exists());
+    sb.assert_no_leaks();
+}
+
+#[test]
+fn help_lists_and_explains_backend_and_scope_values() {
+    let out = Command::new(support::daemonctl())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each possible value on its own line with what it means.
+    for (value, meaning) in [
+        ("auto", "the fork backend otherwise"),
+        ("fork", "fork/PID-file backend"),
+        ("systemd", "never a silent fallback"),
+        ("system", "system bus"),
+        ("user", "session bus"),
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("- {value}:")) && l.contains(meaning)),
+            "no line for {value}: {help}"
+        );
+    }
+
+    // A bad value is a usage error that names the choices, before any config is read.
+    for (flag, listed) in [
+        ("--backend", "[possible values: auto, fork, systemd]"),
+        ("--scope", "[possible values: system, user]"),
+    ] {
+        let out = Command::new(support::daemonctl())
+            .args([flag, "bogus", "status", "/nonexistent.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(listed), "{stderr}");
+    }
+}
+
+#[test]
+fn what_a_backend_cannot_do_is_unsupported_exit_3() {
+    let sb = Sandbox::new("cli_unsupported");
+    let toml = sb.write_toml(&sb.config(&[]));
+    let units = sb.path("units");
+    std::fs::create_dir(&units).unwrap();
+    let units = units.to_str().unwrap();
+    for (args, backend, operation) in [
+        (vec!["--backend", "systemd", "run"], "systemd", "run"),
+        (
+            vec!["--backend", "fork", "install", "--unit-dir", units],
+            "fork",
+            "install",
+        ),
+        (
+            vec!["--backend", "fork", "uninstall", "--unit-dir", units],
+            "fork",
+            "uninstall",
+        ),
+    ] {
+        let out = daemonctl(&args, &toml);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // LSB: 3 = unimplemented feature.
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the {backend} backend does not support {operation}: "
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    assert!(sb.processes().is_empty(), "something was started");
+    assert_eq!(std::fs::read_dir(sb.path("units")).unwrap().count(), 0);
+    sb.assert_no_leaks();
+}
+
+/// `status --json` is the library's `StatusReport` serialized: the same
+/// object, key for key, in every state.
+#[tokio::test]
+async fn status_json_is_the_serialized_report() {
+    let sb = Sandbox::new("cli_json_report");
+    let config = sb.config(&[]);
+    let toml = sb.write_toml(&config);
+    let manager = sb.manager(config);
+    let same = |what: &str, cli: serde_json::Value, report: daemon_lifecycle::StatusReport| {
+        let lib = serde_json::to_value(&report).unwrap();
+        assert_eq!(cli, lib, "{what}");
+        // Every key, always; the state's keys flattened in.
+        let keys: Vec<&str> = lib
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "backend",
+                "state",
+                "pid",
+                "reason",
+                "status_text",
+                "restarts",
+                "last_exit",
+                "problem",
+                "drift"
+            ],
+            "{what}"
+        );
+        assert_eq!(lib["state"], report.status.state_name(), "{what}");
+        assert_eq!(lib["pid"], serde_json::json!(report.status.pid()), "{what}");
+    };
+
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("stopped", cli, manager.status_report().await.unwrap());
+
+    assert!(daemonctl(&["start"], &toml).status.success());
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("running", cli, manager.status_report().await.unwrap());
+
+    assert!(daemonctl(&["kill"], &toml).status.success());
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("killed", cli, manager.status_report().await.unwrap());
+
+    // Failed, with a reason and the last exit in words.
+    let failing = sb.config(&["--exit-code", "3"]);
+    let toml = sb.write_toml(&failing);
+    let manager = sb.manager(failing);
+    assert!(daemonctl(&["start"], &toml).status.success());
+    let report = support::eventually(10, || async {
+        let r = manager.status_report().await.unwrap();
+        matches!(r.status, DaemonStatus::Failed(_)).then_some(r)
+    })
+    .await;
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    assert_eq!(cli["last_exit"], "exited with code 3", "{cli}");
+    assert!(cli["reason"].as_str().unwrap().contains("code 3"), "{cli}");
+    same("failed", cli, report);
+    assert!(daemonctl(&["cleanup"], &toml).status.success());
+
+    let mut bystander = Command::new("/bin/sleep").arg("300").spawn().unwrap();
+    std::fs::write(sb.path("daemon.pid"), format!("{}\n", bystander.id())).unwrap();
+    let cli = json(&daemonctl(&["status", "--json"], &toml));
+    same("stale", cli, manager.status_report().await.unwrap());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
     sb.assert_no_leaks();
 }

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::host::{self, LocalHost};
 use daemon_lifecycle::{
-    BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, ServiceSpec,
-    StatusReport, SystemdBackend, UnitSpec,
+    BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope,
+    ServiceSpec, SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -16,12 +16,12 @@ use daemon_lifecycle::{
 #[command(name = "daemonctl", version, about)]
 struct Cli {
     /// Which backend runs the daemon.
-    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "fork", "systemd"])]
-    backend: String,
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
 
     /// systemd scope: the system manager (default as root) or the user's.
-    #[arg(long, global = true, value_parser = ["system", "user"])]
-    scope: Option<String>,
+    #[arg(long, global = true, value_enum)]
+    scope: Option<Scope>,
 
     /// systemd: act on a unit of the config's name that daemon-lifecycle did
     /// not create (no ownership marker), taking it over (as `adopt = true`).
@@ -86,10 +86,17 @@ enum Command {
     /// Print the rendered unit (nothing is written or started).
     Render {
         /// Output format.
-        #[arg(long, default_value = "systemd", value_parser = ["systemd"])]
-        format: String,
+        #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
+        format: RenderFormat,
         config: PathBuf,
     },
+}
+
+/// What `render` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RenderFormat {
+    /// A systemd service unit file.
+    Systemd,
 }
 
 impl Command {
@@ -194,8 +201,9 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-/// LSB init-script exit codes for actions: 1 generic error, 4 insufficient
-/// privilege, 5 program not installed, 6 program not configured, 7 not running.
+/// LSB init-script exit codes for actions: 1 generic error, 3 unimplemented
+/// feature, 4 insufficient privilege, 5 program not installed, 6 program not
+/// configured, 7 not running.
 fn exit_code(error: &DaemonError) -> u8 {
     match error {
         DaemonError::InvalidConfig { .. }
@@ -204,6 +212,7 @@ fn exit_code(error: &DaemonError) -> u8 {
         DaemonError::BinaryNotFound { .. } | DaemonError::BinaryNotExecutable { .. } => 5,
         DaemonError::PermissionDenied { .. } => 4,
         DaemonError::NotRunning { .. } => 7,
+        DaemonError::Unsupported { .. } => 3,
         // Not ours: like a config that names the wrong thing.
         DaemonError::NotOwned { .. } => 6,
         _ => 1,
@@ -211,10 +220,10 @@ fn exit_code(error: &DaemonError) -> u8 {
 }
 
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
-    let choice: BackendChoice = cli.backend.parse().expect("clap checked the value");
+    let choice = cli.backend;
     let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
-    if let Some(scope) = &cli.scope {
-        config.scope = Some(scope.parse::<Scope>().expect("clap checked the value"));
+    if let Some(scope) = cli.scope {
+        config.scope = Some(scope);
     }
     if cli.adopt {
         config.adopt = true;
@@ -225,13 +234,17 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let spec = ServiceSpec::from_config(&config)?;
     let scope = spec.scope;
     match &cli.command {
-        Command::Render { .. } => {
+        Command::Render {
+            format: RenderFormat::Systemd,
+            ..
+        } => {
             print!("{}", UnitSpec::from_spec(&spec, scope)?.render()?);
             return Ok(0);
         }
         Command::Install {
             enable, unit_dir, ..
         } => {
+            refuse_on_fork(choice, "install")?;
             // Installing is for this host: its host checks first.
             host::check(&LocalHost, &spec)?;
             UnitSpec::from_spec(&spec, scope)?;
@@ -241,6 +254,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             return Ok(0);
         }
         Command::Uninstall { unit_dir, .. } => {
+            refuse_on_fork(choice, "uninstall")?;
             let unit = UnitSpec::from_spec(&spec, scope)?.unit;
             let systemd = SystemdBackend::connect(scope).await?;
             if !systemd.uninstall(&spec, unit_dir.as_deref()).await? {
@@ -258,9 +272,12 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
         Command::Run { .. } => {
             if choice == BackendChoice::Systemd {
-                return Err(DaemonError::BackendUnavailable {
-                    backend: "systemd",
-                    reason: "`run` supervises in the foreground: fork backend only".into(),
+                return Err(DaemonError::Unsupported {
+                    backend: BackendKind::Systemd,
+                    operation: "run",
+                    reason: "`run` supervises the daemon in the foreground, which only the fork \
+                             backend does; systemd supervises its units itself (use `start`)"
+                        .into(),
                 });
             }
             let code = daemon_lifecycle::ForkBackend::new()
@@ -294,7 +311,11 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         Command::Status { json, .. } => {
             let report = manager.status_report().await?;
             if json {
-                println!("{}", status_json(&report));
+                let line = serde_json::to_string(&report).map_err(|e| DaemonError::Io {
+                    context: "serialize the status report".into(),
+                    source: e.into(),
+                })?;
+                println!("{line}");
             } else {
                 println!("{}: {} [{}]", report.name, report.status, report.backend);
                 if let Some(problem) = &report.problem {
@@ -312,22 +333,17 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     Ok(0)
 }
 
-fn status_json(report: &StatusReport) -> serde_json::Value {
-    let reason = match &report.status {
-        DaemonStatus::Failed(reason) => Some(reason.clone()),
-        DaemonStatus::Stale(pid) => Some(format!("PID {pid} is not the daemon")),
-        _ => None,
-    };
-    serde_json::json!({
-        "name": report.name,
-        "backend": report.backend.as_str(),
-        "state": report.status.state_name(),
-        "pid": report.status.pid(),
-        "reason": reason,
-        "status_text": report.status_text,
-        "restarts": report.restarts,
-        "last_exit": report.last_exit.map(|e| e.to_string()),
-        "problem": report.problem,
-        "drift": report.drift,
+/// `install` and `uninstall` write and remove a persistent systemd unit:
+/// the fork backend has nothing of the kind.
+fn refuse_on_fork(choice: BackendChoice, operation: &'static str) -> Result<(), DaemonError> {
+    if choice != BackendChoice::Fork {
+        return Ok(());
+    }
+    Err(DaemonError::Unsupported {
+        backend: BackendKind::Fork,
+        operation,
+        reason: "the fork backend has no persistent units; this writes a systemd unit \
+                 (use --backend systemd or auto; `render` prints it without a manager)"
+            .into(),
     })
 }

@@ -1,6 +1,7 @@
 //! Looking at other processes: are they alive, are they who we think, which
 //! processes are in a group, and waiting for them to go — woken by the exit
-//! itself (a pidfd on Linux) rather than a sleep loop where the OS allows it.
+//! itself (a pidfd on Linux, kqueue's `NOTE_EXIT` on macOS and the BSDs)
+//! rather than a sleep loop where the OS allows it.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -357,6 +358,19 @@ pub(crate) async fn wait_exit(pid: u32, deadline: Instant) -> bool {
             }
             // No pidfd (old kernel, or the PID vanished meanwhile): poll.
         }
+        #[cfg(any(
+            target_os = "macos",
+            target_os = "ios",
+            target_os = "freebsd",
+            target_os = "dragonfly",
+            target_os = "netbsd",
+            target_os = "openbsd"
+        ))]
+        if let Some(exited) = kqueue::wait(pid, deadline).await {
+            // The exit event came (a zombie counts, as with a pidfd), or
+            // the deadline passed.
+            return exited;
+        }
         if Instant::now() >= deadline {
             return false;
         }
@@ -432,6 +446,116 @@ mod pidfd {
     }
 }
 
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd"
+))]
+mod kqueue {
+    //! kqueue(2) `EVFILT_PROC` with `NOTE_EXIT` (macOS and the BSDs): an
+    //! event when the process exits. The kqueue's own descriptor is readable
+    //! while an event is pending, so tokio waits on it like on a socket, up
+    //! to the deadline; every `kevent` call here has a zero timeout and never
+    //! blocks. `None` from [`wait`] means "not available, use the portable
+    //! path": kqueue refused the PID (gone, a zombie, or not ours to watch),
+    //! or the descriptor could not be registered.
+
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::time::Duration;
+
+    use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
+    use tokio::io::unix::AsyncFd;
+    use tokio::time::Instant;
+
+    /// How often the event is also looked for without a wake-up. A safety
+    /// net: a wake-up that never came costs this, never the whole deadline.
+    const RECHECK: Duration = Duration::from_millis(250);
+
+    /// A zero timeout: `kevent` returns at once.
+    const NOW: libc::timespec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+
+    /// The kqueue, as a descriptor tokio can watch.
+    struct Queue(Kqueue);
+
+    impl AsRawFd for Queue {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_fd().as_raw_fd()
+        }
+    }
+
+    fn proc_exit(pid: u32, flags: EvFlags) -> KEvent {
+        KEvent::new(
+            pid as usize,
+            EventFilter::EVFILT_PROC,
+            flags,
+            FilterFlag::NOTE_EXIT,
+            0,
+            0,
+        )
+    }
+
+    /// A kqueue that gets one event when `pid` exits.
+    fn watch(pid: u32) -> Option<Kqueue> {
+        let kq = Kqueue::new().ok()?;
+        // No room for events: a refused PID (ESRCH, EPERM) is the call's error.
+        kq.kevent(
+            &[proc_exit(pid, EvFlags::EV_ADD | EvFlags::EV_ONESHOT)],
+            &mut [],
+            Some(NOW),
+        )
+        .ok()?;
+        Some(kq)
+    }
+
+    /// Whether the exit event is pending. Only the identity is read: the
+    /// event's flags may carry bits nix has no name for.
+    fn exited(kq: &Kqueue, pid: u32) -> Option<bool> {
+        let mut events = [proc_exit(pid, EvFlags::empty())];
+        match kq.kevent(&[], &mut events, Some(NOW)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => Some(false),
+            Ok(_) => Some(events[0].ident() == pid as usize),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits for `pid` to exit, at most until `deadline`: `Some(true)` it
+    /// exited, `Some(false)` the deadline passed, `None` see the module.
+    pub(super) async fn wait(pid: u32, deadline: Instant) -> Option<bool> {
+        let queue = Queue(watch(pid)?);
+        // SAFETY: `Queue` owns the kqueue descriptor, open until the AsyncFd
+        // drops it.
+        let queue =
+            unsafe { AsyncFd::register_with_interest(queue, tokio::io::Interest::READABLE) }
+                .ok()?;
+        let kq = &queue.get_ref().0;
+        loop {
+            if exited(kq, pid)? {
+                return Some(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Some(false);
+            }
+            let until = deadline.min(now + RECHECK);
+            if let Ok(ready) = tokio::time::timeout_at(until, queue.readable()).await {
+                let mut guard = ready.ok()?;
+                if exited(kq, pid)? {
+                    return Some(true);
+                }
+                // Readable with nothing pending: wait for the next event
+                // (tokio keeps a readiness that came after this guard).
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +584,46 @@ mod tests {
         assert!(wait_exit(pid, Instant::now() + Duration::from_secs(10)).await);
         assert!(t.elapsed() < Duration::from_secs(5));
         reaper.join().unwrap().unwrap();
+    }
+
+    /// The kqueue path on its own: it wakes on the exit, gives up at the
+    /// deadline, and leaves a PID it cannot watch to the portable path.
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd"
+    ))]
+    #[tokio::test]
+    async fn kqueue_wakes_on_exit_and_is_bounded() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let reaper = std::thread::spawn(move || child.wait());
+        let t = std::time::Instant::now();
+        let exited = kqueue::wait(pid, Instant::now() + Duration::from_secs(10)).await;
+        assert_eq!(exited, Some(true));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        reaper.join().unwrap().unwrap();
+
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let exited = kqueue::wait(child.id(), Instant::now() + Duration::from_millis(300)).await;
+        assert_eq!(exited, Some(false));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: nothing to watch.
+        assert_eq!(
+            kqueue::wait(child.id(), Instant::now() + Duration::from_secs(1)).await,
+            None
+        );
     }
 }

@@ -237,7 +237,7 @@ impl UnitSpec {
     /// `ExecStart=` arguments as `\$` and `\;`, which it reads back
     /// literally, so a reload would change the argv; this text is what it
     /// reads back unchanged (our quoting, checked against systemd's parser).
-    pub fn render_transient_file(&self) -> Result<String> {
+    pub(crate) fn render_transient_file(&self) -> Result<String> {
         self.render_as(true)
     }
 
@@ -315,7 +315,7 @@ impl UnitSpec {
 
     /// The properties for `StartTransientUnit`, from the same fields as
     /// [`UnitSpec::render`].
-    pub fn transient_properties(&self) -> Vec<(&'static str, OwnedValue)> {
+    pub(crate) fn transient_properties(&self) -> Vec<(&'static str, OwnedValue)> {
         fn v<'a>(value: impl Into<Value<'a>>) -> OwnedValue {
             OwnedValue::try_from(value.into()).expect("plain values have no file descriptors")
         }
