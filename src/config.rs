@@ -5,13 +5,14 @@
 //! table.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DaemonError, Result};
+
+mod file;
 
 pub(crate) mod validate;
 
@@ -410,13 +411,13 @@ impl DaemonConfig {
     /// most about 200 bytes of the file, with control characters escaped.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = read_config(path).map_err(|source| DaemonError::ConfigRead {
+        let text = file::read_config(path).map_err(|source| DaemonError::ConfigRead {
             path: path.to_owned(),
             source,
         })?;
         toml::from_str(&text).map_err(|e| DaemonError::ConfigParse {
             path: path.to_owned(),
-            message: parse_message(&text, &e),
+            message: file::parse_message(&text, &e),
         })
     }
 
@@ -466,162 +467,6 @@ impl DaemonConfig {
 
 /// Largest config file [`DaemonConfig::from_toml_file`] reads: 1 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-/// Reads a config file without ever blocking or reading without bound:
-/// `O_NONBLOCK` so that opening a FIFO does not wait for a writer, `fstat`
-/// on what was opened (no race with a rename), only a regular file, at most
-/// [`MAX_CONFIG_BYTES`] (reading one byte more tells a file that grew).
-fn read_config(path: &Path) -> std::io::Result<String> {
-    use std::io::{Error, ErrorKind, Read};
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    let what = if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if !kind.is_file() {
-        Some("not a regular file")
-    } else {
-        None
-    };
-    if let Some(what) = what {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("not a regular file ({what}); a config must be a regular file"),
-        ));
-    }
-    let too_big = || {
-        Error::new(
-            ErrorKind::InvalidData,
-            format!(
-                "larger than {} KiB, the most a config may be",
-                MAX_CONFIG_BYTES / 1024
-            ),
-        )
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_big());
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidData,
-            format!(
-                "not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
-}
-
-/// About how many bytes of config text an error message quotes.
-const QUOTE_BYTES: usize = 200;
-
-/// One line: `line L, column C: MESSAGE (in `SOURCE LINE`)`. Both the
-/// parser's message (it may quote a value) and the source line are cut to
-/// about [`QUOTE_BYTES`] (the line around the error's column) and have their
-/// control characters escaped: a config's bytes must not reach a terminal.
-fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let message = clip_middle(&e.message().trim().replace('\n', " "), QUOTE_BYTES);
-    let Some(span) = e.span() else {
-        return message;
-    };
-    let mut start = span.start.min(text.len());
-    while !text.is_char_boundary(start) {
-        start -= 1;
-    }
-    let before = &text[..start];
-    let line_no = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let rest = &text[line_start..];
-    let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
-    // Where the error is within the line, so a long line is quoted around it.
-    let at = start - line_start;
-    let quoted = clip(line.trim_end_matches('\r'), at, QUOTE_BYTES);
-    format!(
-        "line {line_no}, column {column}: {message} (in `{}`)",
-        quoted.trim()
-    )
-}
-
-/// `text` cut to about `max` bytes around byte offset `at` (with `…` where
-/// something was cut), control characters escaped.
-pub(crate) fn clip(text: &str, at: usize, max: usize) -> String {
-    if text.len() <= max {
-        return escape_controls(text);
-    }
-    let floor = |mut i: usize| {
-        i = i.min(text.len());
-        while !text.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    // A third of the room before the point of interest, the rest after it.
-    let from = floor(
-        at.saturating_sub(max / 3)
-            .min(text.len().saturating_sub(max)),
-    );
-    let to = floor(from + max);
-    format!(
-        "{}{}{}",
-        if from > 0 { "…" } else { "" },
-        escape_controls(&text[from..to]),
-        if to < text.len() { "…" } else { "" }
-    )
-}
-
-/// `text` cut to about `max` bytes by dropping its middle (a message's
-/// start and end say the most), control characters escaped.
-pub(crate) fn clip_middle(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return escape_controls(text);
-    }
-    let mut head = max * 2 / 3;
-    while !text.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = text.len() - (max - head);
-    while !text.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!(
-        "{}…{}",
-        escape_controls(&text[..head]),
-        escape_controls(&text[tail..])
-    )
-}
-
-/// Control characters (C0, DEL, C1) and the bidirectional-text overrides
-/// written as `\u{..}` escapes, so text from a file cannot drive the
-/// terminal that shows an error (ESC sequences) or disguise itself.
-pub(crate) fn escape_controls(text: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(|c| c.is_control() || bidi(c)) {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() || bidi(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// Where default PID files go, see [`DaemonConfig::effective_pid_file`].
 fn default_runtime_dir() -> PathBuf {
@@ -717,7 +562,7 @@ mod tests {
     fn toml_rejects_unknown_keys_and_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.toml");
-        fs::write(&path, "binary_path = \"/bin/sh\"\nbinary_pth = \"x\"\n").unwrap();
+        std::fs::write(&path, "binary_path = \"/bin/sh\"\nbinary_pth = \"x\"\n").unwrap();
         let err = DaemonConfig::from_toml_file(&path).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, DaemonError::ConfigParse { .. }));

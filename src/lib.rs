@@ -80,10 +80,12 @@ mod manager;
 mod readiness;
 mod spec;
 pub mod systemd;
+mod text;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
 pub use config::{
     DaemonConfig, Limit, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
+    MAX_CONFIG_BYTES,
 };
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};

@@ -269,7 +269,7 @@ pub(crate) fn tail(path: &Path, n: usize) -> Vec<String> {
     let skip = lines.len().saturating_sub(n);
     lines[skip..]
         .iter()
-        .map(|l| crate::config::clip_middle(l, TAIL_LINE_BYTES))
+        .map(|l| crate::text::clip_middle(l, TAIL_LINE_BYTES))
         .collect()
 }
 

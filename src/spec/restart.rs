@@ -47,8 +47,9 @@ impl RestartSpec {
         }
     }
 
-    /// systemd's rule: `on-failure` restarts after an unclean end (see
-    /// [`is_clean_exit`]); `always` after any end a stop did not ask for.
+    /// systemd's rule: `on-failure` restarts after an unclean end (a
+    /// non-zero code, or a signal other than HUP, INT, TERM and PIPE);
+    /// `always` after any end a stop did not ask for.
     pub fn restarts_after(&self, exit: ExitInfo) -> bool {
         match self.policy {
             RestartPolicy::Never => false,
