@@ -163,8 +163,8 @@ impl fmt::Display for ExitInfo {
 
 /// Which backend runs a daemon.
 ///
-/// More backends will come (launchd), hence `#[non_exhaustive]`: match with
-/// a `_` arm.
+/// More backends may come, hence `#[non_exhaustive]`: match with a `_`
+/// arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -173,14 +173,17 @@ pub enum BackendKind {
     Fork,
     /// A systemd unit driven over D-Bus.
     Systemd,
+    /// A launchd job driven through `launchctl`.
+    Launchd,
 }
 
 impl BackendKind {
-    /// `fork` or `systemd`.
+    /// `fork`, `systemd` or `launchd`.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Fork => "fork",
             BackendKind::Systemd => "systemd",
+            BackendKind::Launchd => "launchd",
         }
     }
 }

@@ -166,6 +166,22 @@ pub enum DaemonError {
         message: String,
     },
 
+    /// launchctl refused an operation. `code` is its exit code, launchd's
+    /// error number (119 disabled, 122 bad plist ownership, 125 no such
+    /// session for the domain, 134 wrong session type, ...; `launchctl
+    /// error CODE` explains any); `advice` says what to do.
+    #[error("{operation}: launchctl failed with error {code} ({message}): {advice}")]
+    Launchctl {
+        /// The launchctl command (`launchctl bootstrap gui/501 /path`).
+        operation: String,
+        /// Its exit code.
+        code: i32,
+        /// What it printed, on one line.
+        message: String,
+        /// What to do about it.
+        advice: String,
+    },
+
     /// Any other OS error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -11,7 +11,10 @@
 //!   daemon, and only files it wrote are ever trusted;
 //! - the **systemd backend** ([`SystemdBackend`]) runs it as a transient or
 //!   installed unit, driven over D-Bus with zbus, from the same config
-//!   ([`UnitSpec`] renders both the unit file and the transient properties).
+//!   ([`UnitSpec`] renders both the unit file and the transient properties);
+//! - the **launchd backend** ([`LaunchdBackend`]) runs it as a launchd job
+//!   through `launchctl`'s modern verbs, from a plist [`PlistSpec`] renders
+//!   (chosen explicitly: `auto` never picks it).
 //!
 //! Between the config and every backend sits one resolved model,
 //! [`ServiceSpec`]: the manager builds it once (pure checks, no host
@@ -76,6 +79,7 @@ mod error;
 mod fork;
 mod fsutil;
 pub mod host;
+pub mod launchd;
 mod manager;
 mod readiness;
 mod spec;
@@ -89,6 +93,7 @@ pub use config::{
 };
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
+pub use launchd::{LaunchdBackend, PlistSpec};
 pub use manager::{BackendChoice, DaemonManager};
 pub use spec::{LogSpec, RestartSpec, RunAs, ServiceSpec};
 pub use systemd::{BusTarget, SystemdBackend, UnitSpec};

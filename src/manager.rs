@@ -14,6 +14,7 @@ use crate::config::DaemonConfig;
 use crate::error::Result;
 use crate::fork::ForkBackend;
 use crate::host::{self, Host, LocalHost};
+use crate::launchd::LaunchdBackend;
 use crate::spec::ServiceSpec;
 use crate::systemd::SystemdBackend;
 
@@ -22,7 +23,7 @@ use crate::systemd::SystemdBackend;
 /// Choices will be added with backends (hence `#[non_exhaustive]`): match
 /// with a `_` arm.
 ///
-/// Also a [`clap::ValueEnum`] (`auto`, `fork`, `systemd`), so a CLI can take it
+/// Also a [`clap::ValueEnum`] (`auto`, `fork`, `systemd`, `launchd`), so a CLI can take it
 /// as an argument and list the choices in its help, as `daemonctl --backend`
 /// does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -37,6 +38,10 @@ pub enum BackendChoice {
     /// The systemd backend; an error (never a silent fallback) when no
     /// manager answers.
     Systemd,
+    /// The launchd backend ([`LaunchdBackend::from_env`]): never chosen by
+    /// `Auto`; [`crate::DaemonError::BackendUnavailable`] where there is no
+    /// launchd and `$DAEMON_LIFECYCLE_LAUNCHCTL` names no launchctl.
+    Launchd,
 }
 
 impl FromStr for BackendChoice {
@@ -46,8 +51,9 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "fork" => Ok(BackendChoice::Fork),
             "systemd" => Ok(BackendChoice::Systemd),
+            "launchd" => Ok(BackendChoice::Launchd),
             other => Err(format!(
-                "unknown backend {other:?} (expected auto, fork or systemd)"
+                "unknown backend {other:?} (expected auto, fork, systemd or launchd)"
             )),
         }
     }
@@ -59,6 +65,7 @@ impl fmt::Display for BackendChoice {
             BackendChoice::Auto => "auto",
             BackendChoice::Fork => "fork",
             BackendChoice::Systemd => "systemd",
+            BackendChoice::Launchd => "launchd",
         })
     }
 }
@@ -111,6 +118,7 @@ impl DaemonManager {
         let choice = match backend.kind() {
             BackendKind::Fork => BackendChoice::Fork,
             BackendKind::Systemd => BackendChoice::Systemd,
+            BackendKind::Launchd => BackendChoice::Launchd,
         };
         DaemonManager {
             config,
@@ -149,6 +157,7 @@ impl DaemonManager {
                 let backend: Arc<dyn Backend> = match self.choice {
                     BackendChoice::Fork => Arc::new(ForkBackend::new()),
                     BackendChoice::Systemd => Arc::new(SystemdBackend::connect(scope).await?),
+                    BackendChoice::Launchd => Arc::new(LaunchdBackend::from_env(scope)?),
                     BackendChoice::Auto => match SystemdBackend::connect(scope).await {
                         Ok(systemd) => Arc::new(systemd),
                         Err(why) => {
@@ -172,6 +181,10 @@ impl DaemonManager {
             // What systemd cannot express for this scope (`user` in a user
             // unit, ...) is a config error, even where no bus answers.
             crate::systemd::UnitSpec::from_spec(spec, spec.scope)?;
+        }
+        if self.choice == BackendChoice::Launchd && self.backend.get().is_none() {
+            // The same for a plist (a name that is no label, ...).
+            crate::launchd::PlistSpec::from_spec(spec, spec.scope)?;
         }
         Ok((spec, self.backend().await?))
     }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::host::{self, LocalHost};
 use daemon_lifecycle::{
-    BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope,
-    ServiceSpec, SystemdBackend, UnitSpec,
+    BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus,
+    LaunchdBackend, PlistSpec, Scope, ServiceSpec, SystemdBackend, UnitSpec,
 };
 
 /// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
@@ -66,24 +66,27 @@ enum Command {
     /// (a container entrypoint; as PID 1 it reaps orphans and forwards
     /// SIGTERM/SIGINT). Exit code: 0 after a stop, else the daemon's.
     Run { config: PathBuf },
-    /// Write the persistent systemd unit (atomically; reload only if changed).
+    /// Write the persistent systemd unit (atomically; reload only if changed),
+    /// or with --backend launchd the plist (loaded at the next login or boot).
     Install {
-        /// Also enable it (EnableUnitFiles).
+        /// Also enable it (EnableUnitFiles; launchd: `launchctl enable`).
         #[arg(long)]
         enable: bool,
-        /// Unit directory (default /etc/systemd/system, or ~/.config/systemd/user for --scope user).
+        /// Unit directory (default /etc/systemd/system, or ~/.config/systemd/user for --scope user;
+        /// launchd: /Library/LaunchDaemons, or ~/Library/LaunchAgents).
         #[arg(long)]
         unit_dir: Option<PathBuf>,
         config: PathBuf,
     },
-    /// Stop, disable and remove the persistent unit, then reload.
+    /// Stop, disable and remove the persistent unit, then reload (launchd:
+    /// boot the job out, remove the plist, clear a `disable`).
     Uninstall {
-        /// Unit directory the unit was installed into.
+        /// Unit (or plist) directory it was installed into.
         #[arg(long)]
         unit_dir: Option<PathBuf>,
         config: PathBuf,
     },
-    /// Print the rendered unit (nothing is written or started).
+    /// Print the rendered unit or plist (nothing is written or started).
     Render {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
@@ -97,6 +100,9 @@ enum Command {
 enum RenderFormat {
     /// A systemd service unit file.
     Systemd,
+    /// A launchd property list (XML); what launchd cannot express is named
+    /// in one warning on stderr.
+    Launchd,
 }
 
 impl Command {
@@ -241,6 +247,50 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             print!("{}", UnitSpec::from_spec(&spec, scope)?.render()?);
             return Ok(0);
         }
+        Command::Render {
+            format: RenderFormat::Launchd,
+            ..
+        } => {
+            use std::io::Write;
+            let plist = PlistSpec::from_spec(&spec, scope)?;
+            let bytes = plist.render()?;
+            if let Some(warning) = plist.warning() {
+                eprintln!("daemonctl: warning: {warning}");
+            }
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|source| DaemonError::Io {
+                    context: "write the plist to stdout".into(),
+                    source,
+                })?;
+            return Ok(0);
+        }
+        Command::Install {
+            enable, unit_dir, ..
+        } if choice == BackendChoice::Launchd => {
+            host::check(&LocalHost, &spec)?;
+            PlistSpec::from_spec(&spec, scope)?;
+            let launchd = LaunchdBackend::from_env(scope)?;
+            let changed = launchd.install(&spec, unit_dir.as_deref(), *enable).await?;
+            tracing::info!(changed, "install");
+            return Ok(0);
+        }
+        Command::Uninstall { unit_dir, .. } if choice == BackendChoice::Launchd => {
+            let plist = PlistSpec::from_spec(&spec, scope)?;
+            let launchd = LaunchdBackend::from_env(scope)?;
+            if !launchd.uninstall(&spec, unit_dir.as_deref()).await? {
+                let path = match unit_dir {
+                    Some(d) => d.join(plist.file_name()),
+                    None => launchd.plist_path(&spec)?,
+                };
+                eprintln!(
+                    "daemonctl: {}: nothing to uninstall: {} does not exist",
+                    cli.command.config().display(),
+                    path.display()
+                );
+            }
+            return Ok(0);
+        }
         Command::Install {
             enable, unit_dir, ..
         } => {
@@ -271,13 +321,23 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             return Ok(0);
         }
         Command::Run { .. } => {
-            if choice == BackendChoice::Systemd {
+            let supervised_by = match choice {
+                BackendChoice::Systemd => {
+                    Some((BackendKind::Systemd, "systemd supervises its units"))
+                }
+                BackendChoice::Launchd => {
+                    Some((BackendKind::Launchd, "launchd supervises its jobs"))
+                }
+                _ => None,
+            };
+            if let Some((backend, who)) = supervised_by {
                 return Err(DaemonError::Unsupported {
-                    backend: BackendKind::Systemd,
+                    backend,
                     operation: "run",
-                    reason: "`run` supervises the daemon in the foreground, which only the fork \
-                             backend does; systemd supervises its units itself (use `start`)"
-                        .into(),
+                    reason: format!(
+                        "`run` supervises the daemon in the foreground, which only the fork \
+                         backend does; {who} itself (use `start`)"
+                    ),
                 });
             }
             let code = daemon_lifecycle::ForkBackend::new()
