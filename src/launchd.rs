@@ -21,8 +21,10 @@
 //!   `KeepAlive`), which returns before the job is gone: `print` is read
 //!   until launchd has forgotten the job, and the job's processes (its
 //!   process group: `AbandonProcessGroup = false`) are waited for, within
-//!   `shutdown_timeout` plus a grace. `kill` sends SIGKILL to the process
-//!   group first. Restart is `kickstart -k`, or a bootout and a start when
+//!   `shutdown_timeout` plus a grace. A job that is loaded but not running
+//!   (and not about to be restarted) is left loaded, so its failure stays
+//!   on record until `cleanup` or the next start, as on the other
+//!   backends. `kill` sends SIGKILL to the process group first. Restart is `kickstart -k`, or a bootout and a start when
 //!   the plist on disk is not what the config renders now.
 //! - **Retries.** A refusal with 5, 36 or 37 (a bootstrap right after a
 //!   bootout, for seconds) is retried for at least [`RETRY_BOUND`].
@@ -880,6 +882,12 @@ impl Backend for LaunchdBackend {
             };
             let target = format!("{domain}/{}", plist.label);
             self.check_loaded_owned(spec, &target, &info, &path)?;
+            if info.pid.is_none() && info.state != "spawn scheduled" {
+                // Not running, and launchd will not start it by itself: its
+                // last exit stays on record until cleanup or the next
+                // start, as on the other backends.
+                return Ok(());
+            }
             self.bootout_and_wait(spec, &domain, &plist.label, info.pid)
                 .await
         })

@@ -210,6 +210,7 @@ pub async fn read_pid_file(path: &Path) -> u32 {
     .await
 }
 
+pub mod launchd;
 pub mod systemd;
 
 impl Sandbox {
