@@ -595,15 +595,10 @@ fn domain_main(dir: &Path, name: &str) -> ! {
     let parent: Option<i32> = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse().ok());
     let mut last_look = Instant::now();
     loop {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    if domain.serve(stream) {
-                        let _ = std::fs::remove_file(&sock);
-                        std::process::exit(0);
-                    }
-                }
-                Err(_) => break,
+        while let Ok((stream, _)) = listener.accept() {
+            if domain.serve(stream) {
+                let _ = std::fs::remove_file(&sock);
+                std::process::exit(0);
             }
         }
         domain.reap();

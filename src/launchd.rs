@@ -340,7 +340,7 @@ impl LaunchdBackend {
             if out.no_domain() {
                 return Ok(Some(out));
             }
-            if !out.is_transient() || Instant::now() + pause > deadline {
+            if !out.is_transient() || Instant::now() >= deadline {
                 return Err(refusal(
                     format!("launchctl bootstrap {domain} {path_arg}"),
                     &out,
@@ -357,7 +357,7 @@ impl LaunchdBackend {
                 ?pause,
                 "bootstrap refused for now: retrying"
             );
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
     }

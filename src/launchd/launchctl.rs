@@ -221,7 +221,7 @@ impl Launchctl {
         let mut pause = Duration::from_millis(50);
         loop {
             let out = self.run(name, args).await?;
-            if !transient.contains(&out.code) || Instant::now() + pause > deadline {
+            if !transient.contains(&out.code) || Instant::now() >= deadline {
                 return Ok(out);
             }
             tracing::debug!(
@@ -230,7 +230,7 @@ impl Launchctl {
                 ?pause,
                 "transient launchctl refusal: retrying"
             );
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
@@ -334,16 +334,14 @@ pub(crate) fn parse_print(text: &str, target: &str) -> std::result::Result<JobIn
             }
             "runs" => info.runs = value.parse().ok(),
             "path" => info.path = Some(value.to_owned()),
-            "last exit code" => {
-                // `0`, `3`, `78: EX_CONFIG`, `(never exited)`.
-                if info.last_exit.is_none() && !value.starts_with('(') {
-                    let number = value.split(':').next().unwrap_or("").trim();
-                    info.last_exit = Some(ExitInfo::Code(
-                        number
-                            .parse()
-                            .map_err(|_| format!("last exit code = {value:?}"))?,
-                    ));
-                }
+            // `0`, `3`, `78: EX_CONFIG`; `(never exited)` is none.
+            "last exit code" if info.last_exit.is_none() && !value.starts_with('(') => {
+                let number = value.split(':').next().unwrap_or("").trim();
+                info.last_exit = Some(ExitInfo::Code(
+                    number
+                        .parse()
+                        .map_err(|_| format!("last exit code = {value:?}"))?,
+                ));
             }
             "last terminating signal" => {
                 // `Terminated: 15`: it outranks an exit code line.
