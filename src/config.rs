@@ -76,9 +76,10 @@ pub struct DaemonConfig {
     /// a year). Default 10.
     pub shutdown_timeout_secs: u64,
 
-    /// systemd only: run as a system unit (system bus) or a user unit (the
-    /// user's bus). Default: system as root, user otherwise. The fork backend
-    /// ignores it.
+    /// systemd: run as a system unit (system bus) or a user unit (the
+    /// user's bus); launchd: a daemon (`system` domain) or an agent
+    /// (`gui/UID`). Default: system as root, user otherwise. The fork
+    /// backend ignores it.
     pub scope: Option<Scope>,
 
     /// How to tell that the daemon is ready. Default: ready once running.
@@ -100,9 +101,11 @@ pub struct DaemonConfig {
     /// Run with this primary group (needs root; systemd: system scope only).
     pub group: Option<String>,
 
-    /// systemd only: act on a unit of this name even though daemon-lifecycle
-    /// did not create it (no ownership marker), taking it over. Default
-    /// false: such a unit is refused with [`crate::DaemonError::NotOwned`].
+    /// systemd and launchd: act on a unit (a launchd job, or plist) of this
+    /// name even though daemon-lifecycle did not create it (no ownership
+    /// marker; for launchd, loaded from another plist, or a plist running
+    /// another program), taking it over. Default false: such a unit is
+    /// refused with [`crate::DaemonError::NotOwned`].
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
 }

@@ -73,6 +73,20 @@ const GRACE: Duration = Duration::from_secs(5);
 const MAX_PLIST: u64 = 1 << 20;
 
 /// The launchd backend: one launchctl program, one scope.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use daemon_lifecycle::{DaemonConfig, DaemonManager, LaunchdBackend, Scope};
+///
+/// # async fn demo() -> daemon_lifecycle::Result<()> {
+/// let backend = LaunchdBackend::new("/bin/launchctl", Scope::User);
+/// let config = DaemonConfig::new("/usr/local/bin/queen-rbee", "")
+///     .with_name("com.example.queen-rbee");
+/// let manager = DaemonManager::with_backend(config, Arc::new(backend));
+/// let pid = manager.start().await?; // an agent in gui/UID
+/// manager.stop().await?; // bootout, and its processes gone
+/// # let _ = pid; Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct LaunchdBackend {
     launchctl: Launchctl,
