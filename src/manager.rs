@@ -38,9 +38,9 @@ pub enum BackendChoice {
     /// The systemd backend; an error (never a silent fallback) when no
     /// manager answers.
     Systemd,
-    /// The launchd backend ([`LaunchdBackend::from_env`]): never chosen by
-    /// `Auto`; [`crate::DaemonError::BackendUnavailable`] where there is no
-    /// launchd and `$DAEMON_LIFECYCLE_LAUNCHCTL` names no launchctl.
+    /// The launchd backend, through launchctl; never chosen by auto; an
+    /// error where there is no launchd, unless $DAEMON_LIFECYCLE_LAUNCHCTL
+    /// names a launchctl program.
     Launchd,
 }
 

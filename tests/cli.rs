@@ -155,7 +155,7 @@ fn systemd_backend_is_a_clear_error_and_bad_backend_is_usage() {
         Some(4)
     );
 
-    let out = daemonctl(&["--backend", "launchd", "start"], &toml);
+    let out = daemonctl(&["--backend", "upstart", "start"], &toml);
     assert_eq!(out.status.code(), Some(2));
     assert!(sb.processes().is_empty());
     sb.assert_no_leaks();
@@ -250,6 +250,7 @@ fn help_lists_and_explains_backend_and_scope_values() {
         ("auto", "the fork backend otherwise"),
         ("fork", "fork/PID-file backend"),
         ("systemd", "never a silent fallback"),
+        ("launchd", "never chosen by auto"),
         ("system", "system bus"),
         ("user", "session bus"),
     ] {
@@ -262,7 +263,10 @@ fn help_lists_and_explains_backend_and_scope_values() {
 
     // A bad value is a usage error that names the choices, before any config is read.
     for (flag, listed) in [
-        ("--backend", "[possible values: auto, fork, systemd]"),
+        (
+            "--backend",
+            "[possible values: auto, fork, systemd, launchd]",
+        ),
         ("--scope", "[possible values: system, user]"),
     ] {
         let out = Command::new(support::daemonctl())
