@@ -142,6 +142,7 @@ impl ForkBackend {
     /// It reaps every child of this process, so the caller must not run
     /// other child processes meanwhile.
     pub async fn run_foreground(&self, spec: &ServiceSpec) -> Result<i32> {
+        spec.runnable()?;
         crate::host::check(&crate::host::LocalHost, spec)?;
         let paths = Paths::new(spec.pid_file.clone());
         check_pid_dir(spec, &paths, DirUse::Create)?;

@@ -43,7 +43,6 @@ use spawn::reset_signal_state;
 
 use std::io::{Read, Write};
 
-
 /// Environment variable that turns a program calling
 /// [`crate::supervisor_init`] into a supervisor.
 pub const SUPERVISE_ENV: &str = "DAEMON_LIFECYCLE_SUPERVISE";
