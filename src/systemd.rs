@@ -334,7 +334,7 @@ impl SystemdBackend {
         if changed {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
-            crate::fork::pidfile::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
+            crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
                 DaemonError::PidFileError { path, source } => {
                     DaemonError::io(format!("write unit file {}", path.display()), source)
                 }
@@ -368,7 +368,7 @@ impl SystemdBackend {
                     // Leave nothing written: the old file back, or none.
                     if changed {
                         let undo = match &existing {
-                            Some(old) => crate::fork::pidfile::write_atomic(&path, old.as_bytes()),
+                            Some(old) => crate::fsutil::write_atomic(&path, old.as_bytes()),
                             None => std::fs::remove_file(&path).map_err(|e| {
                                 DaemonError::io(format!("remove {}", path.display()), e)
                             }),
