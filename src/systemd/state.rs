@@ -336,3 +336,320 @@ impl SystemdBackend {
         Ok(state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::{ObjectPath, Value};
+
+    /// A unit as `GetAll` would describe it: `load`/`active`/`sub`, the
+    /// service's `Result` and main PID.
+    fn unit(load: &str, active: &str, sub: &str, result: &str, main_pid: u32) -> UnitState {
+        UnitState {
+            id: "t.service".into(),
+            load: load.into(),
+            active: active.into(),
+            sub: sub.into(),
+            result: result.into(),
+            main_pid,
+            ..UnitState::default()
+        }
+    }
+
+    /// `ExecMainCode`/`ExecMainStatus` (CLD_EXITED = 1, CLD_KILLED = 2,
+    /// CLD_DUMPED = 3).
+    fn exited(mut s: UnitState, code: i32, status: i32) -> UnitState {
+        s.exec_main_code = code;
+        s.exec_main_status = status;
+        s
+    }
+
+    /// `Restart=`, `NRestarts`, `StartLimitBurst`.
+    fn restarting(mut s: UnitState, restart: &str, n: u32, burst: u32) -> UnitState {
+        s.restart = restart.into();
+        s.n_restarts = n;
+        s.start_limit_burst = burst;
+        s
+    }
+
+    fn failed(why: &str) -> DaemonStatus {
+        DaemonStatus::Failed(why.to_owned())
+    }
+
+    #[test]
+    fn unit_state_to_status() {
+        use DaemonStatus::{Running, Starting, Stopped};
+        let table: Vec<(&str, UnitState, DaemonStatus)> = vec![
+            (
+                "active/running",
+                unit("loaded", "active", "running", "success", 42),
+                Running(42),
+            ),
+            (
+                "reloading",
+                unit("loaded", "reloading", "reload", "success", 42),
+                Running(42),
+            ),
+            (
+                "activating/start (Type=notify before READY=1)",
+                unit("loaded", "activating", "start", "success", 42),
+                Starting(42),
+            ),
+            (
+                "activating/start-pre: no main process yet",
+                unit("loaded", "activating", "start-pre", "success", 0),
+                Stopped,
+            ),
+            (
+                "activating/start with no main PID yet",
+                unit("loaded", "activating", "start", "success", 0),
+                Stopped,
+            ),
+            (
+                "deactivating: still up until it is gone",
+                unit("loaded", "deactivating", "stop-sigterm", "success", 42),
+                Running(42),
+            ),
+            (
+                "activating/auto-restart: waiting out RestartSec",
+                exited(
+                    unit("loaded", "activating", "auto-restart", "exit-code", 0),
+                    1,
+                    3,
+                ),
+                failed("exited with code 3; restart pending"),
+            ),
+            (
+                "activating/auto-restart, no exit seen",
+                unit("loaded", "activating", "auto-restart", "success", 0),
+                failed("restart pending"),
+            ),
+            (
+                "failed with exit code 3",
+                exited(unit("loaded", "failed", "failed", "exit-code", 0), 1, 3),
+                failed("exited with code 3"),
+            ),
+            (
+                "failed with a signal",
+                exited(unit("loaded", "failed", "failed", "signal", 0), 2, 15),
+                failed("killed by signal 15 (SIGTERM)"),
+            ),
+            (
+                "failed with a core dump",
+                exited(unit("loaded", "failed", "failed", "core-dump", 0), 3, 11),
+                failed("killed by signal 11 (SIGSEGV)"),
+            ),
+            (
+                "failed, another result with an exit",
+                exited(unit("loaded", "failed", "failed", "oom-kill", 0), 2, 9),
+                failed("oom-kill (killed by signal 9 (SIGKILL))"),
+            ),
+            (
+                "failed, a result and no exit",
+                unit("loaded", "failed", "failed", "resources", 0),
+                failed("resources"),
+            ),
+            (
+                "failed with no result",
+                unit("loaded", "failed", "failed", "", 0),
+                failed("failed"),
+            ),
+            (
+                "start-limit-hit",
+                unit("loaded", "failed", "failed", "start-limit-hit", 0),
+                failed("start limit hit"),
+            ),
+            (
+                "start limit hit as systemd 252 shows it (Result stays exit-code)",
+                restarting(
+                    exited(unit("loaded", "failed", "failed", "exit-code", 0), 1, 3),
+                    "on-failure",
+                    5,
+                    5,
+                ),
+                failed("start limit hit"),
+            ),
+            (
+                "restarts left: the failure itself",
+                restarting(
+                    exited(unit("loaded", "failed", "failed", "exit-code", 0), 1, 3),
+                    "on-failure",
+                    2,
+                    5,
+                ),
+                failed("exited with code 3"),
+            ),
+            (
+                "Restart=no never reads as the start limit",
+                restarting(
+                    exited(unit("loaded", "failed", "failed", "exit-code", 0), 1, 3),
+                    "no",
+                    5,
+                    5,
+                ),
+                failed("exited with code 3"),
+            ),
+            (
+                "a stop that had to SIGKILL (TimeoutStopSec): stopped",
+                exited(
+                    unit("loaded", "failed", "failed", "timeout", 0),
+                    2,
+                    libc::SIGKILL,
+                ),
+                Stopped,
+            ),
+            (
+                "a start timeout is a failure",
+                unit("loaded", "failed", "failed", "timeout", 0),
+                failed("timeout"),
+            ),
+            (
+                "inactive/dead",
+                unit("loaded", "inactive", "dead", "success", 0),
+                Stopped,
+            ),
+            (
+                "inactive/dead keeping its last exit",
+                exited(unit("loaded", "inactive", "dead", "success", 0), 1, 0),
+                Stopped,
+            ),
+            (
+                "not-found",
+                unit("not-found", "inactive", "dead", "", 0),
+                Stopped,
+            ),
+            ("nothing read", UnitState::default(), Stopped),
+        ];
+        for (case, state, want) in table {
+            assert_eq!(state.status(), want, "{case}: {state:?}");
+        }
+    }
+
+    #[test]
+    fn last_exit_follows_the_siginfo_code() {
+        let s = |code, status| exited(UnitState::default(), code, status).last_exit();
+        assert_eq!(s(0, 0), None);
+        assert_eq!(s(1, 3), Some(ExitInfo::Code(3)));
+        assert_eq!(s(2, 15), Some(ExitInfo::Signal(15)));
+        assert_eq!(s(3, 11), Some(ExitInfo::Signal(11)));
+        assert_eq!(s(4, 5), None);
+    }
+
+    #[test]
+    fn up_running_and_present() {
+        // (load, active) -> (is_running, is_up, present)
+        let table = [
+            ("loaded", "active", (true, true, true)),
+            ("loaded", "reloading", (true, true, true)),
+            ("loaded", "activating", (true, true, true)),
+            ("loaded", "deactivating", (false, true, true)),
+            ("loaded", "failed", (false, false, true)),
+            ("loaded", "inactive", (false, false, true)),
+            ("not-found", "inactive", (false, false, false)),
+            // Its file removed while it still runs: still a unit.
+            ("not-found", "active", (true, true, true)),
+            ("", "", (false, false, false)),
+        ];
+        for (load, active, want) in table {
+            let s = unit(load, active, "", "", 1);
+            assert_eq!(
+                (s.is_running(), s.is_up(), s.present()),
+                want,
+                "{load}/{active}"
+            );
+        }
+    }
+
+    #[test]
+    fn start_failed_names_the_state_and_the_reason() {
+        let s = exited(unit("loaded", "failed", "failed", "exit-code", 0), 1, 3);
+        match s.start_failed("d", "right after starting, t.service is") {
+            DaemonError::StartFailed { name, reason, .. } => {
+                assert_eq!(name, "d");
+                assert_eq!(
+                    reason,
+                    "right after starting, t.service is failed: exited with code 3"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = unit("loaded", "inactive", "dead", "success", 0);
+        match s.start_failed("d", "t.service is") {
+            DaemonError::StartFailed { reason, .. } => assert_eq!(reason, "t.service is inactive"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn owned(v: Value<'_>) -> OwnedValue {
+        OwnedValue::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn properties_fill_the_state() {
+        let job = ObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap();
+        let u: HashMap<String, OwnedValue> = HashMap::from([
+            ("Id".to_owned(), owned(Value::from("t.service"))),
+            (
+                "Documentation".to_owned(),
+                owned(Value::from(vec![OWNERSHIP_MARK.to_owned()])),
+            ),
+            (
+                "FragmentPath".to_owned(),
+                owned(Value::from("/run/systemd/transient/t.service")),
+            ),
+            ("Job".to_owned(), owned(Value::from((7u32, job.clone())))),
+            ("ActiveState".to_owned(), owned(Value::from("active"))),
+            ("SubState".to_owned(), owned(Value::from("running"))),
+            ("LoadState".to_owned(), owned(Value::from("loaded"))),
+            ("Transient".to_owned(), owned(Value::from(true))),
+            ("StartLimitBurst".to_owned(), owned(Value::from(5u32))),
+        ]);
+        let s: HashMap<String, OwnedValue> = HashMap::from([
+            ("MainPID".to_owned(), owned(Value::from(42u32))),
+            ("Result".to_owned(), owned(Value::from("success"))),
+            ("ExecMainCode".to_owned(), owned(Value::from(1i32))),
+            ("ExecMainStatus".to_owned(), owned(Value::from(0i32))),
+            ("NRestarts".to_owned(), owned(Value::from(2u32))),
+            ("StatusText".to_owned(), owned(Value::from("ready"))),
+            ("Restart".to_owned(), owned(Value::from("on-failure"))),
+        ]);
+        let mut state = UnitState::from_unit_props(&u);
+        assert_eq!(state.id, "t.service");
+        assert!(state.ours());
+        assert_eq!(state.fragment_path, "/run/systemd/transient/t.service");
+        assert_eq!(state.job.as_deref(), Some(&job));
+        assert_eq!(
+            (
+                state.active.as_str(),
+                state.sub.as_str(),
+                state.load.as_str()
+            ),
+            ("active", "running", "loaded")
+        );
+        assert!(state.transient);
+        assert_eq!(state.start_limit_burst, 5);
+        assert_eq!(state.main_pid, 0, "service properties not read yet");
+        state.add_service_props(&s);
+        assert_eq!(state.main_pid, 42);
+        assert_eq!(state.result, "success");
+        assert_eq!(state.last_exit(), Some(ExitInfo::Code(0)));
+        assert_eq!(state.n_restarts, 2);
+        assert_eq!(state.status_text, "ready");
+        assert_eq!(state.restart, "on-failure");
+        assert_eq!(state.status(), DaemonStatus::Running(42));
+    }
+
+    #[test]
+    fn no_pending_job_is_job_id_zero_and_missing_properties_are_empty() {
+        let u: HashMap<String, OwnedValue> = HashMap::from([(
+            "Job".to_owned(),
+            owned(Value::from((0u32, ObjectPath::try_from("/").unwrap()))),
+        )]);
+        let state = UnitState::from_unit_props(&u);
+        assert_eq!(state.job, None);
+        assert!(!state.ours());
+        assert!(!state.transient);
+        assert!(!state.present());
+        assert_eq!(state.status(), DaemonStatus::Stopped);
+    }
+}
