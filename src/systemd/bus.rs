@@ -106,3 +106,62 @@ pub(super) async fn bounded<T>(
         Ok(r) => Ok(r),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_scope_has_its_bus() {
+        assert_eq!(BusTarget::for_scope(Scope::System), BusTarget::System);
+        assert_eq!(BusTarget::for_scope(Scope::User), BusTarget::Session);
+        assert_eq!(
+            BusTarget::Address("unix:path=/x".into()).describe(),
+            "bus unix:path=/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_that_does_not_answer_in_time_is_backend_unavailable() {
+        let never = std::future::pending::<zbus::Result<()>>();
+        match bounded("GetUnit t.service", Duration::from_millis(20), never).await {
+            Err(DaemonError::BackendUnavailable { backend, reason }) => {
+                assert_eq!(backend, "systemd");
+                assert!(
+                    reason.contains("did not answer GetUnit t.service within"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_is_backend_unavailable_and_answers_pass_through() {
+        let broken = async {
+            Err::<(), _>(zbus::Error::InputOutput(std::sync::Arc::new(
+                std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+            )))
+        };
+        match bounded("Reload", Duration::from_secs(5), broken).await {
+            Err(DaemonError::BackendUnavailable { reason, .. }) => {
+                assert!(reason.contains("went away during Reload"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The manager's own answer, good or bad, is the caller's to read.
+        let answer = async { Ok::<_, zbus::Error>(7) };
+        assert_eq!(
+            bounded("x", Duration::from_secs(5), answer)
+                .await
+                .unwrap()
+                .unwrap(),
+            7
+        );
+        let refused = async { Err::<(), _>(zbus::Error::Failure("no".into())) };
+        assert!(matches!(
+            bounded("x", Duration::from_secs(5), refused).await,
+            Ok(Err(zbus::Error::Failure(_)))
+        ));
+    }
+}

@@ -53,6 +53,8 @@ pub(super) fn check_owned(spec: &ServiceSpec, unit: &str, state: &UnitState) -> 
     Err(not_owned(unit, state))
 }
 
+/// The `NotOwned` refusal of a unit that is not ours, saying where it came
+/// from (transient, or the file it was loaded from) and its state.
 pub(super) fn not_owned(unit: &str, state: &UnitState) -> DaemonError {
     let origin = if state.transient {
         "a transient unit".to_owned()
@@ -67,5 +69,119 @@ pub(super) fn not_owned(unit: &str, state: &UnitState) -> DaemonError {
             "{origin} ({}) that daemon-lifecycle did not create (no Documentation={OWNERSHIP_MARK})",
             state.active
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DaemonConfig;
+
+    fn spec(adopt: bool) -> ServiceSpec {
+        let mut spec =
+            ServiceSpec::from_config(&DaemonConfig::new("/bin/echo", "/tmp/x.pid")).unwrap();
+        spec.adopt = adopt;
+        spec
+    }
+
+    fn state(id: &str, load: &str, active: &str, ours: bool) -> UnitState {
+        UnitState {
+            id: id.into(),
+            load: load.into(),
+            active: active.into(),
+            documentation: if ours {
+                vec!["man:x(1)".into(), OWNERSHIP_MARK.into()]
+            } else {
+                vec!["man:x(1)".into()]
+            },
+            ..UnitState::default()
+        }
+    }
+
+    /// `None`: accepted; `Some(words)`: `NotOwned` whose reason has them.
+    fn verdict(adopt: bool, s: &UnitState) -> Option<String> {
+        match check_owned(&spec(adopt), "t.service", s) {
+            Ok(()) => None,
+            Err(DaemonError::NotOwned { unit, reason }) => {
+                assert_eq!(unit, "t.service");
+                Some(reason)
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_our_units_are_acted_on() {
+        let alias = state("other.service", "loaded", "active", true);
+        let foreign = state("t.service", "loaded", "active", false);
+        let table: Vec<(&str, UnitState, bool, Option<&str>)> = vec![
+            (
+                "ours",
+                state("t.service", "loaded", "active", true),
+                false,
+                None,
+            ),
+            (
+                "no unit: only a name",
+                state("t.service", "not-found", "inactive", false),
+                false,
+                None,
+            ),
+            ("nothing read", UnitState::default(), false, None),
+            (
+                "a unit without the mark",
+                foreign.clone(),
+                false,
+                Some("a unit (active) that daemon-lifecycle did not create"),
+            ),
+            ("adopted", foreign, true, None),
+            (
+                "an alias, even with the mark",
+                alias.clone(),
+                false,
+                Some("it is an alias of other.service"),
+            ),
+            ("an adopted alias", alias, true, None),
+            (
+                "running after its file went away",
+                state("t.service", "not-found", "active", false),
+                false,
+                Some("did not create"),
+            ),
+            (
+                "no Id read: judged by the mark",
+                state("", "loaded", "inactive", true),
+                false,
+                None,
+            ),
+        ];
+        for (case, s, adopt, want) in table {
+            match (verdict(adopt, &s), want) {
+                (None, None) => {}
+                (Some(reason), Some(words)) => {
+                    assert!(reason.contains(words), "{case}: {reason}")
+                }
+                (got, want) => panic!("{case}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_refusal_says_where_the_unit_came_from() {
+        let mut s = state("t.service", "loaded", "failed", false);
+        let reason = |s: &UnitState| match not_owned("t.service", s) {
+            DaemonError::NotOwned { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(&s),
+            format!(
+                "a unit (failed) that daemon-lifecycle did not create (no Documentation={OWNERSHIP_MARK})"
+            )
+        );
+        s.fragment_path = "/etc/systemd/system/t.service".into();
+        assert!(reason(&s).starts_with("a unit loaded from /etc/systemd/system/t.service (failed)"));
+        s.transient = true;
+        assert!(reason(&s).starts_with("a transient unit (failed)"));
     }
 }
