@@ -300,3 +300,87 @@ pub(super) fn warn_drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DaemonConfig;
+
+    fn spec(adopt: bool) -> ServiceSpec {
+        let mut spec =
+            ServiceSpec::from_config(&DaemonConfig::new("/bin/echo", "/tmp/x.pid")).unwrap();
+        spec.adopt = adopt;
+        spec
+    }
+
+    #[test]
+    fn a_unit_file_that_is_a_symlink_is_an_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.service");
+        std::fs::write(&real, "[Unit]\n").unwrap();
+        let link = dir.path().join("t.service");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        match refuse_alias_link(&spec(false), "t.service", &link) {
+            Err(DaemonError::NotOwned { unit, reason }) => {
+                assert_eq!(unit, "t.service");
+                assert!(reason.contains("is a symlink to"), "{reason}");
+                assert!(reason.contains("real.service"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(refuse_alias_link(&spec(true), "t.service", &link).is_ok());
+        assert!(refuse_alias_link(&spec(false), "real.service", &real).is_ok());
+        let none = dir.path().join("none.service");
+        assert!(refuse_alias_link(&spec(false), "none.service", &none).is_ok());
+    }
+
+    #[test]
+    fn unit_files_are_read_without_following_links_and_lossily() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.service");
+        assert_eq!(read_unit_file(&path).unwrap(), None);
+        std::fs::write(&path, b"[Unit]\nDescription=\xff\n").unwrap();
+        assert_eq!(
+            read_unit_file(&path).unwrap().as_deref(),
+            Some("[Unit]\nDescription=\u{fffd}\n")
+        );
+        let link = dir.path().join("l.service");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(read_unit_file(&link), Err(DaemonError::Io { .. })));
+    }
+
+    #[test]
+    fn drift_compares_the_installed_file_with_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.service");
+        let unit_spec = UnitSpec::from_spec(&spec(false), Scope::User).unwrap();
+        let rendered = unit_spec.render().unwrap();
+        let installed = UnitState {
+            load: "loaded".into(),
+            fragment_path: file.display().to_string(),
+            ..UnitState::default()
+        };
+        // Cannot be read here: unknown.
+        assert_eq!(drift(&unit_spec, &installed, &file), None);
+        std::fs::write(&file, &rendered).unwrap();
+        assert_eq!(drift(&unit_spec, &installed, &file), Some(false));
+        std::fs::write(&file, format!("{rendered}# edited\n")).unwrap();
+        assert_eq!(drift(&unit_spec, &installed, &file), Some(true));
+        // Not a persistent unit: no drift to speak of.
+        let transient = UnitState {
+            transient: true,
+            ..installed.clone()
+        };
+        assert_eq!(drift(&unit_spec, &transient, &file), None);
+        let not_loaded = UnitState {
+            load: "not-found".into(),
+            ..installed.clone()
+        };
+        assert_eq!(drift(&unit_spec, &not_loaded, &file), None);
+        let no_fragment = UnitState {
+            fragment_path: String::new(),
+            ..installed
+        };
+        assert_eq!(drift(&unit_spec, &no_fragment, &file), None);
+    }
+}
