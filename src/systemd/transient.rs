@@ -124,8 +124,7 @@ fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
             .ok_or("the file is gone")?;
         {
             use std::os::unix::fs::MetadataExt;
-            let me = nix::unistd::Uid::effective().as_raw();
-            if meta.uid() != 0 && meta.uid() != me {
+            if !crate::fsutil::trusted_uid(meta.uid()) {
                 return Err(format!("owned by UID {}, not the manager's", meta.uid()));
             }
         }
@@ -170,5 +169,95 @@ fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
             %why,
             "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DaemonConfig, Scope};
+    use crate::spec::ServiceSpec;
+    use std::os::unix::fs::MetadataExt;
+
+    fn unit_spec() -> UnitSpec {
+        // `$` and `;`: what systemd 252 writes back escaped.
+        let config = DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_args(["$HOME;x"]);
+        UnitSpec::from_spec(&ServiceSpec::from_config(&config).unwrap(), Scope::User).unwrap()
+    }
+
+    /// `dir/transient/t.service` holding `text`, its mtime an hour back.
+    fn planted(dir: &Path, sub: &str, text: &str) -> std::path::PathBuf {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("t.service");
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        path
+    }
+
+    fn systemds_version() -> String {
+        format!(
+            "{TRANSIENT_HEADER}\n[Unit]\nDocumentation={OWNERSHIP_MARK}\n[Service]\nExecStart=/bin/echo \\$HOME\\;x\n"
+        )
+    }
+
+    #[test]
+    fn our_transient_file_is_rewritten_keeping_its_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = planted(dir.path(), "transient", &systemds_version());
+        let before = std::fs::metadata(&path).unwrap();
+        let spec = unit_spec();
+        make_transient_file_reload_safe(&spec, &path);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            spec.render_transient_file().unwrap()
+        );
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+        assert_ne!(after.ino(), before.ino(), "replaced by a rename");
+        // Once ours, it is left as it is.
+        make_transient_file_reload_safe(&spec, &path);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), after.ino());
+    }
+
+    #[test]
+    fn other_files_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = unit_spec();
+        let ours = systemds_version();
+        let cases = [
+            ("not in a transient directory", "system", ours.clone()),
+            (
+                "not systemd's transient file",
+                "transient",
+                ours.replace(TRANSIENT_HEADER, "# hand-written"),
+            ),
+            (
+                "not our unit",
+                "transient",
+                ours.replace(OWNERSHIP_MARK, "man:other(1)"),
+            ),
+        ];
+        for (i, (case, sub, text)) in cases.into_iter().enumerate() {
+            let root = dir.path().join(i.to_string());
+            let path = planted(&root, sub, &text);
+            make_transient_file_reload_safe(&spec, &path);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{case}");
+        }
+        // A path through `..`, and a link: neither followed nor replaced.
+        let real = planted(&dir.path().join("x"), "transient", &ours);
+        let dotdot = dir.path().join("x/transient/../transient/t.service");
+        make_transient_file_reload_safe(&spec, &dotdot);
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), ours);
+        let link = dir.path().join("y/transient/t.service");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        make_transient_file_reload_safe(&spec, &link);
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), ours);
+        // No path (the manager did not say): nothing to do.
+        make_transient_file_reload_safe(&spec, Path::new(""));
     }
 }
