@@ -489,6 +489,17 @@ mod tests {
     }
 
     #[test]
+    fn unit_file_text_is_ours_only_with_the_key_in_unit() {
+        assert!(text_is_ours("[Unit]\nX-DaemonLifecycle=yes\n"));
+        assert!(text_is_ours(
+            "[Unit]\nDescription=x\nX-DaemonLifecycle = yes\n[Service]\n"
+        ));
+        assert!(!text_is_ours("[Service]\nX-DaemonLifecycle=yes\n"));
+        assert!(!text_is_ours("[Unit]\n# X-DaemonLifecycle=yes\n"));
+        assert!(!text_is_ours("[Unit]\nX-DaemonLifecycleX=yes\n"));
+    }
+
+    #[test]
     fn unit_names() {
         assert_eq!(unit_name("queen-rbee").unwrap(), "queen-rbee.service");
         assert_eq!(unit_name("a.b_c:d").unwrap(), "a.b_c:d.service");
