@@ -63,7 +63,7 @@ use install::drift;
 use state::{Read, UnitState};
 
 pub use bus::BusTarget;
-pub use unit::{unit_name, UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
+pub use unit::{spec_unit_name, unit_name, UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
 /// The zbus this crate is built with, so a [`zbus::Connection`] you pass to
 /// [`SystemdBackend::from_connection`] is of the same version.
 pub use zbus;
@@ -170,7 +170,7 @@ impl SystemdBackend {
     /// The unit name alone (no rendering): what status, stop, kill, restart,
     /// wait-ready and cleanup need.
     fn unit(spec: &ServiceSpec) -> Result<String> {
-        unit::unit_name(&spec.name)
+        unit::spec_unit_name(spec)
     }
 
     /// The unit for this backend's manager.

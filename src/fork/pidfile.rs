@@ -470,8 +470,16 @@ impl RecordWatch {
     /// at `deadline`.
     pub async fn changed(&self, deadline: tokio::time::Instant) {
         #[cfg(target_os = "linux")]
+        return self.changed_or_recheck(deadline, WATCH_RECHECK).await;
+        #[cfg(not(target_os = "linux"))]
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WATCH_POLL)).await;
+    }
+
+    /// [`Self::changed`] with the recheck interval given.
+    #[cfg(target_os = "linux")]
+    async fn changed_or_recheck(&self, deadline: tokio::time::Instant, recheck: Duration) {
         if let Some(fd) = &self.inotify {
-            let until = deadline.min(tokio::time::Instant::now() + WATCH_RECHECK);
+            let until = deadline.min(tokio::time::Instant::now() + recheck);
             if let Ok(Ok(mut guard)) = tokio::time::timeout_at(until, fd.readable()).await {
                 // Drain the queue; which file changed does not matter.
                 let _ = fd.get_ref().0.read_events();
@@ -486,6 +494,34 @@ impl RecordWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `wait_ready` relies on to return at READY=1, not at a timer:
+    /// with neither a recheck nor a deadline for an hour, only the
+    /// record's write can end this wait (the 60 s bound only keeps a broken
+    /// watch from hanging the test).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_record_write_wakes_the_watch_not_its_recheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("d.pid.identity");
+        let watch = RecordWatch::new(&record);
+        assert!(watch.inotify.is_some());
+        let hour = Duration::from_secs(3600);
+        let writer = {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                write_atomic(&record, b"{}").unwrap();
+            })
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            watch.changed_or_recheck(tokio::time::Instant::now() + hour, hour),
+        )
+        .await
+        .expect("the write woke the watch");
+        writer.join().unwrap();
+    }
 
     #[test]
     fn pid_file_format_is_the_seeds() {

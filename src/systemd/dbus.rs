@@ -49,6 +49,29 @@ pub(crate) trait Manager {
     /// Re-reads unit files.
     fn reload(&self) -> zbus::Result<()>;
 
+    /// The loaded units whose names match the glob `patterns` (any state
+    /// when `states` is empty): name, description, load, active, sub,
+    /// following, path, job id, job type, job path.
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+
     /// Enables unit files; returns (carries_install_info, changes).
     fn enable_unit_files(
         &self,

@@ -87,6 +87,19 @@ impl SystemdBackend {
         unit_dir: Option<&Path>,
         enable: bool,
     ) -> Result<bool> {
+        if spec.instance.is_some() {
+            // The file is the template; its instances need no file of their own.
+            return Err(DaemonError::invalid(
+                "instance",
+                "install the template (without an instance): every instance starts from its NAME@.service",
+            ));
+        }
+        if enable && spec.is_template() {
+            return Err(DaemonError::invalid(
+                "instance",
+                "a template is not enabled itself: install it, then enable an instance (systemctl enable NAME@INSTANCE.service)",
+            ));
+        }
         crate::host::check(&crate::host::LocalHost, spec)?;
         let unit_spec = self.unit_spec(spec)?;
         let text = unit_spec.render()?;
@@ -111,6 +124,9 @@ impl SystemdBackend {
                     ),
                 })
             }
+            // A template cannot be loaded itself (only its instances), so
+            // only its file is checked.
+            _ if unit_spec.template => {}
             _ => {
                 // A unit of that name loaded from elsewhere (a vendor or
                 // hand-written unit, an alias): ours would shadow it.
@@ -190,6 +206,7 @@ impl SystemdBackend {
         refuse_alias_link(spec, &unit_spec.unit, &path)?;
         let existing = match read_unit_file(&path)? {
             Some(text) => text,
+            None if unit_spec.template => return Ok(false),
             None => {
                 let state = self.load_state(&unit_spec.unit).await?;
                 if state.load == "loaded" && !state.transient && !state.fragment_path.is_empty() {
@@ -215,12 +232,26 @@ impl SystemdBackend {
                 ),
             });
         }
-        // The unit the manager has under that name must be ours too (it may
-        // come from another directory, or be someone's transient unit).
-        let state = self
-            .owned_state_with(spec, &unit_spec.unit, Read::Lean)
-            .await?;
-        self.stop_state(spec, &unit_spec.unit, state).await?;
+        if unit_spec.template {
+            // Its running instances go with it (each checked as ours).
+            for instance in self.loaded_instances(&unit_spec.unit).await? {
+                match self.owned_state_with(spec, &instance, Read::Lean).await {
+                    Ok(state) => self.stop_state(spec, &instance, state).await?,
+                    // Someone's transient unit of that name: not ours to stop.
+                    Err(DaemonError::NotOwned { .. }) => {
+                        tracing::warn!(unit = %instance, "not ours: left running");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            // The unit the manager has under that name must be ours too (it
+            // may come from another directory, or be someone's transient unit).
+            let state = self
+                .owned_state_with(spec, &unit_spec.unit, Read::Lean)
+                .await?;
+            self.stop_state(spec, &unit_spec.unit, state).await?;
+        }
         let what = format!("DisableUnitFiles {}", unit_spec.unit);
         match bounded(
             &what,
@@ -239,6 +270,23 @@ impl SystemdBackend {
         self.reload().await?;
         let _ = self.reset_failed(&unit_spec.unit).await;
         Ok(true)
+    }
+
+    /// The loaded instances of the template `NAME@.service`.
+    async fn loaded_instances(&self, template: &str) -> Result<Vec<String>> {
+        // fnmatch: the `\` of an escaped name must not escape the next byte.
+        let prefix = template.strip_suffix("@.service").unwrap_or(template);
+        let pattern = format!("{}@*.service", prefix.replace('\\', "\\\\"));
+        let what = format!("ListUnitsByPatterns {pattern}");
+        let units = bounded(
+            &what,
+            QUERY_GRACE,
+            self.manager
+                .list_units_by_patterns(&[], &[pattern.as_str()]),
+        )
+        .await?
+        .map_err(|e| bus_error(what, e))?;
+        Ok(units.into_iter().map(|u| u.0).collect())
     }
 
     /// `Reload` (daemon-reload), bounded: a reload re-reads every unit and
@@ -283,8 +331,14 @@ fn read_unit_file(path: &Path) -> Result<Option<String>> {
 /// Whether the installed unit file differs from what `spec` renders now.
 /// `None`: not a persistent unit, or its file cannot be read here.
 /// `file` is the unit's `FragmentPath`, as we see it.
+/// An instance started from an installed template is not compared: the
+/// template's text holds `%I` where the instance's rendering holds the name.
 pub(super) fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
-    if state.transient || state.load != "loaded" || state.fragment_path.is_empty() {
+    if state.transient
+        || state.load != "loaded"
+        || state.fragment_path.is_empty()
+        || (unit_spec.unit.contains('@') && !unit_spec.template)
+    {
         return None;
     }
     let installed = std::fs::read_to_string(file).ok()?;
