@@ -246,7 +246,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             format: RenderFormat::Systemd,
             ..
         } => {
-            print!("{}", UnitSpec::from_spec(&spec, scope)?.render()?);
+            let mut unit = UnitSpec::from_spec(&spec, scope)?;
+            unit.source = Some(cli.command.config().display().to_string());
+            print!("{}", unit.render()?);
             return Ok(0);
         }
         Command::Install {

@@ -342,7 +342,15 @@ pub(super) fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Opt
         return None;
     }
     let installed = std::fs::read_to_string(file).ok()?;
-    Some(unit_spec.render().ok()? != installed)
+    // Comments (the header names the generator's version and the config
+    // file) are not the unit.
+    let directives = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    Some(directives(&unit_spec.render().ok()?) != directives(&installed))
 }
 
 pub(super) fn warn_drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) {

@@ -58,6 +58,9 @@ pub struct UnitSpec {
     /// A template unit (`NAME@.service`): `{instance}` in the values is
     /// written as the `%I` specifier.
     pub template: bool,
+    /// The config file it came from, named in the unit file's header
+    /// comment (`daemonctl` sets it; control characters are escaped).
+    pub source: Option<String>,
     /// `Description=`.
     pub description: String,
     /// Absolute path of the executable.
@@ -206,6 +209,7 @@ impl UnitSpec {
         let spec = UnitSpec {
             unit: spec_unit_name(spec)?,
             template: spec.is_template(),
+            source: None,
             description: match &spec.instance {
                 Some(instance) => format!("{name}@{instance} (daemon-lifecycle)"),
                 None => format!("{name} (daemon-lifecycle)"),
@@ -330,12 +334,21 @@ impl UnitSpec {
                         .map_err(field("working_dir"))
                 })
                 .transpose()?,
-            timeout_start_usec: self.timeout_start.as_micros() as u64,
-            timeout_stop_usec: self.timeout_stop.as_micros() as u64,
-            restart: self.restart_str(),
-            restart_usec: self.restart_delay.as_micros() as u64,
+            timeout_start: span(self.timeout_start),
+            timeout_stop: span(self.timeout_stop),
+            // `Restart=no` is systemd's fixed default (not a setting of
+            // system.conf): left out. The rest are written even where they
+            // equal a default, since those defaults are host settings.
+            restart: Some(self.restart_str()).filter(|r| *r != "no"),
+            // Without restarts the delay means nothing.
+            restart_sec: (self.restart != RestartPolicy::Never).then(|| span(self.restart_delay)),
+            generator: concat!("daemon-lifecycle ", env!("CARGO_PKG_VERSION")),
+            source: self
+                .source
+                .as_deref()
+                .map(|s| crate::text::escape_controls(s)),
             start_limit_burst: self.start_limit_burst,
-            start_limit_interval_usec: self.start_limit_interval.as_micros() as u64,
+            start_limit_interval: span(self.start_limit_interval),
             limits: self
                 .limits
                 .entries()
@@ -438,6 +451,31 @@ impl UnitSpec {
     }
 }
 
+/// A duration as a person writes it in a unit file (systemd.time(7)):
+/// `10s`, `100ms`, `1min 30s`, `2h`; `0` for zero. Exact to the
+/// microsecond, so systemd reads back the same value.
+fn span(d: Duration) -> String {
+    let mut us = d.as_micros();
+    if us == 0 {
+        return "0".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("d", 86_400_000_000u128),
+        ("h", 3_600_000_000),
+        ("min", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+        ("us", 1),
+    ] {
+        if us >= size {
+            parts.push(format!("{}{unit}", us / size));
+            us %= size;
+        }
+    }
+    parts.join(" ")
+}
+
 /// A limit's unit-file directive (also its transient property), and the
 /// property that sets the soft limit where the directive sets both.
 /// `MemoryMax=` and `TasksMax=` are cgroup limits: stronger than the fork
@@ -465,12 +503,16 @@ struct UnitFile {
     exec_start: String,
     environment: Vec<String>,
     working_directory: Option<String>,
-    timeout_start_usec: u64,
-    timeout_stop_usec: u64,
-    restart: &'static str,
-    restart_usec: u64,
+    timeout_start: String,
+    timeout_stop: String,
+    restart: Option<&'static str>,
+    restart_sec: Option<String>,
+    /// `daemon-lifecycle VERSION`, for the header.
+    generator: &'static str,
+    /// The config file, for the header.
+    source: Option<String>,
     start_limit_burst: u32,
-    start_limit_interval_usec: u64,
+    start_limit_interval: String,
     /// `(directive, value)` of each set limit.
     limits: Vec<(&'static str, u64)>,
     standard_output: Option<String>,
@@ -566,6 +608,18 @@ mod tests {
         assert_eq!(instance.argv[2], "gpu-0 é");
         assert_eq!(instance.argv[4], "{instance}");
         assert!(!instance.template);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(span(ms(0)), "0");
+        assert_eq!(span(ms(100)), "100ms");
+        assert_eq!(span(ms(10_000)), "10s");
+        assert_eq!(span(ms(90_500)), "1min 30s 500ms");
+        assert_eq!(span(ms(7_200_000)), "2h");
+        assert_eq!(span(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(span(Duration::from_micros(1_000_001)), "1s 1us");
     }
 
     #[test]
