@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DaemonError, Result};
 
 mod file;
+pub(crate) mod instance;
 
 pub(crate) mod validate;
 
@@ -108,6 +109,17 @@ pub struct DaemonConfig {
     /// refused with [`crate::DaemonError::NotOwned`].
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+
+    /// Run this instance of a template config: `{instance}` in `args`,
+    /// `env` values, `working_dir`, `pid_file` and the log paths is replaced
+    /// by it (`{{instance}}` stands for a literal `{instance}`). systemd:
+    /// the unit is `NAME@INSTANCE.service` (the instance escaped as
+    /// `systemd-escape` does); fork backend: the default PID file is
+    /// `NAME@INSTANCE.pid`. 1–128 bytes, no control characters or `/`.
+    /// Usually given per command (`daemonctl --instance gpu0`,
+    /// [`DaemonConfig::with_instance`]) rather than in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// Which systemd manager runs the unit. Also a [`clap::ValueEnum`]
@@ -349,6 +361,7 @@ impl Default for DaemonConfig {
             user: None,
             group: None,
             adopt: false,
+            instance: None,
         }
     }
 }
@@ -439,12 +452,64 @@ impl DaemonConfig {
     /// The PID file in use: `pid_file`, or when it is empty
     /// `$XDG_RUNTIME_DIR/daemon-lifecycle/NAME.pid` for a user with a runtime
     /// directory, `/run/daemon-lifecycle/NAME.pid` for root, and
-    /// `/tmp/daemon-lifecycle-UID/NAME.pid` otherwise.
+    /// `/tmp/daemon-lifecycle-UID/NAME.pid` otherwise. For an instance,
+    /// `{instance}` in `pid_file` is replaced, and the default is
+    /// `NAME@INSTANCE.pid`.
     pub fn effective_pid_file(&self) -> PathBuf {
         if !self.pid_file.as_os_str().is_empty() {
-            return self.pid_file.clone();
+            return match (&self.instance, self.pid_file.to_str()) {
+                (Some(i), Some(text)) => PathBuf::from(instance::substitute(text, i)),
+                _ => self.pid_file.clone(),
+            };
         }
-        default_runtime_dir().join(format!("{}.pid", self.name()))
+        let file = match &self.instance {
+            Some(i) => format!("{}@{i}.pid", self.name()),
+            None => format!("{}.pid", self.name()),
+        };
+        default_runtime_dir().join(file)
+    }
+
+    /// Sets the instance of a template config (see [`DaemonConfig::instance`]).
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// Whether the config uses `{instance}` anywhere it is replaced: a
+    /// template, which runs only as an instance.
+    pub fn is_template(&self) -> bool {
+        let path = |p: &Path| p.to_str().is_some_and(instance::uses_token);
+        self.args.iter().any(|a| instance::uses_token(a))
+            || self.env.values().any(|v| instance::uses_token(v))
+            || self.working_dir.as_deref().is_some_and(path)
+            || path(&self.pid_file)
+            || self.logs.as_ref().is_some_and(|l| {
+                l.stdout.as_deref().is_some_and(path) || l.stderr.as_deref().is_some_and(path)
+            })
+    }
+
+    /// The config with `{instance}` replaced everywhere it stands for the
+    /// instance (the config itself when no instance is set).
+    pub(crate) fn expanded(&self) -> DaemonConfig {
+        let Some(i) = self.instance.as_deref() else {
+            return self.clone();
+        };
+        let sub = |t: &str| instance::substitute(t, i);
+        let sub_path = |p: &PathBuf| match p.to_str() {
+            Some(t) => PathBuf::from(sub(t)),
+            None => p.clone(),
+        };
+        let mut c = self.clone();
+        c.args = self.args.iter().map(|a| sub(a)).collect();
+        c.env = self.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect();
+        c.working_dir = self.working_dir.as_ref().map(sub_path);
+        // `pid_file` stays as written: `effective_pid_file` replaces the
+        // token once (and names the default after the instance).
+        if let Some(logs) = &mut c.logs {
+            logs.stdout = logs.stdout.as_ref().map(sub_path);
+            logs.stderr = logs.stderr.as_ref().map(sub_path);
+        }
+        c
     }
 
     /// The start-up timeout as a [`Duration`].

@@ -39,23 +39,19 @@ pub(crate) mod proc;
 pub(crate) mod state;
 pub(crate) mod supervise;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
+use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
 use crate::config::Readiness;
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
 use crate::spec::ServiceSpec;
-use pidfile::{Lock, Paths, Record};
+use pidfile::{Lock, Paths};
 use state::Inspection;
 
 use client::{
@@ -146,6 +142,7 @@ impl ForkBackend {
     /// It reaps every child of this process, so the caller must not run
     /// other child processes meanwhile.
     pub async fn run_foreground(&self, spec: &ServiceSpec) -> Result<i32> {
+        spec.runnable()?;
         crate::host::check(&crate::host::LocalHost, spec)?;
         let paths = Paths::new(spec.pid_file.clone());
         check_pid_dir(spec, &paths, DirUse::Create)?;

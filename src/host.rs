@@ -40,13 +40,22 @@ pub trait Host: Send + Sync + fmt::Debug {
 /// Asks `host` everything a start of `spec` needs: the binary is
 /// executable, the working directory and the log files' directories exist,
 /// the user and group exist. The first problem is returned.
+///
+/// For a template (installed as systemd's `NAME@.service`), a path that
+/// holds `{instance}` names no directory yet: it is checked per instance.
 pub fn check(host: &dyn Host, spec: &ServiceSpec) -> Result<()> {
+    let per_instance = |p: &Path| {
+        spec.is_template() && p.to_str().is_some_and(crate::config::instance::uses_token)
+    };
     host.check_executable(&spec.program)?;
-    if let Some(dir) = &spec.working_dir {
+    if let Some(dir) = spec.working_dir.as_deref().filter(|d| !per_instance(d)) {
         host.check_directory("working_dir", dir)?;
     }
     for (field, file) in spec.logs.files() {
-        host.check_directory(field, file.parent().unwrap_or(Path::new("/")))?;
+        let dir = file.parent().unwrap_or(Path::new("/"));
+        if !per_instance(dir) {
+            host.check_directory(field, dir)?;
+        }
     }
     if let Some(user) = &spec.run_as.user {
         host.check_user(user)?;

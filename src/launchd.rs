@@ -269,8 +269,7 @@ impl LaunchdBackend {
         if spec.adopt {
             return Ok(Some(bytes));
         }
-        let euid = nix::unistd::Uid::effective().as_raw();
-        if meta.uid() != euid && meta.uid() != 0 {
+        if !crate::fsutil::trusted_uid(meta.uid()) {
             return Err(not_ours(format!("it belongs to UID {}", meta.uid())));
         }
         let value: ::plist::Value = ::plist::from_bytes(&bytes)

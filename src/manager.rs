@@ -177,6 +177,7 @@ impl DaemonManager {
     /// stopped).
     async fn ready(&self) -> Result<(&ServiceSpec, &Arc<dyn Backend>)> {
         let spec = self.spec()?;
+        spec.runnable()?;
         if self.choice == BackendChoice::Systemd && self.backend.get().is_none() {
             // What systemd cannot express for this scope (`user` in a user
             // unit, ...) is a config error, even where no bus answers.

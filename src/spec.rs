@@ -68,6 +68,12 @@ pub struct ServiceSpec {
     pub run_as: RunAs,
     /// systemd: take over a unit of this name that we did not create.
     pub adopt: bool,
+    /// The instance of a template config this spec runs, with every
+    /// `{instance}` already replaced (see [`DaemonConfig::instance`]).
+    pub instance: Option<String>,
+    /// A template without an instance: it can be rendered (as systemd's
+    /// `NAME@.service`), not run.
+    template: bool,
     /// Whether `pid_file` is the default location (whose directory the fork
     /// backend creates, private), not one the config named.
     pid_file_is_default: bool,
@@ -125,6 +131,8 @@ impl ServiceSpec {
     /// for the defaults of `scope` and `pid_file`); the first problem is a
     /// typed error naming the field.
     pub fn from_config(config: &DaemonConfig) -> Result<ServiceSpec> {
+        let template = config.instance.is_none() && config.is_template();
+        let config = &config.expanded();
         config::validate::well_formed(config)?;
         let logs = config.logs.clone().unwrap_or_default();
         Ok(ServiceSpec {
@@ -155,6 +163,8 @@ impl ServiceSpec {
                 group: config.group.clone(),
             },
             adopt: config.adopt,
+            instance: config.instance.clone(),
+            template,
             pid_file_is_default: config.pid_file.as_os_str().is_empty(),
         })
     }
@@ -163,6 +173,29 @@ impl ServiceSpec {
     /// the config named.
     pub fn pid_file_is_default(&self) -> bool {
         self.pid_file_is_default
+    }
+
+    /// Whether this is a template without an instance: the fields still
+    /// hold `{instance}`, so it can be rendered (systemd: `NAME@.service`
+    /// with the token as a specifier) but not run.
+    pub fn is_template(&self) -> bool {
+        self.template
+    }
+
+    /// `Ok` unless this is a template without an instance, which no
+    /// backend can run (or find: its PID file holds the token).
+    pub fn runnable(&self) -> Result<()> {
+        if self.template {
+            return Err(crate::DaemonError::invalid(
+                "instance",
+                format!(
+                    "{} is a template ({{instance}} in its config): run one instance of it \
+                     (daemonctl --instance NAME, DaemonConfig::with_instance)",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The same daemon for another systemd scope.

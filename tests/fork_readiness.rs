@@ -339,10 +339,11 @@ fn daemonctl_start_waits_for_notify_and_shows_status_text() {
     sb.assert_no_leaks();
 }
 
-/// `wait_ready` on a notify daemon that is still starting is woken by the
-/// supervisor's record write (inotify): it returns within a moment of
-/// READY=1, where the 1 s fallback recheck alone would be ~500 ms late (this
-/// test fails that way when the watch does not fire).
+/// `wait_ready` on a notify daemon that is still starting returns once
+/// READY=1 is recorded, not before. (That the record's write wakes it, not
+/// the 1 s recheck, is proven without timing by the unit test
+/// `fork::pidfile::tests::a_record_write_wakes_the_watch_not_its_recheck`;
+/// a time bound here failed on loaded machines.)
 #[tokio::test]
 async fn wait_ready_wakes_on_ready_not_on_a_timer() {
     let sb = Sandbox::new("wait_ready_event");
@@ -382,12 +383,7 @@ async fn wait_ready_wakes_on_ready_not_on_a_timer() {
         .trim()
         .parse()
         .unwrap();
-    assert!(returned >= ready);
-    assert!(
-        returned - ready < 300_000,
-        "wait_ready returned {} ms after READY=1: not woken by the record write",
-        (returned - ready) / 1000
-    );
+    assert!(returned >= ready, "wait_ready returned before READY=1");
     assert!(starter.wait().unwrap().success());
     within(20, m.stop()).await.unwrap();
     sb.assert_no_leaks();

@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long, global = true)]
     adopt: bool,
 
+    /// Drive this instance of a template config: `{instance}` in it is
+    /// replaced by NAME (systemd unit `NAME@INSTANCE.service`).
+    #[arg(long, global = true, value_name = "NAME")]
+    instance: Option<String>,
+
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -234,6 +239,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     if cli.adopt {
         config.adopt = true;
     }
+    if let Some(instance) = &cli.instance {
+        config.instance = Some(instance.clone());
+    }
     // Checked before connecting, so a bad config is reported as such even
     // where no bus answers. Only the pure checks: rendering, uninstalling
     // and stopping need no installed binary.
@@ -244,7 +252,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             format: RenderFormat::Systemd,
             ..
         } => {
-            print!("{}", UnitSpec::from_spec(&spec, scope)?.render()?);
+            let mut unit = UnitSpec::from_spec(&spec, scope)?;
+            unit.source = Some(cli.command.config().display().to_string());
+            print!("{}", unit.render()?);
             return Ok(0);
         }
         Command::Render {

@@ -11,6 +11,9 @@ use crate::error::{DaemonError, Result};
 /// Checks every field; the first problem found is a typed error naming the
 /// field.
 pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
+    if let Some(instance) = &config.instance {
+        validate_instance(config, instance)?;
+    }
     program_path(&config.binary_path)?;
     validate_name(config)?;
     for (i, arg) in config.args.iter().enumerate() {
@@ -85,6 +88,32 @@ pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_instance(config: &DaemonConfig, instance: &str) -> Result<()> {
+    let bad = |reason: String| Err(DaemonError::invalid("instance", reason));
+    if instance.is_empty() || instance.len() > MAX_NAME_LEN {
+        return bad(format!("must be 1 to {MAX_NAME_LEN} bytes long"));
+    }
+    // `/` would leave the PID file's directory; a control character would
+    // reach file names and messages. The rest is escaped where it goes.
+    if let Some(c) = instance.chars().find(|c| c.is_control() || *c == '/') {
+        return bad(format!(
+            "{instance:?} contains {c:?}; control characters and '/' are not allowed"
+        ));
+    }
+    if instance.starts_with('.') || instance.starts_with('-') {
+        return bad(format!("{instance:?} must not start with '.' or '-'"));
+    }
+    // Every instance would share one PID file, and so one daemon.
+    let pid_file = config.pid_file.to_string_lossy();
+    if !pid_file.is_empty() && !super::instance::uses_token(&pid_file) {
+        return Err(DaemonError::invalid(
+            "pid_file",
+            format!("{pid_file} would be shared by every instance: put {{instance}} in it, or leave it empty"),
+        ));
     }
     Ok(())
 }

@@ -2,7 +2,15 @@
 //! requests, and signalling a recorded process group only while it is
 //! provably ours.
 
-use super::*;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use super::pidfile::{self, Paths, Record};
+use super::{control, notify, proc, SUPERVISOR_GRACE};
+use crate::error::{DaemonError, Result};
 
 /// One control request to the live supervisor, if there is one.
 /// A supervisor that closes the connection without answering is exiting:

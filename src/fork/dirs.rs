@@ -1,8 +1,12 @@
 //! The PID directory's trust checks, run by every operation: who owns it
 //! and every directory above it, and whether others can write there.
 
-use super::*;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::pidfile::{self, Paths};
+use crate::error::{DaemonError, Result};
+use crate::spec::ServiceSpec;
 
 /// What an operation does in the PID directory.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,10 @@
 //! The caller-facing errors for what a supervisor answered.
 
-use super::*;
+use super::logs;
+use super::supervise::Response;
+use crate::backend::ExitInfo;
+use crate::error::DaemonError;
+use crate::spec::ServiceSpec;
 
 /// The error for a supervisor's answer other than `Started`.
 pub(super) fn response_error(spec: &ServiceSpec, response: Response) -> DaemonError {

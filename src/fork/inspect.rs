@@ -2,7 +2,13 @@
 //! the live supervisor asked over its control socket, merged into one
 //! [`Inspection`] (the table in [`super::state`] turns it into a state).
 
-use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use super::pidfile::{self, Paths, Record};
+use super::state::{self, Inspection};
+use super::{control, proc};
+use crate::error::{DaemonError, Result};
 
 /// How long [`ForkBackend::inspect`] waits for a live supervisor to record a
 /// daemon's exit (it does so right after reaping it).

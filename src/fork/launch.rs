@@ -2,7 +2,19 @@
 //! [`ServiceSpec`], the daemon's base environment, the supervisor program,
 //! and reading its answers.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+use super::pidfile::Paths;
+use super::supervise::{self, Request, Response};
+use super::{limits, logs, PORTABLE_ENV};
+use crate::error::{DaemonError, Result};
+use crate::spec::ServiceSpec;
 
 /// systemd's default `PATH` for services, so a daemon finds the same programs
 /// under either backend.

@@ -18,7 +18,7 @@
 //! quotes the file's bytes. No function here removes a directory.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::proc::ProcRef;
 use crate::backend::ExitInfo;
 use crate::error::{DaemonError, Result};
+pub(crate) use crate::fsutil::{check_ours, trusted_uid, untrusted, write_atomic};
 
 /// The paths derived from one PID file path. Every path we create or
 /// remove comes from here (that is, from the config), never from a record.
@@ -154,48 +155,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether a file owned by `uid` may be trusted: written by the caller, or by
-/// root (whom no attacker can impersonate).
-pub(crate) fn trusted_uid(uid: u32) -> bool {
-    uid == nix::unistd::Uid::effective().as_raw() || uid == 0
-}
-
-/// The refusal for a file that is not ours.
-pub(crate) fn untrusted(path: &Path, owner: Option<u32>, reason: impl Into<String>) -> DaemonError {
-    DaemonError::UntrustedFile {
-        path: path.to_owned(),
-        owner,
-        reason: reason.into(),
-    }
-}
-
-/// Checks what `lstat` says about one of our files: a regular file (or,
-/// with `socket`, a Unix socket) owned by a trusted user.
-pub(crate) fn check_ours(path: &Path, meta: &fs::Metadata, socket: bool) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        return Err(untrusted(path, Some(meta.uid()), "is a symbolic link"));
-    }
-    let kind_ok = if socket { ft.is_socket() } else { ft.is_file() };
-    if !kind_ok {
-        let what = if socket { "a socket" } else { "a regular file" };
-        return Err(untrusted(path, Some(meta.uid()), format!("is not {what}")));
-    }
-    if !trusted_uid(meta.uid()) {
-        return Err(untrusted(
-            path,
-            Some(meta.uid()),
-            format!(
-                "is owned by UID {}, not by UID {} or root",
-                meta.uid(),
-                nix::unistd::Uid::effective()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Opens one of our files with `options` plus `O_NOFOLLOW` (a symbolic link
 /// is refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
 /// not block us) and `O_CLOEXEC`, then checks what was opened with `fstat`
@@ -315,32 +274,6 @@ fn remove_checked(path: &Path, socket: bool) -> Result<()> {
 /// Whether something (anything, a dangling link included) is at `path`.
 pub(crate) fn present(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
-}
-
-/// Temporary file in the same directory (created with `O_EXCL`, so nothing
-/// planted is followed), written, synced, renamed over `path`. Readers see
-/// the old content or the new, never a part. What is at `path` already must
-/// be ours: a symbolic link or another user's file is refused, not replaced.
-pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("/"));
-    match fs::symlink_metadata(path) {
-        Ok(meta) => check_ours(path, &meta, false)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(DaemonError::pid_file(path, e)),
-    }
-    let err = |e: io::Error| DaemonError::pid_file(path, e);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".daemon-lifecycle-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(content).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
 }
 
 /// An exclusive `flock` on `NAME.pid.lock`, released on drop.
@@ -537,8 +470,16 @@ impl RecordWatch {
     /// at `deadline`.
     pub async fn changed(&self, deadline: tokio::time::Instant) {
         #[cfg(target_os = "linux")]
+        return self.changed_or_recheck(deadline, WATCH_RECHECK).await;
+        #[cfg(not(target_os = "linux"))]
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WATCH_POLL)).await;
+    }
+
+    /// [`Self::changed`] with the recheck interval given.
+    #[cfg(target_os = "linux")]
+    async fn changed_or_recheck(&self, deadline: tokio::time::Instant, recheck: Duration) {
         if let Some(fd) = &self.inotify {
-            let until = deadline.min(tokio::time::Instant::now() + WATCH_RECHECK);
+            let until = deadline.min(tokio::time::Instant::now() + recheck);
             if let Ok(Ok(mut guard)) = tokio::time::timeout_at(until, fd.readable()).await {
                 // Drain the queue; which file changed does not matter.
                 let _ = fd.get_ref().0.read_events();
@@ -553,6 +494,34 @@ impl RecordWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `wait_ready` relies on to return at READY=1, not at a timer:
+    /// with neither a recheck nor a deadline for an hour, only the
+    /// record's write can end this wait (the 60 s bound only keeps a broken
+    /// watch from hanging the test).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_record_write_wakes_the_watch_not_its_recheck() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("d.pid.identity");
+        let watch = RecordWatch::new(&record);
+        assert!(watch.inotify.is_some());
+        let hour = Duration::from_secs(3600);
+        let writer = {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                write_atomic(&record, b"{}").unwrap();
+            })
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            watch.changed_or_recheck(tokio::time::Instant::now() + hour, hour),
+        )
+        .await
+        .expect("the write woke the watch");
+        writer.join().unwrap();
+    }
 
     #[test]
     fn pid_file_format_is_the_seeds() {

@@ -43,8 +43,6 @@ use spawn::reset_signal_state;
 
 use std::io::{Read, Write};
 
-use super::proc::{self};
-
 /// Environment variable that turns a program calling
 /// [`crate::supervisor_init`] into a supervisor.
 pub const SUPERVISE_ENV: &str = "DAEMON_LIFECYCLE_SUPERVISE";
@@ -122,7 +120,7 @@ pub(crate) fn main() -> ! {
 /// forced portable path) they go to init, which reaps them.
 fn become_subreaper() {
     #[cfg(target_os = "linux")]
-    if proc::fast_paths() {
+    if super::proc::fast_paths() {
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
 }

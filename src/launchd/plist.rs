@@ -26,6 +26,8 @@ use crate::spec::ServiceSpec;
 /// label is also the plist's file name and what a person types after
 /// `launchctl print gui/501/`, and an escaped label would be neither
 /// readable nor guessable. Give such a daemon a `name` that is a label.
+/// One instance of a template config is `NAME@INSTANCE` (the instance
+/// in the same alphabet); a template itself has no plist.
 ///
 /// ```
 /// use daemon_lifecycle::launchd::label;
@@ -53,6 +55,27 @@ pub fn label(name: &str) -> Result<String> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// The label of one instance of a template config: `NAME@INSTANCE`, both
+/// parts within the label alphabet (`@` only ever separates them, so no
+/// two name/instance pairs share a label).
+fn instance_label(name: &str, instance: &str) -> Result<String> {
+    let name = label(name)?;
+    if instance.is_empty()
+        || !instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(DaemonError::invalid(
+            "instance",
+            format!(
+                "{instance:?}: a launchd label (NAME@INSTANCE) only holds A-Z a-z 0-9 . _ - \
+                 in the instance"
+            ),
+        ));
+    }
+    Ok(format!("{name}@{instance}"))
 }
 
 /// What launchd restarts, the `KeepAlive` key.
@@ -123,7 +146,17 @@ impl PlistSpec {
     /// are not UTF-8, `user`/`group` for an agent, a name that is not a
     /// label. Pure: nothing on the host is looked at.
     pub fn from_spec(spec: &ServiceSpec, scope: Scope) -> Result<PlistSpec> {
-        let label = label(&spec.name)?;
+        if spec.is_template() {
+            return Err(DaemonError::invalid(
+                "instance",
+                "launchd has no template jobs: render or run one instance of it \
+                 (daemonctl --instance NAME)",
+            ));
+        }
+        let label = match &spec.instance {
+            Some(instance) => instance_label(&spec.name, instance)?,
+            None => label(&spec.name)?,
+        };
         let mut program_arguments = vec![text_path("binary_path", &spec.program)?];
         for (i, arg) in spec.args.iter().enumerate() {
             program_arguments.push(text(&format!("args[{i}]"), arg)?);
@@ -407,6 +440,22 @@ mod tests {
         for bad in ["a b", "a/b", "é", "a:b", "a@b", ""] {
             assert!(label(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn instances_are_name_at_instance_and_templates_have_no_plist() {
+        let config = DaemonConfig::new("/bin/sleep", "")
+            .with_name("com.example.worker")
+            .with_args(["{instance}"]);
+        let err = PlistSpec::from_spec(&spec(config.clone()), Scope::User).unwrap_err();
+        assert!(matches!(err, DaemonError::InvalidConfig { ref field, .. } if field == "instance"));
+        let plist = PlistSpec::from_spec(&spec(config.clone().with_instance("gpu-0")), Scope::User)
+            .unwrap();
+        assert_eq!(plist.label, "com.example.worker@gpu-0");
+        assert_eq!(plist.program_arguments[1], "gpu-0");
+        let err =
+            PlistSpec::from_spec(&spec(config.with_instance("gpu 0")), Scope::User).unwrap_err();
+        assert!(matches!(err, DaemonError::InvalidConfig { ref field, .. } if field == "instance"));
     }
 
     #[test]

@@ -51,8 +51,16 @@ pub fn text_is_ours(text: &str) -> bool {
 /// A systemd service as we mean it, escaped-by-construction on output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitSpec {
-    /// The unit name, `NAME.service` (see [`unit_name`]).
+    /// The unit name: `NAME.service` (see [`unit_name`]), for an instance
+    /// `NAME@INSTANCE.service`, for a template `NAME@.service` (see
+    /// [`spec_unit_name`]).
     pub unit: String,
+    /// A template unit (`NAME@.service`): `{instance}` in the values is
+    /// written as the `%I` specifier.
+    pub template: bool,
+    /// The config file it came from, named in the unit file's header
+    /// comment (`daemonctl` sets it; control characters are escaped).
+    pub source: Option<String>,
     /// `Description=`.
     pub description: String,
     /// Absolute path of the executable.
@@ -109,6 +117,27 @@ pub fn unit_name(name: &str) -> Result<String> {
     if unit.len() > 255 {
         return Err(DaemonError::invalid(
             "name",
+            format!("unit name {unit:?} is longer than systemd's 255 bytes"),
+        ));
+    }
+    Ok(unit)
+}
+
+/// The unit a spec runs as: `NAME.service`; for an instance
+/// `NAME@INSTANCE.service`, the instance escaped as `systemd-escape` does
+/// (so the `%I` specifier gives it back exactly: `-` is `\x2d`, not a
+/// path separator); for a template without an instance, `NAME@.service`.
+pub fn spec_unit_name(spec: &ServiceSpec) -> Result<String> {
+    let base = unit_name(&spec.name)?;
+    let prefix = base.strip_suffix(".service").unwrap_or(&base);
+    let unit = match (&spec.instance, spec.is_template()) {
+        (Some(instance), _) => format!("{prefix}@{}.service", escape::unit_name_escape(instance)),
+        (None, true) => format!("{prefix}@.service"),
+        (None, false) => return Ok(base),
+    };
+    if unit.len() > 255 {
+        return Err(DaemonError::invalid(
+            "instance",
             format!("unit name {unit:?} is longer than systemd's 255 bytes"),
         ));
     }
@@ -178,8 +207,13 @@ impl UnitSpec {
             }
         }
         let spec = UnitSpec {
-            unit: unit_name(name)?,
-            description: format!("{name} (daemon-lifecycle)"),
+            unit: spec_unit_name(spec)?,
+            template: spec.is_template(),
+            source: None,
+            description: match &spec.instance {
+                Some(instance) => format!("{name}@{instance} (daemon-lifecycle)"),
+                None => format!("{name} (daemon-lifecycle)"),
+            },
             executable,
             argv,
             environment,
@@ -244,42 +278,77 @@ impl UnitSpec {
     fn render_as(&self, transient: bool) -> Result<String> {
         let field =
             |f: &'static str| move |e: escape::EscapeError| DaemonError::invalid(f, e.to_string());
+        // A template's values hold `{instance}`: after escaping (which
+        // doubles every `%` of the config), the token becomes the `%I`
+        // specifier, and `{{instance}}` a literal `{instance}`.
+        let spec_token = |escaped: String| {
+            if self.template {
+                crate::config::instance::substitute(&escaped, "%I")
+            } else {
+                escaped
+            }
+        };
         let environment = self
             .environment
             .iter()
-            .map(|(k, v)| escape::environment_assignment(k, v).map_err(field("env")))
+            .map(|(k, v)| {
+                escape::environment_assignment(k, v)
+                    .map(spec_token)
+                    .map_err(field("env"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let append = |f: &'static str, p: &Option<String>| -> Result<Option<String>> {
             p.as_deref()
                 .map(|p| {
                     escape::plain_value(f, p)
-                        .map(|v| format!("append:{v}"))
+                        .map(|v| format!("append:{}", spec_token(v)))
                         .map_err(field(f))
                 })
                 .transpose()
         };
         let template = UnitFile {
-            description: escape::plain_value("name", &self.description).map_err(field("name"))?,
+            description: match self.template {
+                // `NAME@%I (daemon-lifecycle)`: each instance describes itself.
+                true => escape::plain_value("name", &self.description)
+                    .map(|d| match d.strip_suffix(" (daemon-lifecycle)") {
+                        Some(name) => format!("{name}@%I (daemon-lifecycle)"),
+                        None => d,
+                    })
+                    .map_err(field("name"))?,
+                false => escape::plain_value("name", &self.description).map_err(field("name"))?,
+            },
             documentation: OWNERSHIP_MARK,
             ownership_key: OWNERSHIP_KEY,
             transient,
             service_type: self.service_type(),
             exec_start: escape::exec_line(&self.executable, &self.argv[1..])
+                .map(spec_token)
                 .map_err(field("args"))?,
             environment,
             working_directory: self
                 .working_directory
                 .as_deref()
                 .map(|d| {
-                    escape::absolute_path_value("WorkingDirectory", d).map_err(field("working_dir"))
+                    escape::absolute_path_value("WorkingDirectory", d)
+                        .map(spec_token)
+                        .map_err(field("working_dir"))
                 })
                 .transpose()?,
-            timeout_start_usec: self.timeout_start.as_micros() as u64,
-            timeout_stop_usec: self.timeout_stop.as_micros() as u64,
-            restart: self.restart_str(),
-            restart_usec: self.restart_delay.as_micros() as u64,
+            timeout_start: span(self.timeout_start),
+            timeout_stop: span(self.timeout_stop),
+            // `Restart=no` is systemd's fixed default (not a setting of
+            // system.conf): left out. The rest are written even where they
+            // equal a default, since those defaults are host settings.
+            restart: Some(self.restart_str()).filter(|r| *r != "no"),
+            // Without restarts the delay means nothing.
+            restart_sec: (self.restart != RestartPolicy::Never).then(|| span(self.restart_delay)),
+            generator: concat!("daemon-lifecycle ", env!("CARGO_PKG_VERSION")),
+            source: self
+                .source
+                .as_deref()
+                .map(|s| crate::text::escape_controls(s)),
             start_limit_burst: self.start_limit_burst,
-            start_limit_interval_usec: self.start_limit_interval.as_micros() as u64,
+            start_limit_interval: span(self.start_limit_interval),
             limits: self
                 .limits
                 .entries()
@@ -382,6 +451,31 @@ impl UnitSpec {
     }
 }
 
+/// A duration as a person writes it in a unit file (systemd.time(7)):
+/// `10s`, `100ms`, `1min 30s`, `2h`; `0` for zero. Exact to the
+/// microsecond, so systemd reads back the same value.
+fn span(d: Duration) -> String {
+    let mut us = d.as_micros();
+    if us == 0 {
+        return "0".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("d", 86_400_000_000u128),
+        ("h", 3_600_000_000),
+        ("min", 60_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+        ("us", 1),
+    ] {
+        if us >= size {
+            parts.push(format!("{}{unit}", us / size));
+            us %= size;
+        }
+    }
+    parts.join(" ")
+}
+
 /// A limit's unit-file directive (also its transient property), and the
 /// property that sets the soft limit where the directive sets both.
 /// `MemoryMax=` and `TasksMax=` are cgroup limits: stronger than the fork
@@ -409,12 +503,16 @@ struct UnitFile {
     exec_start: String,
     environment: Vec<String>,
     working_directory: Option<String>,
-    timeout_start_usec: u64,
-    timeout_stop_usec: u64,
-    restart: &'static str,
-    restart_usec: u64,
+    timeout_start: String,
+    timeout_stop: String,
+    restart: Option<&'static str>,
+    restart_sec: Option<String>,
+    /// `daemon-lifecycle VERSION`, for the header.
+    generator: &'static str,
+    /// The config file, for the header.
+    source: Option<String>,
     start_limit_burst: u32,
-    start_limit_interval_usec: u64,
+    start_limit_interval: String,
     /// `(directive, value)` of each set limit.
     limits: Vec<(&'static str, u64)>,
     standard_output: Option<String>,
@@ -430,6 +528,17 @@ mod tests {
 
     fn spec(config: DaemonConfig) -> UnitSpec {
         UnitSpec::from_config(&config, Scope::User).unwrap()
+    }
+
+    #[test]
+    fn unit_file_text_is_ours_only_with_the_key_in_unit() {
+        assert!(text_is_ours("[Unit]\nX-DaemonLifecycle=yes\n"));
+        assert!(text_is_ours(
+            "[Unit]\nDescription=x\nX-DaemonLifecycle = yes\n[Service]\n"
+        ));
+        assert!(!text_is_ours("[Service]\nX-DaemonLifecycle=yes\n"));
+        assert!(!text_is_ours("[Unit]\n# X-DaemonLifecycle=yes\n"));
+        assert!(!text_is_ours("[Unit]\nX-DaemonLifecycleX=yes\n"));
     }
 
     #[test]
@@ -470,6 +579,47 @@ mod tests {
         );
         let config = DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_env("A", "x\ry");
         assert!(UnitSpec::from_config(&config, Scope::User).is_err());
+    }
+
+    #[test]
+    fn templates_write_the_instance_as_a_specifier_and_instances_are_escaped() {
+        let mut config = DaemonConfig::new("/usr/bin/llm-worker-rbee", "")
+            .with_args(["--gpu", "{instance}", "100%", "{{instance}}"])
+            .with_env("WORKER", "w-{instance}")
+            .with_working_dir("/var/lib/worker/{instance}");
+        let template = UnitSpec::from_config(&config, Scope::System).unwrap();
+        assert_eq!(template.unit, "llm-worker-rbee@.service");
+        let text = template.render().unwrap();
+        for line in [
+            "ExecStart=\"/usr/bin/llm-worker-rbee\" \"--gpu\" \"%I\" \"100%%\" \"{instance}\"",
+            "Environment=\"WORKER=w-%I\"",
+            "WorkingDirectory=/var/lib/worker/%I",
+            "Description=llm-worker-rbee@%I (daemon-lifecycle)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        config.instance = Some("gpu-0 é".into());
+        let instance = UnitSpec::from_config(&config, Scope::System).unwrap();
+        // systemd-escape: `-` and non-ASCII as \xNN, so %I gives the name back.
+        assert_eq!(
+            instance.unit,
+            "llm-worker-rbee@gpu\\x2d0\\x20\\xc3\\xa9.service"
+        );
+        assert_eq!(instance.argv[2], "gpu-0 é");
+        assert_eq!(instance.argv[4], "{instance}");
+        assert!(!instance.template);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(span(ms(0)), "0");
+        assert_eq!(span(ms(100)), "100ms");
+        assert_eq!(span(ms(10_000)), "10s");
+        assert_eq!(span(ms(90_500)), "1min 30s 500ms");
+        assert_eq!(span(ms(7_200_000)), "2h");
+        assert_eq!(span(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(span(Duration::from_micros(1_000_001)), "1s 1us");
     }
 
     #[test]
