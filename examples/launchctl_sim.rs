@@ -991,8 +991,8 @@ fn begin_stop(job: &mut Job) {
 
 /// A plist integer as the platform's `rlim_t` (u64, or i64 on FreeBSD).
 #[allow(clippy::useless_conversion)]
-fn rlim(value: u64) -> nix::sys::resource::rlim_t {
-    nix::sys::resource::rlim_t::try_from(value).unwrap_or(nix::sys::resource::rlim_t::MAX)
+fn rlim(value: u64) -> libc::rlim_t {
+    libc::rlim_t::try_from(value).unwrap_or(libc::rlim_t::MAX)
 }
 
 /// Darwin's `strsignal` words for the signals a test sees.
@@ -1052,36 +1052,36 @@ fn spawn(domain: &str, job: &mut Job) {
             cmd.uid(user.uid.as_raw()).gid(group);
         }
     }
+    // libc's constants: nix has no RLIMIT_NPROC on macOS.
     let limits = [
-        (
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            p.soft.files,
-            p.hard.files,
-        ),
-        (
-            nix::sys::resource::Resource::RLIMIT_NPROC,
-            p.soft.processes,
-            p.hard.processes,
-        ),
-        (
-            nix::sys::resource::Resource::RLIMIT_CPU,
-            p.soft.cpu,
-            p.hard.cpu,
-        ),
+        (libc::RLIMIT_NOFILE, p.soft.files, p.hard.files),
+        (libc::RLIMIT_NPROC, p.soft.processes, p.hard.processes),
+        (libc::RLIMIT_CPU, p.soft.cpu, p.hard.cpu),
     ];
     if limits.iter().any(|(_, s, h)| s.is_some() || h.is_some()) {
-        // SAFETY: between fork and exec only setrlimit(2), which is
-        // async-signal-safe, and no allocation.
+        // SAFETY: between fork and exec only getrlimit(2) and setrlimit(2),
+        // which are async-signal-safe, and no allocation.
         unsafe {
             cmd.pre_exec(move || {
                 for (resource, soft, hard) in limits {
                     if soft.is_none() && hard.is_none() {
                         continue;
                     }
-                    let (cur_soft, cur_hard) = nix::sys::resource::getrlimit(resource)?;
-                    let hard = hard.map_or(cur_hard, rlim);
-                    let soft = soft.map_or(cur_soft, rlim).min(hard);
-                    nix::sys::resource::setrlimit(resource, soft, hard)?;
+                    let mut now = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(resource, &mut now) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let hard = hard.map_or(now.rlim_max, rlim);
+                    let new = libc::rlimit {
+                        rlim_cur: soft.map_or(now.rlim_cur, rlim).min(hard),
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(resource, &new) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
