@@ -17,13 +17,13 @@ mod scenarios {
     mod macros {
         /// `scenario!(name, |ctx| { ... })`: a test named `name` that runs
         /// the body on every target (the scenario's name is the test's);
-        /// `scenario!(exclusive name, ...)` has the managers to itself
+        /// `scenario!(name, exclusive, |ctx| ...)` has the managers to itself
         /// (`Sharing::Exclusive`).
         macro_rules! scenario {
             ($name:ident, |$ctx:ident| $body:block) => {
                 scenario!(@ $name, Shared, |$ctx| $body);
             };
-            (exclusive $name:ident, |$ctx:ident| $body:block) => {
+            ($name:ident, exclusive, |$ctx:ident| $body:block) => {
                 scenario!(@ $name, Exclusive, |$ctx| $body);
             };
             (@ $name:ident, $sharing:ident, |$ctx:ident| $body:block) => {

@@ -72,7 +72,7 @@ scenario!(clean_exit_is_stopped, |ctx| {
     ctx.check_status("after the exit", &r, "stopped", "-", "exited with code 0");
 });
 
-scenario!(exclusive restart_on_failure_until_the_start_limit, |ctx| {
+scenario!(restart_on_failure_until_the_start_limit, exclusive, |ctx| {
     let starts = ctx.out("starts");
     let mut config = ctx.config(&["--starts", &starts, "--crash-after", "500:3"]);
     config.restart.policy = RestartPolicy::OnFailure;
@@ -85,7 +85,13 @@ scenario!(exclusive restart_on_failure_until_the_start_limit, |ctx| {
     // has confirmed it runs (StartFailed there, ok on the fork backend).
     let _ = within(30, m.start()).await;
     let r = settle(&m, 20, |r| reason(r) == Some("start limit hit")).await;
-    ctx.check_status("at the start limit", &r, "failed", "start limit hit", "exited with code 3");
+    ctx.check_status(
+        "at the start limit",
+        &r,
+        "failed",
+        "start limit hit",
+        "exited with code 3",
+    );
     ctx.check("at the start limit: restarts", r.restarts, 2);
     ctx.check("runs", runs(&starts), 3);
     // It stays down.
@@ -93,7 +99,13 @@ scenario!(exclusive restart_on_failure_until_the_start_limit, |ctx| {
     ctx.check("runs a while later", runs(&starts), 3);
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
     let r = m.status_report().await.unwrap();
-    ctx.check_status("a while later", &r, "failed", "start limit hit", "exited with code 3");
+    ctx.check_status(
+        "a while later",
+        &r,
+        "failed",
+        "start limit hit",
+        "exited with code 3",
+    );
     ctx.check_outcome("cleanup", &within(30, m.cleanup_stale()).await, "ok");
     let r = m.status_report().await.unwrap();
     ctx.check_status("after cleanup", &r, "stopped", "-", "-");
@@ -134,7 +146,7 @@ scenario!(
     }
 );
 
-scenario!(exclusive start_after_the_start_limit_starts_again, |ctx| {
+scenario!(start_after_the_start_limit_starts_again, exclusive, |ctx| {
     // Fails until the start limit stops it...
     let mut failing = ctx.config(&["--crash-after", "500:3"]);
     failing.restart.policy = RestartPolicy::OnFailure;
@@ -145,12 +157,22 @@ scenario!(exclusive start_after_the_start_limit_starts_again, |ctx| {
     let m = ctx.manager(&failing).await;
     let _ = within(30, m.start()).await;
     let r = settle(&m, 20, |r| reason(r) == Some("start limit hit")).await;
-    if !ctx.check_status("at the start limit", &r, "failed", "start limit hit", "exited with code 3") {
+    if !ctx.check_status(
+        "at the start limit",
+        &r,
+        "failed",
+        "start limit hit",
+        "exited with code 3",
+    ) {
         return;
     }
     // ... then the fixed config starts at once, no cleanup needed.
     let m = ctx.manager(&ctx.config(&[])).await;
     let pid = within(30, m.start()).await.unwrap();
-    ctx.check("status after start", m.status().await.unwrap(), DaemonStatus::Running(pid));
+    ctx.check(
+        "status after start",
+        m.status().await.unwrap(),
+        DaemonStatus::Running(pid),
+    );
     ctx.check("daemon processes", ctx.daemon_processes_settled(1).await, 1);
 });

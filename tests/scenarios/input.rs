@@ -91,7 +91,7 @@ async fn round_trip(ctx: &Ctx, what: &str, config: &DaemonConfig, dump_path: &st
     let _ = std::fs::remove_file(dump_path);
 }
 
-scenario!(exclusive argv_and_env_arrive_byte_for_byte, |ctx| {
+scenario!(argv_and_env_arrive_byte_for_byte, exclusive, |ctx| {
     let dump = ctx.out("dump.json");
     let mut config = ctx
         .config(&["--dump", &dump, "--"])
