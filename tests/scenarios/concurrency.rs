@@ -42,4 +42,5 @@ scenario!(twenty_concurrent_starts_give_one_daemon, |ctx| {
         ctx.daemon_processes_settled(0).await,
         0,
     );
+    ctx.check_left_behind("after stop").await;
 });

@@ -52,6 +52,35 @@ scenario!(exit_code_3_is_failed_until_cleanup, |ctx| {
     ctx.check_outcome("cleanup", &within(30, m.cleanup_stale()).await, "ok");
     let r = m.status_report().await.unwrap();
     ctx.check_status("after cleanup", &r, "stopped", "-", "-");
+    ctx.check_left_behind("after cleanup").await;
+    // Failed again: the same name with a fixed config starts at once, no
+    // cleanup needed.
+    let _ = within(30, m.start()).await;
+    let r = settle(&m, 10, |r| r.status.state_name() == "failed").await;
+    ctx.check_status(
+        "after the second exit",
+        &r,
+        "failed",
+        "exited with code 3",
+        "exited with code 3",
+    );
+    let fixed = ctx.manager(&ctx.config(&[])).await;
+    let pid = within(30, fixed.start()).await.unwrap();
+    ctx.check(
+        "status of the fixed config",
+        fixed.status().await.unwrap(),
+        DaemonStatus::Running(pid),
+    );
+    ctx.check(
+        "daemon processes of the fixed config",
+        ctx.daemon_processes_settled(1).await,
+        1,
+    );
+    ctx.check_outcome(
+        "stop of the fixed config",
+        &within(30, fixed.stop()).await,
+        "ok",
+    );
 });
 
 scenario!(clean_exit_is_stopped, |ctx| {
@@ -143,6 +172,7 @@ scenario!(
         ctx.check("runs", runs(&starts), 1);
         let r = m.status_report().await.unwrap();
         ctx.check_status("after the delay", &r, "stopped", "-", "-");
+        ctx.check_left_behind("after the delay").await;
     }
 );
 

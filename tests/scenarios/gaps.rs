@@ -44,6 +44,14 @@ pub const KNOWN_GAPS: &[Gap] = &[
         why: "the fork backend removes its record on stop, so it keeps no last exit after a stop",
     },
     Gap {
+        scenario: "stop_escalates_to_sigkill",
+        check: "after stop: left behind",
+        on: &[Target::UserTransient, Target::SystemTransient],
+        says: "unit NAME.service",
+        expected: "nothing",
+        why: "systemd leaves the unit `failed` (`Result=timeout`) when its stop needed SIGKILL; the backend reads that as stopped, with the SIGKILL as last exit, and the unit stays loaded until cleanup or the next start",
+    },
+    Gap {
         scenario: "clean_exit_is_stopped",
         check: "after the exit",
         on: SYSTEMD,
@@ -98,6 +106,14 @@ pub const KNOWN_GAPS: &[Gap] = &[
         says: "Timeout(readiness probe)",
         expected: "ok",
         why: "the test harness, not the backend: the private system manager runs in a network namespace of its own (`unshare --net`), so the caller's probe cannot reach the daemon's 127.0.0.1",
+    },
+    Gap {
+        scenario: "http_readiness",
+        check: "start",
+        on: &[Target::SystemTransient, Target::SystemUnit],
+        says: "Timeout(readiness probe)",
+        expected: "ok",
+        why: "as for `tcp_readiness`: the harness's network namespace",
     },
 ];
 

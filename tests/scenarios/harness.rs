@@ -468,6 +468,53 @@ impl Ctx {
         self.check_nothing_left().await;
     }
 
+    /// Checks, as the check `{step}: left behind`, that nothing of this run
+    /// is left where it stopped: no process carrying the tag (the fork
+    /// backend's supervisor included), no file beside the PID file but
+    /// `out/` (PID file, identity record, lock, sockets), and for a
+    /// transient target no unit. (A unit-file target keeps its installed,
+    /// enabled unit until the teardown.)
+    pub async fn check_left_behind(&self, step: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let tag = self.tag().to_owned();
+        let left = loop {
+            let mut left = Vec::new();
+            let processes = self.inner.sb.processes().len();
+            if processes > 0 {
+                left.push(format!("{processes} processes"));
+            }
+            if let Some(bus) = &self.inner.bus {
+                if !self.target().is_unit_file() {
+                    // Named with NAME for the daemon's name (unique per run).
+                    left.extend(
+                        systemd::units_named(&bus.address, &tag)
+                            .await
+                            .into_iter()
+                            .map(|u| format!("unit {}", u.replace(&tag, "NAME"))),
+                    );
+                }
+            }
+            let mut files: Vec<String> = std::fs::read_dir(self.dir())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "out")
+                .map(|n| format!("file {n}"))
+                .collect();
+            files.sort();
+            left.extend(files);
+            if left.is_empty() || Instant::now() >= deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let got = if left.is_empty() {
+            "nothing".to_owned()
+        } else {
+            left.join(", ")
+        };
+        self.check(&format!("{step}: left behind"), got, "nothing")
+    }
+
     /// Checks that nothing of this run exists: no process carrying the tag,
     /// no unit or unit file named after it, no file beside the PID file
     /// but `out/` (each one found is a failure).
@@ -534,6 +581,18 @@ impl Ctx {
                 ));
             }
         }
+    }
+}
+
+/// How long a stop took, in words.
+pub fn took_words(took: Duration, timeout_secs: u64) -> &'static str {
+    let timeout = Duration::from_secs(timeout_secs);
+    if took < timeout {
+        "less than the shutdown timeout"
+    } else if took < timeout + Duration::from_secs(3) {
+        "the shutdown timeout, plus less than 3 s"
+    } else {
+        "much longer than the shutdown timeout"
     }
 }
 

@@ -168,6 +168,11 @@ scenario!(invalid_config_changes_nothing, |ctx| {
             "InvalidConfig(startup_timeout_secs)",
         ),
         (
+            "relative pid_file",
+            with(&|c| c.pid_file = "relative.pid".into()),
+            "InvalidConfig(pid_file)",
+        ),
+        (
             "relative binary_path",
             with(&|c| c.binary_path = "testd".into()),
             "InvalidConfig(binary_path)",

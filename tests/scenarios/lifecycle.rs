@@ -2,6 +2,7 @@
 
 use daemon_lifecycle::DaemonStatus;
 
+use super::harness::took_words;
 use crate::support::within;
 
 scenario!(start_status_stop, |ctx| {
@@ -48,7 +49,14 @@ scenario!(start_status_stop, |ctx| {
         1,
     );
 
+    // testd dies on SIGTERM at once: the 5 s shutdown timeout is not waited.
+    let t = std::time::Instant::now();
     ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
+    ctx.check(
+        "stop took",
+        took_words(t.elapsed(), config.shutdown_timeout_secs),
+        "less than the shutdown timeout",
+    );
     ctx.check(
         "daemon processes after stop",
         ctx.daemon_processes_settled(0).await,
@@ -56,6 +64,7 @@ scenario!(start_status_stop, |ctx| {
     );
     let r = m.status_report().await.unwrap();
     ctx.check_status("after stop", &r, "stopped", "-", "-");
+    ctx.check_left_behind("after stop").await;
     ctx.check(
         "after stop: status_text",
         format!("{:?}", r.status_text),
@@ -85,4 +94,5 @@ scenario!(start_status_stop, |ctx| {
     );
     let r = m.status_report().await.unwrap();
     ctx.check_status("at the end", &r, "stopped", "-", "-");
+    ctx.check_left_behind("at the end").await;
 });

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use daemon_lifecycle::{DaemonStatus, Readiness};
 
-use super::harness::poll;
+use super::harness::{poll, Ctx};
 use crate::support::{free_addr, within};
 
 fn now_us() -> u128 {
@@ -73,6 +73,7 @@ scenario!(notify_readiness, |ctx| {
     ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
     let r = m.status_report().await.unwrap();
     ctx.check_status("after stop", &r, "stopped", "-", "-");
+    ctx.check_left_behind("after stop").await;
     ctx.check(
         "status_text after stop",
         format!("{:?}", r.status_text),
@@ -96,12 +97,16 @@ scenario!(notify_never_ready_times_out, |ctx| {
     ctx.check_status("after the timeout", &r, "stopped", "-", "-");
 });
 
-scenario!(tcp_readiness, |ctx| {
+/// Starts a daemon that listens (plain TCP, or HTTP answering 200 on
+/// `/health`) 500 ms after it starts, with the matching probe: start
+/// returns once the listener is up, and the port answers.
+async fn probe_readiness(ctx: Ctx, http: bool) {
     let addr = free_addr();
     let ready = ctx.out("ready.stamp");
+    let listen = if http { "--http" } else { "--listen" };
     let mut config = ctx
         .config(&[
-            "--listen",
+            listen,
             &addr,
             "--ready-after",
             "500",
@@ -109,9 +114,16 @@ scenario!(tcp_readiness, |ctx| {
             &ready,
         ])
         .with_startup_timeout_secs(3);
-    config.readiness = Some(Readiness::Tcp {
-        address: addr.clone(),
-        interval_ms: Some(20),
+    config.readiness = Some(if http {
+        Readiness::Http {
+            url: format!("http://{addr}/health"),
+            interval_ms: Some(20),
+        }
+    } else {
+        Readiness::Tcp {
+            address: addr.clone(),
+            interval_ms: Some(20),
+        }
     });
     let m = ctx.manager(&config).await;
     let r = within(30, m.start()).await;
@@ -137,10 +149,50 @@ scenario!(tcp_readiness, |ctx| {
     );
     ctx.check_outcome("wait_ready", &within(30, m.wait_ready(5)).await, "ok");
     ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
+    ctx.check_left_behind("after stop").await;
+}
+
+scenario!(tcp_readiness, |ctx| {
+    probe_readiness(ctx, false).await;
+});
+
+scenario!(http_readiness, |ctx| {
+    probe_readiness(ctx, true).await;
+});
+
+scenario!(death_before_readiness_is_start_failed, |ctx| {
+    // Dies after 300 ms, long before the 30 s start timeout.
+    let mut config = ctx
+        .config(&["--crash-after", "300:5"])
+        .with_startup_timeout_secs(30);
+    config.readiness = Some(Readiness::Tcp {
+        address: free_addr(),
+        interval_ms: Some(20),
+    });
+    let m = ctx.manager(&config).await;
+    let t = std::time::Instant::now();
+    let r = within(60, m.start()).await;
+    ctx.check_outcome("start", &r, "StartFailed");
     ctx.check(
-        "daemon processes after stop",
-        ctx.daemon_processes_settled(0).await,
-        0,
+        "the error names the exit",
+        r.as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("exited with code 5")),
+        true,
+    );
+    ctx.check(
+        "noticed at the death, not at the timeout",
+        t.elapsed() < std::time::Duration::from_secs(10),
+        true,
+    );
+    ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
+    let r = m.status_report().await.unwrap();
+    ctx.check_status(
+        "after the failed start",
+        &r,
+        "failed",
+        "exited with code 5",
+        "exited with code 5",
     );
 });
 
@@ -160,4 +212,5 @@ scenario!(tcp_probe_timeout_stops_the_daemon, |ctx| {
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
     let r = m.status_report().await.unwrap();
     ctx.check_status("after the timeout", &r, "stopped", "-", "-");
+    ctx.check_left_behind("after the timeout").await;
 });

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use daemon_lifecycle::{DaemonStatus, RestartPolicy};
 
-use super::harness::{poll, Ctx};
+use super::harness::{poll, took_words, Ctx};
 use crate::support::within;
 
 /// Whether every daemon process ignores SIGTERM (SigIgn bit 14), at least one.
@@ -24,18 +24,6 @@ fn all_ignore_sigterm(ctx: &Ctx, want: usize) -> bool {
                 })
                 .is_some_and(|mask| mask & (1 << 14) != 0)
         })
-}
-
-/// How long a stop took, in words.
-fn took_words(took: Duration, timeout_secs: u64) -> &'static str {
-    let timeout = Duration::from_secs(timeout_secs);
-    if took < timeout {
-        "less than the shutdown timeout"
-    } else if took < timeout + Duration::from_secs(3) {
-        "the shutdown timeout, plus less than 3 s"
-    } else {
-        "much longer than the shutdown timeout"
-    }
 }
 
 /// Waits for the PID files testd writes for its grandchildren.
@@ -83,6 +71,7 @@ scenario!(stop_escalates_to_sigkill, |ctx| {
         "-",
         "killed by signal 9 (SIGKILL)",
     );
+    ctx.check_left_behind("after stop").await;
 });
 
 scenario!(stop_takes_grandchildren, |ctx| {
@@ -115,6 +104,7 @@ scenario!(stop_takes_grandchildren, |ctx| {
     );
     let r = m.status_report().await.unwrap();
     ctx.check_status("after stop", &r, "stopped", "-", "-");
+    ctx.check_left_behind("after stop").await;
 });
 
 scenario!(kill_takes_grandchildren_and_is_not_restarted, |ctx| {
@@ -182,4 +172,5 @@ scenario!(kill_takes_grandchildren_and_is_not_restarted, |ctx| {
     );
     let r = m.status_report().await.unwrap();
     ctx.check_status("a while after kill", &r, "stopped", "-", "-");
+    ctx.check_left_behind("a while after kill").await;
 });
