@@ -38,6 +38,8 @@ scenario!(exit_code_3_is_failed_until_cleanup, |ctx| {
         "None",
     );
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
+    // (systemd writes none; the fork backend's names no dead daemon.)
+    ctx.check("a PID file", config.pid_file.exists(), false);
     // stop keeps the failure on record ...
     ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
     let r = m.status_report().await.unwrap();

@@ -252,6 +252,15 @@ scenario!(invalid_config_changes_nothing, |ctx| {
         }
         .await;
         ctx.check_outcome(&format!("{what}: start"), &started, want);
+        let file_name = config.binary_path.file_name().unwrap().to_string_lossy();
+        ctx.check(
+            &format!("{what}: the error names the binary"),
+            started
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.to_string().contains(&*file_name)),
+            true,
+        );
     }
     // Nothing was created: no process, unit, unit file, or file beside the
     // PID file (checked before the teardown, which would remove them).

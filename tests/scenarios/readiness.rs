@@ -186,6 +186,7 @@ scenario!(death_before_readiness_is_start_failed, |ctx| {
         true,
     );
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
+    ctx.check("a PID file", config.pid_file.exists(), false);
     let r = m.status_report().await.unwrap();
     ctx.check_status(
         "after the failed start",
