@@ -86,7 +86,7 @@ scenario!(exit_code_3_is_failed_until_cleanup, |ctx| {
 });
 
 scenario!(clean_exit_is_stopped, |ctx| {
-    let config = ctx.config(&["--crash-after", "500:0"]);
+    let config = ctx.config(&["--crash-after", "300:0"]);
     let m = ctx.manager(&config).await;
     // Not compared: under load the daemon may die before a systemd start
     // has confirmed it runs (StartFailed there, ok on the fork backend).
@@ -105,7 +105,7 @@ scenario!(clean_exit_is_stopped, |ctx| {
 
 scenario!(restart_on_failure_until_the_start_limit, exclusive, |ctx| {
     let starts = ctx.out("starts");
-    let mut config = ctx.config(&["--starts", &starts, "--crash-after", "500:3"]);
+    let mut config = ctx.config(&["--starts", &starts, "--crash-after", "200:3"]);
     config.restart.policy = RestartPolicy::OnFailure;
     config.restart.delay_ms = 100;
     config.restart.max_delay_ms = 100;
@@ -126,7 +126,7 @@ scenario!(restart_on_failure_until_the_start_limit, exclusive, |ctx| {
     ctx.check("at the start limit: restarts", r.restarts, 2);
     ctx.check("runs", runs(&starts), 3);
     // It stays down.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     ctx.check("runs a while later", runs(&starts), 3);
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
     let r = m.status_report().await.unwrap();
@@ -146,11 +146,11 @@ scenario!(
     restart_pending_during_the_delay_and_stop_cancels_it,
     |ctx| {
         let starts = ctx.out("starts");
-        let mut config = ctx.config(&["--starts", &starts, "--crash-after", "500:3"]);
+        let mut config = ctx.config(&["--starts", &starts, "--crash-after", "300:3"]);
         config.restart.policy = RestartPolicy::OnFailure;
         // Long enough to be seen, short enough for a test.
-        config.restart.delay_ms = 1500;
-        config.restart.max_delay_ms = 1500;
+        config.restart.delay_ms = 1000;
+        config.restart.max_delay_ms = 1000;
         let m = ctx.manager(&config).await;
         // Not compared: under load the daemon may die before a systemd start
         // has confirmed it runs (StartFailed there, ok on the fork backend).
@@ -170,7 +170,7 @@ scenario!(
         let r = m.status_report().await.unwrap();
         ctx.check_status("after stop", &r, "stopped", "-", "-");
         // Past the delay: the restart was cancelled.
-        tokio::time::sleep(Duration::from_millis(1800)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         ctx.check("runs", runs(&starts), 1);
         let r = m.status_report().await.unwrap();
         ctx.check_status("after the delay", &r, "stopped", "-", "-");
@@ -180,7 +180,7 @@ scenario!(
 
 scenario!(start_after_the_start_limit_starts_again, exclusive, |ctx| {
     // Fails until the start limit stops it...
-    let mut failing = ctx.config(&["--crash-after", "500:3"]);
+    let mut failing = ctx.config(&["--crash-after", "200:3"]);
     failing.restart.policy = RestartPolicy::OnFailure;
     failing.restart.delay_ms = 100;
     failing.restart.max_delay_ms = 100;

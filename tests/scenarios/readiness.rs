@@ -98,7 +98,7 @@ scenario!(notify_never_ready_times_out, |ctx| {
 });
 
 /// Starts a daemon that listens (plain TCP, or HTTP answering 200 on
-/// `/health`) 500 ms after it starts, with the matching probe: start
+/// `/health`) 300 ms after it starts, with the matching probe: start
 /// returns once the listener is up, and the port answers.
 async fn probe_readiness(ctx: Ctx, http: bool) {
     let addr = free_addr();
@@ -109,11 +109,11 @@ async fn probe_readiness(ctx: Ctx, http: bool) {
             listen,
             &addr,
             "--ready-after",
-            "500",
+            "300",
             "--ready-stamp",
             &ready,
         ])
-        .with_startup_timeout_secs(3);
+        .with_startup_timeout_secs(2);
     config.readiness = Some(if http {
         Readiness::Http {
             url: format!("http://{addr}/health"),
