@@ -175,6 +175,28 @@ async fn mainpid_moves_the_pid_file_within_the_group() {
 }
 
 #[tokio::test]
+async fn tcp_probe_sees_the_daemon_die() {
+    let sb = Sandbox::new("tcp_dies");
+    let mut cfg = sb
+        .config(&["--crash-after", "200:5"])
+        .with_startup_timeout_secs(30);
+    cfg.readiness = Some(Readiness::Tcp {
+        address: free_addr(),
+        interval_ms: None,
+    });
+    let m = sb.manager(cfg);
+    let t = Instant::now();
+    let err = within(20, m.start()).await.unwrap_err();
+    let DaemonError::StartFailed { reason, .. } = &err else {
+        panic!("expected StartFailed, got {err:?}");
+    };
+    assert!(reason.contains("code 5"), "{reason}");
+    // Noticed at the death, not at the 30 s timeout.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_nothing_left(&sb, &m).await;
+}
+
+#[tokio::test]
 async fn http_probe_needs_a_2xx() {
     let sb = Sandbox::new("http_ready");
     let addr = free_addr();
