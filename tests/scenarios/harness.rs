@@ -683,12 +683,42 @@ static MANAGER_LOCKS: [tokio::sync::RwLock<()>; 2] = [
 /// How long a run may wait for its manager (an exclusive scenario elsewhere).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn lock_of(target: Target) -> Option<&'static tokio::sync::RwLock<()>> {
+/// A manager's lock, held for a run (or a group of runs).
+#[allow(dead_code)] // held for its drop
+enum Held {
+    Nothing,
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// Takes the lock of `target`'s manager as `sharing` says, waiting at most
+/// [`LOCK_TIMEOUT`] (`None`: it did not come).
+async fn hold(target: Target, sharing: Sharing) -> Option<Held> {
+    let Some(lock) = lock_of(target) else {
+        return Some(Held::Nothing);
+    };
+    let held = match sharing {
+        Sharing::Shared => tokio::time::timeout(LOCK_TIMEOUT, lock.read())
+            .await
+            .map(Held::Shared),
+        Sharing::Exclusive => tokio::time::timeout(LOCK_TIMEOUT, lock.write())
+            .await
+            .map(Held::Exclusive),
+    };
+    held.ok()
+}
+
+/// Which shared manager a target runs on (an index into MANAGER_LOCKS).
+fn manager_of(target: Target) -> Option<usize> {
     match target {
         Target::Fork => None,
-        Target::UserTransient | Target::UserUnit => Some(&MANAGER_LOCKS[0]),
-        Target::SystemTransient | Target::SystemUnit => Some(&MANAGER_LOCKS[1]),
+        Target::UserTransient | Target::UserUnit => Some(0),
+        Target::SystemTransient | Target::SystemUnit => Some(1),
     }
+}
+
+fn lock_of(target: Target) -> Option<&'static tokio::sync::RwLock<()>> {
+    manager_of(target).map(|i| &MANAGER_LOCKS[i])
 }
 
 /// Runs `scenario` on every available target at once, each in its own
@@ -726,14 +756,14 @@ where
             }
         };
         let ctx = Ctx::new(scenario, target, bus);
-        let same_lock = |g: &Vec<Ctx>| {
-            lock_of(g[0].target()).map(|l| l as *const _) == lock_of(target).map(|l| l as *const _)
-        };
-        match groups.iter_mut().find(|g| same_lock(g)) {
-            Some(group) if sharing == Sharing::Exclusive && target != Target::Fork => {
-                group.push(ctx)
-            }
-            _ => groups.push(vec![ctx]),
+        let joins = groups.iter_mut().find(|g| {
+            sharing == Sharing::Exclusive
+                && manager_of(target).is_some()
+                && manager_of(g[0].target()) == manager_of(target)
+        });
+        match joins {
+            Some(group) => group.push(ctx),
+            None => groups.push(vec![ctx]),
         }
     }
     let tasks: Vec<_> = groups
@@ -741,34 +771,11 @@ where
         .map(|group| {
             let f = f.clone();
             tokio::spawn(async move {
-                let lock = lock_of(group[0].target());
+                let target = group[0].target();
+                let Some(_held) = hold(target, sharing).await else {
+                    return vec![(target, vec!["waited too long for its manager".to_owned()])];
+                };
                 let mut results = Vec::new();
-                let (_read, _write);
-                match (lock, sharing) {
-                    (None, _) => {}
-                    (Some(l), Sharing::Shared) => {
-                        match tokio::time::timeout(LOCK_TIMEOUT, l.read()).await {
-                            Ok(g) => _read = g,
-                            Err(_) => {
-                                return vec![(
-                                    group[0].target(),
-                                    vec!["waited too long for the manager".to_owned()],
-                                )]
-                            }
-                        }
-                    }
-                    (Some(l), Sharing::Exclusive) => {
-                        match tokio::time::timeout(LOCK_TIMEOUT, l.write()).await {
-                            Ok(g) => _write = g,
-                            Err(_) => {
-                                return vec![(
-                                    group[0].target(),
-                                    vec!["waited too long for the manager".to_owned()],
-                                )]
-                            }
-                        }
-                    }
-                }
                 for ctx in group {
                     results.push(run_one(scenario, ctx, &*f).await);
                 }
