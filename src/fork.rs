@@ -431,7 +431,16 @@ impl ForkBackend {
     async fn start_gone(&self, spec: &ServiceSpec, paths: &Paths, lock: &Lock) -> DaemonError {
         let found = self.inspect(spec, paths).await;
         let record = found.ok().and_then(|f| f.record);
-        let exit = record.as_ref().and_then(|r| r.last_exit);
+        // The probe may see the daemon gone before its supervisor reaped it
+        // and recorded how it ended: wait for that (bounded), so the error
+        // says why.
+        let exit = match record.as_ref().and_then(|r| r.last_exit) {
+            Some(exit) => Some(exit),
+            None if record.is_some() => {
+                recorded_exit(paths, Instant::now() + EXIT_RECORD_WAIT).await
+            }
+            None => None,
+        };
         if let Some(rec) = &record {
             if spec.restart.policy == crate::config::RestartPolicy::Never {
                 // It exits on its own once it has copied the last log lines.
@@ -543,6 +552,23 @@ impl ForkBackend {
         pidfile::remove(&paths.identity)?;
         clear_dead_supervisor_files(paths).await?;
         Ok(())
+    }
+}
+
+/// The exit the supervisor records in the identity record, once it is
+/// there (waking on the record's rewrites), or `None` at `deadline`.
+async fn recorded_exit(paths: &Paths, deadline: Instant) -> Option<crate::backend::ExitInfo> {
+    let watch = pidfile::RecordWatch::new(&paths.identity);
+    loop {
+        if let Ok(Some(rec)) = pidfile::read_record(&paths.identity) {
+            if rec.last_exit.is_some() {
+                return rec.last_exit;
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        watch.changed(deadline).await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! Readiness on the fork backend: `start` returns once the daemon is ready
 //! (sd_notify READY=1 over the supervisor's NOTIFY_SOCKET, or a TCP, HTTP or
 //! command probe); not ready in time → `Timeout` with nothing left running;
-//! dead before ready → `StartFailed` with its exit code and stderr.
+//! dead before ready → `StartFailed` with its exit code and stderr. (Notify,
+//! tcp and http readiness, a probe timeout and death before readiness on
+//! every backend: `tests/scenarios/readiness.rs`.)
 mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -170,42 +172,6 @@ async fn mainpid_moves_the_pid_file_within_the_group() {
     within(20, m.stop()).await.unwrap();
     assert!(!alive(grandchild));
     sb.assert_no_leaks();
-}
-
-#[tokio::test]
-async fn tcp_probe_waits_for_the_listener() {
-    let sb = Sandbox::new("tcp_ready");
-    let addr = free_addr();
-    let mut cfg = sb.config(&["--listen", &addr, "--ready-after", "500"]);
-    cfg.readiness = Some(Readiness::Tcp {
-        address: addr.clone(),
-        interval_ms: Some(20),
-    });
-    let m = sb.manager(cfg);
-    let t = Instant::now();
-    let pid = within(20, m.start()).await.unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(500));
-    // Ready means the port answers now.
-    std::net::TcpStream::connect(&addr).unwrap();
-    within(10, m.wait_ready(5)).await.unwrap();
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));
-    within(20, m.stop()).await.unwrap();
-    sb.assert_no_leaks();
-}
-
-#[tokio::test]
-async fn tcp_probe_timeout_stops_the_daemon() {
-    let sb = Sandbox::new("tcp_timeout");
-    let mut cfg = sb.config(&[]).with_startup_timeout_secs(1);
-    cfg.readiness = Some(Readiness::Tcp {
-        address: free_addr(),
-        interval_ms: None,
-    });
-    let m = sb.manager(cfg);
-    let err = within(20, m.start()).await.unwrap_err();
-    assert!(matches!(err, DaemonError::Timeout { .. }), "{err:?}");
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
-    assert_nothing_left(&sb, &m).await;
 }
 
 #[tokio::test]

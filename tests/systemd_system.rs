@@ -74,26 +74,6 @@ async fn persistent_unit_as_nobody_over_the_system_bus() {
     sb.assert_no_leaks();
 }
 
-#[tokio::test]
-async fn transient_unit_on_the_system_manager() {
-    let Some(sm) = SystemManager::start() else {
-        return;
-    };
-    let sb = Sandbox::new("sd_system_transient");
-    let mut config = sb.config(&[]);
-    config.scope = Some(Scope::System);
-    let backend =
-        SystemdBackend::connect_to(&BusTarget::Address(sm.bus_address.clone()), Scope::System)
-            .await
-            .unwrap();
-    let m = DaemonManager::with_backend(config, std::sync::Arc::new(backend));
-    let pid = within(30, m.start()).await.unwrap();
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Running(pid));
-    within(30, m.kill()).await.unwrap();
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
-    sb.assert_no_leaks();
-}
-
 /// A caller the system manager refuses (not root, no polkit rule) gets
 /// `PermissionDenied` naming the action, and nothing is started.
 #[test]

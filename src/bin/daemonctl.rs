@@ -247,13 +247,15 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     // and stopping need no installed binary.
     let spec = ServiceSpec::from_config(&config)?;
     let scope = spec.scope;
+    // Named in the header of a rendered or installed unit file.
+    let source = cli.command.config().display().to_string();
     match &cli.command {
         Command::Render {
             format: RenderFormat::Systemd,
             ..
         } => {
             let mut unit = UnitSpec::from_spec(&spec, scope)?;
-            unit.source = Some(cli.command.config().display().to_string());
+            unit.source = Some(source);
             print!("{}", unit.render()?);
             return Ok(0);
         }
@@ -309,7 +311,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             host::check(&LocalHost, &spec)?;
             UnitSpec::from_spec(&spec, scope)?;
             let systemd = SystemdBackend::connect(scope).await?;
-            let changed = systemd.install(&spec, unit_dir.as_deref(), *enable).await?;
+            let changed = systemd
+                .install_from(&spec, Some(&source), unit_dir.as_deref(), *enable)
+                .await?;
             tracing::info!(changed, "install");
             return Ok(0);
         }

@@ -87,6 +87,18 @@ impl SystemdBackend {
         unit_dir: Option<&Path>,
         enable: bool,
     ) -> Result<bool> {
+        self.install_from(spec, None, unit_dir, enable).await
+    }
+
+    /// [`SystemdBackend::install`], naming the config file `source` in the
+    /// unit file's header comment (as `daemonctl install` does).
+    pub async fn install_from(
+        &self,
+        spec: &ServiceSpec,
+        source: Option<&str>,
+        unit_dir: Option<&Path>,
+        enable: bool,
+    ) -> Result<bool> {
         if spec.instance.is_some() {
             // The file is the template; its instances need no file of their own.
             return Err(DaemonError::invalid(
@@ -101,7 +113,8 @@ impl SystemdBackend {
             ));
         }
         crate::host::check(&crate::host::LocalHost, spec)?;
-        let unit_spec = self.unit_spec(spec)?;
+        let mut unit_spec = self.unit_spec(spec)?;
+        unit_spec.source = source.map(str::to_owned);
         let text = unit_spec.render()?;
         let dir = match unit_dir {
             Some(d) => d.to_owned(),
@@ -426,7 +439,10 @@ mod tests {
         assert_eq!(drift(&unit_spec, &installed, &file), None);
         std::fs::write(&file, &rendered).unwrap();
         assert_eq!(drift(&unit_spec, &installed, &file), Some(false));
-        std::fs::write(&file, format!("{rendered}# edited\n")).unwrap();
+        // A comment (another version's or config's header) is not drift.
+        std::fs::write(&file, format!("# from elsewhere\n{rendered}")).unwrap();
+        assert_eq!(drift(&unit_spec, &installed, &file), Some(false));
+        std::fs::write(&file, format!("{rendered}Nice=5\n")).unwrap();
         assert_eq!(drift(&unit_spec, &installed, &file), Some(true));
         // Not a persistent unit: no drift to speak of.
         let transient = UnitState {

@@ -343,10 +343,7 @@ impl UnitSpec {
             // Without restarts the delay means nothing.
             restart_sec: (self.restart != RestartPolicy::Never).then(|| span(self.restart_delay)),
             generator: concat!("daemon-lifecycle ", env!("CARGO_PKG_VERSION")),
-            source: self
-                .source
-                .as_deref()
-                .map(|s| crate::text::escape_controls(s)),
+            source: self.source.as_deref().map(crate::text::escape_controls),
             start_limit_burst: self.start_limit_burst,
             start_limit_interval: span(self.start_limit_interval),
             limits: self

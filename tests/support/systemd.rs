@@ -357,29 +357,44 @@ impl UserManager {
 
     /// Names of the units this manager has loaded whose name starts with `prefix`.
     pub async fn units_named(&self, prefix: &str) -> Vec<String> {
-        let conn = self.connection().await;
-        let reply = call(&conn, MANAGER_PATH, MANAGER, "ListUnits", &())
-            .await
-            .unwrap();
-        #[allow(clippy::type_complexity)]
-        let units: Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            zbus::zvariant::OwnedObjectPath,
-            u32,
-            String,
-            zbus::zvariant::OwnedObjectPath,
-        )> = reply.body().deserialize().unwrap();
-        units
-            .into_iter()
-            .map(|u| u.0)
-            .filter(|n| n.starts_with(prefix))
-            .collect()
+        units_named(&self.bus_address, prefix).await
     }
+
+    /// Where this manager keeps its transient unit files.
+    pub fn transient_dir(&self) -> PathBuf {
+        self.runtime_dir.path().join("systemd/transient")
+    }
+}
+
+/// Names of the units the manager at `bus_address` has loaded whose name
+/// starts with `prefix` (`ListUnits`).
+pub async fn units_named(bus_address: &str, prefix: &str) -> Vec<String> {
+    let conn = zbus::connection::Builder::address(bus_address)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let reply = call(&conn, MANAGER_PATH, MANAGER, "ListUnits", &())
+        .await
+        .unwrap();
+    #[allow(clippy::type_complexity)]
+    let units: Vec<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        zbus::zvariant::OwnedObjectPath,
+        u32,
+        String,
+        zbus::zvariant::OwnedObjectPath,
+    )> = reply.body().deserialize().unwrap();
+    units
+        .into_iter()
+        .map(|u| u.0)
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// A real systemd in system mode, PID 1 of its own namespaces (see
@@ -508,6 +523,16 @@ impl SystemManager {
         call(&conn, MANAGER_PATH, MANAGER, method, body)
             .await
             .unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+
+    /// Names of the units this manager has loaded whose name starts with `prefix`.
+    pub async fn units_named(&self, prefix: &str) -> Vec<String> {
+        units_named(&self.bus_address, prefix).await
+    }
+
+    /// Where this manager keeps its transient unit files (host path).
+    pub fn transient_dir(&self) -> PathBuf {
+        self.run_dir.join("systemd/transient")
     }
 
     /// Makes the path to the bus socket traversable by any user (the
