@@ -584,11 +584,21 @@ impl LaunchdBackend {
                     after: timeout,
                 })
             }
-            Err(ProbeError::DaemonGone | ProbeError::NotAProbe) => Err(DaemonError::StartFailed {
-                name: spec.name.clone(),
-                reason: format!("{domain}/{label} ended before it became ready"),
-                source: None,
-            }),
+            Err(ProbeError::DaemonGone | ProbeError::NotAProbe) => {
+                // How it ended, when launchd still has the job.
+                let how = match self.launchctl.print(&spec.name, domain, label).await {
+                    Ok(Lookup::Found(JobInfo {
+                        last_exit: Some(exit),
+                        ..
+                    })) => exit.to_string(),
+                    _ => "ended".to_owned(),
+                };
+                Err(DaemonError::StartFailed {
+                    name: spec.name.clone(),
+                    reason: format!("{domain}/{label} {how} before it became ready"),
+                    source: None,
+                })
+            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! One scenario suite, every backend (issue 9). Each lifecycle scenario is
 //! written once (`tests/scenarios/*.rs`) and runs on every backend of the
 //! test run at once: the fork backend, a transient unit and an installed
-//! unit file on a private `systemd --user`, and the same two on a private
-//! system-mode systemd. The two managers are started once per test process
+//! unit file on a private `systemd --user`, the same two on a private
+//! system-mode systemd, and an agent on the launchctl simulator (one per
+//! run, `tests/support/launchd.rs`). The two managers are started once per test process
 //! and shared; every run has its own sandbox and daemon name, a deadline,
 //! and a teardown that checks no process, unit or file is left.
 //!
@@ -51,7 +52,7 @@ mod scenarios {
     mod shutdown;
 }
 
-use scenarios::gaps::{readme_row, KNOWN_GAPS};
+use scenarios::gaps::{not_run_row, readme_row, KNOWN_GAPS, NOT_RUN};
 
 /// README.md's "Where backends differ" table is KNOWN_GAPS, row for row.
 #[test]
@@ -64,7 +65,11 @@ fn readme_lists_every_known_gap() {
         .expect("README.md has a section \"## Where backends differ\"");
     let section = section.split("\n## ").next().unwrap();
     let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
-    let want: Vec<String> = KNOWN_GAPS.iter().map(readme_row).collect();
+    let want: Vec<String> = KNOWN_GAPS
+        .iter()
+        .map(readme_row)
+        .chain(NOT_RUN.iter().map(not_run_row))
+        .collect();
     assert_eq!(
         rows, want,
         "README.md's table differs from KNOWN_GAPS (tests/scenarios/gaps.rs); its rows should be:\n{}",
@@ -97,6 +102,15 @@ fn every_known_gap_names_a_scenario() {
             !gap.on.is_empty(),
             "{}: a row without targets",
             gap.scenario
+        );
+    }
+    for not_run in NOT_RUN {
+        assert!(
+            tests
+                .iter()
+                .any(|t| t.ends_with(&format!("::{}", not_run.scenario))),
+            "NOT_RUN names {:?}, which is no scenario here",
+            not_run.scenario
         );
     }
 }

@@ -6,8 +6,8 @@
 //! express (notify readiness, a memory limit, the back-off ceiling, the
 //! start limit, log rotation) is named in [`PlistSpec::warning`], never
 //! silently dropped. Values launchd or XML cannot carry (control
-//! characters, paths that are not UTF-8) are refused with a typed error
-//! naming the field, as for systemd. The output is byte-for-byte the same
+//! characters but TAB, paths that are not UTF-8) are refused with a typed
+//! error naming the field, as for systemd. The output is byte-for-byte the same
 //! for the same spec: keys in a fixed order, the environment sorted.
 
 use std::collections::BTreeMap;
@@ -359,15 +359,17 @@ fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// A value as a plist string: no control characters (C0: CR, LF, NUL, TAB
-/// and the rest; XML 1.0 cannot carry most of them at all, and launchctl's
-/// line-oriented `print` would be ambiguous with the others), and none of
-/// the two code points XML forbids.
+/// A value as a plist string: no C0 control character but TAB (CR, LF,
+/// NUL and the others: XML 1.0 cannot carry most of them at all, a parser
+/// turns a CR into a LF, and a LF would let a value fake a line of
+/// launchctl's line-oriented `print`), and neither of the two code points
+/// XML forbids. TAB is carried as it is (as on systemd and the fork
+/// backend).
 fn text(field: &str, value: &str) -> Result<String> {
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_ascii_control() && *c != '\u{7f}' || matches!(c, '\u{fffe}' | '\u{ffff}'))
-    {
+    if let Some(c) = value.chars().find(|c| {
+        (c.is_ascii_control() && !matches!(c, '\t' | '\u{7f}'))
+            || matches!(c, '\u{fffe}' | '\u{ffff}')
+    }) {
         return Err(DaemonError::invalid(
             field,
             format!(
@@ -507,7 +509,7 @@ mod tests {
                 "args[1]",
             ),
             (
-                DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_args(["tab\there"]),
+                DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_args(["bell\u{7}"]),
                 "args[0]",
             ),
             (
@@ -529,6 +531,18 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn tabs_are_carried() {
+        let config = DaemonConfig::new("/bin/echo", "/tmp/x.pid").with_args(["tab\there"]);
+        let bytes = PlistSpec::from_spec(&spec(config), Scope::User)
+            .unwrap()
+            .render()
+            .unwrap();
+        let value: plist::Value = plist::from_bytes(&bytes).unwrap();
+        let args = value.as_dictionary().unwrap()["ProgramArguments"].clone();
+        assert_eq!(args.as_array().unwrap()[1].as_string(), Some("tab\there"));
     }
 
     #[test]

@@ -115,7 +115,133 @@ pub const KNOWN_GAPS: &[Gap] = &[
         expected: "ok",
         why: "as for `tcp_readiness`: the harness's network namespace",
     },
+    Gap {
+        scenario: "stop_escalates_to_sigkill",
+        check: "after stop",
+        on: &[Target::Launchd],
+        says: "stopped (reason: -; last exit: -)",
+        expected: "stopped (reason: -; last exit: killed by signal 9 (SIGKILL))",
+        why: "stop is `launchctl bootout`, after which launchd has forgotten the job, its last exit with it",
+    },
+    Gap {
+        scenario: "stop_takes_grandchildren",
+        check: "daemon processes after stop",
+        on: &[Target::Launchd],
+        says: "1",
+        expected: "0",
+        why: "launchd kills what is left of the job's process group (`AbandonProcessGroup = false`), not a descendant that moved to a session of its own (the grandchild that called `setsid`), and nothing else on macOS finds it (the fork backend, on Linux, is its subreaper)",
+    },
+    Gap {
+        scenario: "stop_takes_grandchildren",
+        check: "after stop: left behind",
+        on: &[Target::Launchd],
+        says: "1 processes",
+        expected: "nothing",
+        why: "that grandchild",
+    },
+    Gap {
+        scenario: "stop_takes_grandchildren",
+        check: "teardown: left behind",
+        on: &[Target::Launchd],
+        says: "1 processes",
+        expected: "nothing",
+        why: "that grandchild, which the harness then kills",
+    },
+    Gap {
+        scenario: "kill_takes_grandchildren_and_is_not_restarted",
+        check: "daemon processes after kill",
+        on: &[Target::Launchd],
+        says: "1",
+        expected: "0",
+        why: "kill is SIGKILL to the job's process group, then `launchctl bootout`: the grandchild in a session of its own escapes both, as on stop",
+    },
+    Gap {
+        scenario: "kill_takes_grandchildren_and_is_not_restarted",
+        check: "daemon processes a while after kill",
+        on: &[Target::Launchd],
+        says: "1",
+        expected: "0",
+        why: "the same grandchild",
+    },
+    Gap {
+        scenario: "kill_takes_grandchildren_and_is_not_restarted",
+        check: "a while after kill: left behind",
+        on: &[Target::Launchd],
+        says: "1 processes",
+        expected: "nothing",
+        why: "the same grandchild",
+    },
+    Gap {
+        scenario: "kill_takes_grandchildren_and_is_not_restarted",
+        check: "teardown: left behind",
+        on: &[Target::Launchd],
+        says: "1 processes",
+        expected: "nothing",
+        why: "the same grandchild, which the harness then kills",
+    },
+    Gap {
+        scenario: "newlines_in_argv_and_env",
+        check: "newline in an argument: start",
+        on: &[Target::Launchd],
+        says: "InvalidConfig(args[5])",
+        expected: "ok",
+        why: "a LF would let a value fake a line of `launchctl print`'s answer (and an XML parser reads a CR as a LF): refused, naming the argument, never mangled",
+    },
+    Gap {
+        scenario: "newlines_in_argv_and_env",
+        check: "newline in an environment value: start",
+        on: &[Target::Launchd],
+        says: "InvalidConfig(env.NL)",
+        expected: "ok",
+        why: "as for arguments",
+    },
 ];
+
+/// A scenario a target does not run at all: what it tests does not exist
+/// there (the backend says so in its docs, and its renderer in a warning).
+pub struct NotRun {
+    /// The scenario (its test function's name).
+    pub scenario: &'static str,
+    /// The targets that skip it.
+    pub on: &'static [Target],
+    /// Why.
+    pub why: &'static str,
+}
+
+/// The scenarios some targets do not run.
+pub const NOT_RUN: &[NotRun] = &[
+    NotRun {
+        scenario: "restart_on_failure_until_the_start_limit",
+        on: &[Target::Launchd],
+        why: "launchd has no start limit: `KeepAlive` restarts every `ThrottleInterval` without end (named in the plist warning), so the count of runs is only a matter of time",
+    },
+    NotRun {
+        scenario: "start_after_the_start_limit_starts_again",
+        on: &[Target::Launchd],
+        why: "as above: there is no start limit to hit",
+    },
+    NotRun {
+        scenario: "notify_readiness",
+        on: &[Target::Launchd],
+        why: "launchd has no `READY=1` protocol (named in the plist warning): the job counts as ready once running, and no `STATUS=` is kept",
+    },
+    NotRun {
+        scenario: "notify_never_ready_times_out",
+        on: &[Target::Launchd],
+        why: "as above: nothing waits for `READY=1`",
+    },
+];
+
+/// The README's row for a scenario some targets do not run.
+pub fn not_run_row(n: &NotRun) -> String {
+    let on: Vec<&str> = n.on.iter().map(|t| t.name()).collect();
+    format!(
+        "| `{}` | (not run) | {} | — | — | {} |",
+        n.scenario,
+        on.join("; "),
+        n.why
+    )
+}
 
 /// The README's row for a gap.
 pub fn readme_row(gap: &Gap) -> String {

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use daemon_lifecycle::{
-    BusTarget, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope, StatusReport,
-    SystemdBackend,
+    BusTarget, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, LaunchdBackend, Scope,
+    StatusReport, SystemdBackend,
 };
 
-use super::gaps::KNOWN_GAPS;
+use super::gaps::{KNOWN_GAPS, NOT_RUN};
 use crate::support::systemd::{self, SystemManager, UserManager};
 use crate::support::{self, Sandbox};
 
@@ -30,16 +30,20 @@ pub enum Target {
     SystemTransient,
     /// An installed (and enabled) unit file on the private system-mode systemd.
     SystemUnit,
+    /// An agent (`gui/UID`) on the launchctl simulator
+    /// (`examples/launchctl_sim.rs`), one per run.
+    Launchd,
 }
 
 impl Target {
     /// Every target, in the order results are reported.
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Fork,
         Target::UserTransient,
         Target::UserUnit,
         Target::SystemTransient,
         Target::SystemUnit,
+        Target::Launchd,
     ];
 
     /// The name the README's table uses.
@@ -50,6 +54,7 @@ impl Target {
             Target::UserUnit => "systemd user, unit file",
             Target::SystemTransient => "systemd system, transient",
             Target::SystemUnit => "systemd system, unit file",
+            Target::Launchd => "launchd (simulated)",
         }
     }
 
@@ -60,6 +65,7 @@ impl Target {
             Target::UserUnit => "uu",
             Target::SystemTransient => "st",
             Target::SystemUnit => "su",
+            Target::Launchd => "ld",
         }
     }
 
@@ -185,6 +191,9 @@ struct Inner {
     sb: Sandbox,
     bus: Option<Bus>,
     backend: tokio::sync::OnceCell<SystemdBackend>,
+    /// The launchd target's simulator (dropped, with its jobs, at teardown).
+    sim: Mutex<Option<crate::support::launchd::Sim>>,
+    launchd: Option<LaunchdBackend>,
     /// Every config a manager was made for (torn down after the run).
     configs: Mutex<Vec<DaemonConfig>>,
     failures: Mutex<Vec<String>>,
@@ -196,6 +205,8 @@ impl Ctx {
     fn new(scenario: &'static str, target: Target, bus: Option<Bus>) -> Ctx {
         let sb = Sandbox::new(&format!("{scenario}-{}", target.short()));
         std::fs::create_dir(sb.path("out")).unwrap();
+        let sim = (target == Target::Launchd).then(|| crate::support::launchd::Sim::detached(&[]));
+        let launchd = sim.as_ref().map(|sim| sim.backend(Scope::User));
         Ctx {
             inner: Arc::new(Inner {
                 scenario,
@@ -203,6 +214,8 @@ impl Ctx {
                 sb,
                 bus,
                 backend: tokio::sync::OnceCell::new(),
+                sim: Mutex::new(sim),
+                launchd,
                 configs: Mutex::new(Vec::new()),
                 failures: Mutex::new(Vec::new()),
                 consulted: Mutex::new(Vec::new()),
@@ -224,7 +237,10 @@ impl Ctx {
     /// in the scope of the target's manager.
     pub fn config(&self, extra: &[&str]) -> DaemonConfig {
         let mut config = self.inner.sb.config(extra);
-        config.scope = self.inner.bus.as_ref().map(|b| b.scope);
+        config.scope = match self.target() {
+            Target::Launchd => Some(Scope::User),
+            _ => self.inner.bus.as_ref().map(|b| b.scope),
+        };
         config
     }
 
@@ -314,8 +330,15 @@ impl Ctx {
             Target::Fork => {
                 DaemonManager::with_backend(config.clone(), Arc::new(support::fork_backend()))
             }
+            Target::Launchd => {
+                DaemonManager::with_backend(config.clone(), Arc::new(self.launchd()))
+            }
             _ => DaemonManager::with_backend(config.clone(), Arc::new(self.systemd().await)),
         }
+    }
+
+    fn launchd(&self) -> LaunchdBackend {
+        self.inner.launchd.clone().expect("the launchd target")
     }
 
     /// A manager on a connection of its own (a separate caller, as another
@@ -325,6 +348,9 @@ impl Ctx {
         match self.target() {
             Target::Fork => {
                 DaemonManager::with_backend(config.clone(), Arc::new(support::fork_backend()))
+            }
+            Target::Launchd => {
+                DaemonManager::with_backend(config.clone(), Arc::new(self.launchd()))
             }
             _ => DaemonManager::with_backend(config.clone(), Arc::new(self.connect().await)),
         }
@@ -470,8 +496,44 @@ impl Ctx {
                 )
                 .await;
             }
+            if let (Target::Launchd, Ok(spec)) = (
+                self.target(),
+                daemon_lifecycle::ServiceSpec::from_config(&config),
+            ) {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    self.launchd().uninstall(&spec, None),
+                )
+                .await;
+            }
         }
         self.inner.configs.lock().unwrap().clear();
+        // The simulated launchd goes, with whatever it still runs. What
+        // escaped its jobs' process groups (launchd kills only those) is a
+        // check of its own, then killed, so the leak check below sees the rest.
+        let sim = self.inner.sim.lock().unwrap().take();
+        if let Some(sim) = sim {
+            tokio::task::spawn_blocking(move || drop(sim))
+                .await
+                .unwrap();
+            let left = poll(2, || async {
+                let left = self.inner.sb.processes();
+                left.is_empty().then_some(())
+            })
+            .await;
+            let escaped = self.inner.sb.processes();
+            let got = match (left, escaped.len()) {
+                (Some(()), _) | (None, 0) => "nothing".to_owned(),
+                (None, n) => format!("{n} processes"),
+            };
+            self.check("teardown: left behind", got, "nothing");
+            for pid in escaped {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         self.check_nothing_left().await;
     }
 
@@ -718,7 +780,7 @@ async fn hold(target: Target, sharing: Sharing) -> Option<Held> {
 /// Which shared manager a target runs on (an index into MANAGER_LOCKS).
 fn manager_of(target: Target) -> Option<usize> {
     match target {
-        Target::Fork => None,
+        Target::Fork | Target::Launchd => None,
         Target::UserTransient | Target::UserUnit => Some(0),
         Target::SystemTransient | Target::SystemUnit => Some(1),
     }
@@ -744,12 +806,12 @@ where
     let mut groups: Vec<Vec<Ctx>> = Vec::new();
     for target in Target::ALL {
         let (which, bus) = match target {
-            Target::Fork => ("", Ok(None)),
+            Target::Fork | Target::Launchd => ("", Ok(None)),
             Target::UserTransient | Target::UserUnit => ("user", shared.user.clone()),
             Target::SystemTransient | Target::SystemUnit => ("system", shared.system.clone()),
         };
         let bus = match (target, bus) {
-            (Target::Fork, _) => None,
+            (Target::Fork | Target::Launchd, _) => None,
             (_, Ok(Some(bus))) => Some(bus),
             (_, Ok(None)) => {
                 eprintln!("SKIPPED: {scenario} on {target}: no {which} manager");
@@ -762,6 +824,13 @@ where
                 continue;
             }
         };
+        if let Some(not_run) = NOT_RUN
+            .iter()
+            .find(|n| n.scenario == scenario && n.on.contains(&target))
+        {
+            eprintln!("NOT RUN: {scenario} on {target}: {}", not_run.why);
+            continue;
+        }
         let ctx = Ctx::new(scenario, target, bus);
         let joins = groups.iter_mut().find(|g| {
             sharing == Sharing::Exclusive

@@ -43,6 +43,8 @@ pub struct Sim {
     /// Where the backend writes plists (a test's `~/Library/LaunchAgents`).
     pub plists: PathBuf,
     domains: Vec<Child>,
+    /// Its own directory, when it has no sandbox ([`Sim::detached`]).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Sim {
@@ -54,8 +56,26 @@ impl Sim {
     /// A simulator with `LAUNCHCTL_SIM_*` settings (`("LAUNCHCTL_SIM_GUI",
     /// "absent")`, ...).
     pub fn with_env(sb: &Sandbox, env: &[(&str, &str)]) -> Sim {
-        let state = sb.path("launchd");
-        let plists = sb.path("LaunchAgents");
+        Sim::in_dir(sb.dir.path(), env)
+    }
+
+    /// A simulator in a directory of its own, outside any sandbox: its
+    /// simulated launchd processes do not carry a test's tag (the scenario
+    /// suite counts a run's processes by tag). They end on drop, when the
+    /// directory goes, or when this process does.
+    pub fn detached(env: &[(&str, &str)]) -> Sim {
+        let dir = tempfile::Builder::new()
+            .prefix("launchctl-sim-")
+            .tempdir()
+            .unwrap();
+        let mut sim = Sim::in_dir(dir.path(), env);
+        sim._dir = Some(dir);
+        sim
+    }
+
+    fn in_dir(root: &Path, env: &[(&str, &str)]) -> Sim {
+        let state = root.join("launchd");
+        let plists = root.join("LaunchAgents");
         std::fs::create_dir_all(&state).unwrap();
         std::fs::create_dir_all(&plists).unwrap();
         let sim = launchctl_sim();
@@ -67,7 +87,7 @@ impl Sim {
             script.push_str(&format!("export {k}='{v}'\n"));
         }
         script.push_str(&format!("exec '{}' \"$@\"\n", sim.display()));
-        let launchctl = sb.path("launchctl");
+        let launchctl = root.join("launchctl");
         std::fs::write(&launchctl, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&launchctl, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -109,6 +129,7 @@ impl Sim {
             launchctl,
             plists,
             domains,
+            _dir: None,
         }
     }
 
