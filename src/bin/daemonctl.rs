@@ -88,11 +88,17 @@ enum Command {
         unit_dir: Option<PathBuf>,
         config: PathBuf,
     },
-    /// Print the rendered unit (nothing is written or started).
+    /// Print the rendered unit, or write it into a package tree (nothing is
+    /// started; no host checks: the binary need not be installed here).
     Render {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
         format: RenderFormat,
+        /// Write into this package root (DESTDIR) instead of printing:
+        /// usr/lib/systemd/system/UNIT (system scope) or
+        /// usr/lib/systemd/user/UNIT (user scope); prints each path written.
+        #[arg(long, value_name = "DESTDIR")]
+        out: Option<PathBuf>,
         config: PathBuf,
     },
 }
@@ -246,11 +252,15 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     match &cli.command {
         Command::Render {
             format: RenderFormat::Systemd,
+            out,
             ..
         } => {
             let mut unit = UnitSpec::from_spec(&spec, scope)?;
             unit.source = Some(source);
-            print!("{}", unit.render()?);
+            match out {
+                None => print!("{}", unit.render()?),
+                Some(destdir) => println!("{}", unit.write_into(destdir)?.display()),
+            }
             return Ok(0);
         }
         Command::Install {
