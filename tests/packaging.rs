@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CONFIGS: [&str; 3] = [
+const CONFIGS: [&str; 4] = [
     "packaging/queen-rbee.toml",
     "packaging/rbee-hive.toml",
     "packaging/llm-worker-rbee.toml",
+    "packaging/demo/daemon-lifecycle-demo.toml",
 ];
 
 /// Every file under `root`, by path relative to it, with its bytes.
@@ -109,7 +110,12 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
     std::fs::create_dir_all(root.path().join("var/lib/rbee")).unwrap();
-    for bin in ["queen-rbee", "rbee-hive", "llm-worker-rbee"] {
+    for bin in [
+        "queen-rbee",
+        "rbee-hive",
+        "llm-worker-rbee",
+        "daemon-lifecycle-demo",
+    ] {
         let stub = root.path().join("usr/bin").join(bin);
         std::fs::write(&stub, "#!/bin/sh\n").unwrap();
         let mut perms = std::fs::metadata(&stub).unwrap().permissions();
