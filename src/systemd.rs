@@ -245,7 +245,7 @@ impl Backend for SystemdBackend {
             let mut report = StatusReport::new(spec.name.clone(), BackendKind::Systemd, status);
             if let Some(s) = &state {
                 tracing::trace!(%unit, sub = %s.sub, "unit state");
-                report.restarts = s.n_restarts;
+                report.restarts = s.restarts();
                 // A stopped unit reads the same whether it is persistent
                 // (still loaded, keeping its last run's exit and STATUS=)
                 // or transient (collected, nothing left): nothing, unless

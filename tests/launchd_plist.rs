@@ -304,7 +304,32 @@ fn daemonctl_render_is_reproducible_across_processes() {
         "{stderr}"
     );
     plist::from_bytes::<plist::Value>(&out.stdout).unwrap();
-    let _ = toml;
+
+    // Into a package tree: Library/LaunchAgents (an agent for every user).
+    let destdir = sb.path("pkg");
+    let out = support::output_within(
+        Command::new(support::daemonctl())
+            .args(["render", "--format", "launchd", "--out"])
+            .arg(&destdir)
+            .arg(&toml),
+        30,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = destdir
+        .join("Library/LaunchAgents")
+        .join(format!("{}.plist", config.name.as_deref().unwrap()));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        written.display().to_string()
+    );
+    assert_eq!(
+        std::fs::read(&written).unwrap(),
+        render(&config, Scope::User)
+    );
 
     // A name that is no label: a config error (exit 6), nothing printed.
     config.name = Some("not a label".into());

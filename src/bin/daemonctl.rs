@@ -91,11 +91,20 @@ enum Command {
         unit_dir: Option<PathBuf>,
         config: PathBuf,
     },
-    /// Print the rendered unit or plist (nothing is written or started).
+    /// Print the rendered unit or plist, or write it into a package tree
+    /// (nothing is started; no host checks: the binary need not be
+    /// installed here).
     Render {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
         format: RenderFormat,
+        /// Write into this package root (DESTDIR) instead of printing:
+        /// usr/lib/systemd/system/UNIT (system scope) or
+        /// usr/lib/systemd/user/UNIT (user scope); launchd:
+        /// Library/LaunchDaemons/LABEL.plist or Library/LaunchAgents/LABEL.plist;
+        /// prints each path written.
+        #[arg(long, value_name = "DESTDIR")]
+        out: Option<PathBuf>,
         config: PathBuf,
     },
 }
@@ -252,15 +261,20 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     match &cli.command {
         Command::Render {
             format: RenderFormat::Systemd,
+            out,
             ..
         } => {
             let mut unit = UnitSpec::from_spec(&spec, scope)?;
             unit.source = Some(source);
-            print!("{}", unit.render()?);
+            match out {
+                None => print!("{}", unit.render()?),
+                Some(destdir) => println!("{}", unit.write_into(destdir)?.display()),
+            }
             return Ok(0);
         }
         Command::Render {
             format: RenderFormat::Launchd,
+            out,
             ..
         } => {
             use std::io::Write;
@@ -269,12 +283,15 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             if let Some(warning) = plist.warning() {
                 eprintln!("daemonctl: warning: {warning}");
             }
-            std::io::stdout()
-                .write_all(&bytes)
-                .map_err(|source| DaemonError::Io {
-                    context: "write the plist to stdout".into(),
-                    source,
-                })?;
+            match out {
+                None => std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|source| DaemonError::Io {
+                        context: "write the plist to stdout".into(),
+                        source,
+                    })?,
+                Some(destdir) => println!("{}", plist.write_into(destdir)?.display()),
+            }
             return Ok(0);
         }
         Command::Install {

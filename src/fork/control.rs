@@ -94,6 +94,9 @@ pub(crate) struct ControlReply {
 /// A connection to a live supervisor.
 pub(crate) struct Client {
     stream: BufReader<UnixStream>,
+    /// Who errors name: the socket's path (the daemon's name is not known
+    /// here).
+    who: String,
     /// The peer's PID as the kernel reports it (where it does).
     pub peer_pid: Option<u32>,
 }
@@ -143,6 +146,11 @@ pub(crate) fn check_path(path: &Path) -> Result<()> {
     with_address(path, |_| Ok(())).map_err(|e| DaemonError::invalid("pid_file", e.to_string()))
 }
 
+/// How an error names the supervisor reached at `socket`.
+fn supervisor_at(socket: &Path) -> String {
+    format!("the supervisor at {}", socket.display())
+}
+
 impl Client {
     /// Connects to the supervisor at `path`. `Ok(None)`: no supervisor lives
     /// there (no socket, or nobody listening). The socket file must be ours,
@@ -165,7 +173,7 @@ impl Client {
         let stream = match connect {
             Err(_) => {
                 return Err(DaemonError::Timeout {
-                    name: String::new(),
+                    name: supervisor_at(path),
                     operation: "connection to the supervisor's control socket",
                     after: QUERY_TIMEOUT,
                 })
@@ -174,7 +182,8 @@ impl Client {
             Ok(Err(e))
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+                    // ECONNRESET: the supervisor exited while we connected.
+                    Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::ECONNRESET)
                 ) =>
             {
                 return Ok(None)
@@ -203,6 +212,7 @@ impl Client {
         }
         Ok(Some(Client {
             stream: BufReader::new(stream),
+            who: supervisor_at(path),
             peer_pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
         }))
     }
@@ -230,7 +240,7 @@ impl Client {
             Ok(Err(e)) => return Err(DaemonError::io(what, e)),
             Err(_) => {
                 return Err(DaemonError::Timeout {
-                    name: String::new(),
+                    name: self.who.clone(),
                     operation: "answer from the supervisor's control socket",
                     after: timeout,
                 })

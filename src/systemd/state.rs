@@ -181,6 +181,17 @@ impl UnitState {
             && self.n_restarts >= self.start_limit_burst
     }
 
+    /// How often the unit was restarted after exiting on its own, as the
+    /// fork backend counts: at the start limit, `NRestarts` also counts the
+    /// restart that the limit refused.
+    pub(super) fn restarts(&self) -> u32 {
+        if self.start_limit_hit() {
+            self.n_restarts.saturating_sub(1)
+        } else {
+            self.n_restarts
+        }
+    }
+
     /// A stop that had to escalate: TimeoutStopSec ran out and SIGKILL
     /// ended it. systemd calls that `failed` (`Result=timeout`); it was
     /// asked to stop and it stopped, so it is `stopped`, as on the fork

@@ -265,6 +265,33 @@ impl UnitSpec {
         self.render_as(false)
     }
 
+    /// Writes the unit file into the package root `destdir`, where a
+    /// package installs it: `usr/lib/systemd/system/UNIT` for the system
+    /// scope, `usr/lib/systemd/user/UNIT` for the user scope (directories
+    /// created, mode 0755). Atomic, and a link planted at the file is
+    /// refused, not followed. Returns the path written.
+    pub fn write_into(&self, destdir: &std::path::Path) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let text = self.render()?;
+        let dir = destdir.join(match self.scope {
+            Scope::System => "usr/lib/systemd/system",
+            Scope::User => "usr/lib/systemd/user",
+        });
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
+        let path = dir.join(&self.unit);
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
+            DaemonError::PidFileError { path, source } => {
+                DaemonError::io(format!("write {}", path.display()), source)
+            }
+            other => other,
+        })?;
+        Ok(path)
+    }
+
     /// The text systemd should have serialized for our transient unit into
     /// its `transient/` directory: the unit file without `[Install]`. See
     /// `SystemdBackend`'s start: systemd 252 writes `$` and `;` in

@@ -60,14 +60,6 @@ pub const KNOWN_GAPS: &[Gap] = &[
         why: "systemd collects a transient unit that ended cleanly at once, and the backend reports no last exit for an inactive installed unit (so that it reads like a stopped transient one); the fork backend keeps the exit's record until cleanup",
     },
     Gap {
-        scenario: "restart_on_failure_until_the_start_limit",
-        check: "at the start limit: restarts",
-        on: SYSTEMD,
-        says: "3",
-        expected: "2",
-        why: "`restarts` is systemd's `NRestarts`, which counts the automatic restart the start limit then refused (3 runs either way); the fork backend counts the restarts that ran",
-    },
-    Gap {
         scenario: "newlines_in_argv_and_env",
         check: "newline in an argument: start",
         on: SYSTEMD,
