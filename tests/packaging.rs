@@ -33,13 +33,35 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// What is rendered for launchd, which has no templates: the worker as
+/// one instance.
+const LAUNCHD: [(&str, Option<&str>); 4] = [
+    ("packaging/queen-rbee.toml", None),
+    ("packaging/rbee-hive.toml", None),
+    ("packaging/llm-worker-rbee.toml", Some("gpu0")),
+    ("packaging/demo/daemon-lifecycle-demo.toml", None),
+];
+
 /// Renders every config into a fresh DESTDIR the way a package build does
 /// (from the crate root, so the header names `packaging/NAME.toml`).
 fn render_all(destdir: &Path) -> Vec<PathBuf> {
+    let jobs = CONFIGS.iter().map(|c| ("systemd", *c, None));
+    render(destdir, jobs)
+}
+
+fn render_all_launchd(destdir: &Path) -> Vec<PathBuf> {
+    render(destdir, LAUNCHD.iter().map(|(c, i)| ("launchd", *c, *i)))
+}
+
+fn render<'a>(
+    destdir: &Path,
+    jobs: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) -> Vec<PathBuf> {
     let mut written = Vec::new();
-    for config in CONFIGS {
+    for (format, config, instance) in jobs {
         let out = Command::new(support::daemonctl())
-            .args(["render", "--format", "systemd", "--out"])
+            .args(instance.map(|i| ["--instance", i]).into_iter().flatten())
+            .args(["render", "--format", format, "--out"])
             .arg(destdir)
             .arg(config)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -91,6 +113,56 @@ fn committed_units_are_what_the_configs_render() {
     let again = tempfile::tempdir().unwrap();
     render_all(again.path());
     assert_eq!(tree(again.path()), rendered);
+}
+
+#[test]
+fn committed_plists_are_what_the_configs_render_and_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = render_all_launchd(dir.path());
+    assert_eq!(written.len(), LAUNCHD.len());
+    let committed = tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/launchd"));
+    let rendered = tree(dir.path());
+    assert_eq!(
+        committed.keys().collect::<Vec<_>>(),
+        rendered.keys().collect::<Vec<_>>(),
+        "packaging/launchd holds other files than the configs render"
+    );
+    for (path, bytes) in &rendered {
+        assert!(
+            committed[path] == *bytes,
+            "packaging/launchd/{} is out of date: run daemonctl render --format launchd --out packaging/launchd CONFIG",
+            path.display()
+        );
+        assert!(
+            path.starts_with("Library/LaunchDaemons"),
+            "{}",
+            path.display()
+        );
+        // Both parsers read the same program and arguments.
+        let file = dir.path().join(path);
+        let value = plist::Value::from_file(&file).unwrap();
+        let argv: Vec<String> = value.as_dictionary().unwrap()["ProgramArguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_string().unwrap().to_owned())
+            .collect();
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import json, plistlib, sys; print(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))['ProgramArguments']))",
+            ])
+            .arg(&file)
+            .output()
+            .expect("python3 is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let py: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(py, argv, "{}", path.display());
+    }
 }
 
 #[test]
