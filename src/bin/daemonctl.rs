@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::host::{self, LocalHost};
 use daemon_lifecycle::{
     BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Scope,
@@ -90,6 +90,14 @@ enum Command {
         format: RenderFormat,
         config: PathBuf,
     },
+    /// Print a shell completion script for daemonctl on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print daemonctl's man page (roff) on stdout.
+    Man,
 }
 
 /// What `render` prints.
@@ -100,8 +108,10 @@ enum RenderFormat {
 }
 
 impl Command {
-    fn config(&self) -> &Path {
-        match self {
+    /// The config file the command acts on; `None` for the commands that
+    /// need none (completions, man).
+    fn config(&self) -> Option<&Path> {
+        Some(match self {
             Command::Start { config }
             | Command::Stop { config }
             | Command::Kill { config }
@@ -113,7 +123,8 @@ impl Command {
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
             | Command::Render { config, .. } => config,
-        }
+            Command::Completions { .. } | Command::Man => return None,
+        })
     }
 }
 
@@ -122,6 +133,24 @@ fn main() -> ExitCode {
     daemon_lifecycle::supervisor_init();
 
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "daemonctl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            return match man.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("daemonctl: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,7 +163,7 @@ fn main() -> ExitCode {
         }
     };
     let is_status = matches!(cli.command, Command::Status { .. });
-    let config_path = cli.command.config().to_owned();
+    let config_path = cli.command.config().map(Path::to_owned).unwrap_or_default();
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
@@ -221,7 +250,8 @@ fn exit_code(error: &DaemonError) -> u8 {
 
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let choice = cli.backend;
-    let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
+    let config_path = cli.command.config().expect("a command with a config");
+    let mut config = DaemonConfig::from_toml_file(config_path)?;
     if let Some(scope) = cli.scope {
         config.scope = Some(scope);
     }
@@ -264,7 +294,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 };
                 eprintln!(
                     "daemonctl: {}: nothing to uninstall: {} does not exist",
-                    cli.command.config().display(),
+                    config_path.display(),
                     dir.join(unit).display()
                 );
             }
@@ -292,7 +322,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         Command::Render { .. }
         | Command::Install { .. }
         | Command::Uninstall { .. }
-        | Command::Run { .. } => {
+        | Command::Run { .. }
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled above")
         }
         Command::Start { .. } => {
