@@ -131,3 +131,126 @@ fn man_page_is_roff_and_names_every_command() {
         }
     }
 }
+
+/// Every subcommand daemonctl has (`help` aside).
+fn subcommands() -> Vec<String> {
+    let help = stdout(&daemonctl(&["--help"]));
+    let mut in_commands = false;
+    let mut subs = Vec::new();
+    for line in help.lines() {
+        if line == "Commands:" {
+            in_commands = true;
+            continue;
+        }
+        if in_commands {
+            match line.split_whitespace().next() {
+                Some("help") => {}
+                Some(name) if line.starts_with("  ") => subs.push(name.to_owned()),
+                _ => break,
+            }
+        }
+    }
+    assert!(subs.len() >= 12, "{help}");
+    subs
+}
+
+/// The argument and option lines of a `-h` text (`  <CONFIG>  The ...`,
+/// `      --json  Print ...`), each with what follows the name.
+fn entries(help: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut in_section = false;
+    for line in help.lines() {
+        if line == "Arguments:" || line == "Options:" {
+            in_section = true;
+            continue;
+        }
+        if line.is_empty() {
+            in_section = false;
+            continue;
+        }
+        if in_section {
+            let trimmed = line.trim_start();
+            // The name ends at the first run of two spaces.
+            let (name, rest) = trimmed.split_once("  ").unwrap_or((trimmed, ""));
+            out.push((name.to_owned(), rest.trim().to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_argument_and_option_has_a_one_line_help() {
+    for sub in subcommands() {
+        let help = stdout(&daemonctl(&[&sub, "-h"]));
+        let entries = entries(&help);
+        assert!(!entries.is_empty(), "{sub}: {help}");
+        for (name, text) in &entries {
+            assert!(!text.is_empty(), "{sub}: {name} has no help:\n{help}");
+        }
+        if help.contains("<CONFIG>") {
+            assert!(
+                entries
+                    .iter()
+                    .any(|(n, t)| n == "<CONFIG>" && t.contains("config file")),
+                "{sub}: {help}"
+            );
+        }
+        // A description of more than its summary line ends in a whole
+        // sentence (clap drops the period of a one-line summary only).
+        let long = stdout(&daemonctl(&[&sub, "--help"]));
+        let about = long.split("\n\nUsage:").next().unwrap().trim_end();
+        assert!(!about.ends_with("'s"), "{sub}: reads cut off: {about:?}");
+        if about.contains("\n\n") {
+            assert!(about.ends_with('.'), "{sub}: reads cut off: {about:?}");
+        }
+    }
+}
+
+#[test]
+fn run_help_reads_complete() {
+    let help = stdout(&daemonctl(&["run", "--help"]));
+    let about = help.split("\n\nUsage:").next().unwrap();
+    assert!(about.contains("container entrypoint"), "{about}");
+    assert!(about.contains("128 + the signal number"), "{about}");
+    assert!(about.trim_end().ends_with('.'), "{about}");
+}
+
+#[test]
+fn backend_is_offered_only_where_it_means_something() {
+    for sub in ["render", "completions", "man"] {
+        let help = stdout(&daemonctl(&[sub, "--help"]));
+        assert!(
+            !help.contains("--backend"),
+            "{sub} offers --backend:\n{help}"
+        );
+        assert!(!help.contains("--adopt"), "{sub} offers --adopt:\n{help}");
+    }
+    for sub in ["start", "stop", "status", "logs", "list"] {
+        let Ok(help) = String::from_utf8(daemonctl(&[sub, "--help"]).stdout) else {
+            continue;
+        };
+        if !help.is_empty() {
+            assert!(help.contains("--backend"), "{sub}:\n{help}");
+        }
+    }
+    // Still accepted where it is ignored: scripts that pass it everywhere work.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("d.toml");
+    std::fs::write(
+        &toml,
+        "name = \"d\"\nbinary_path = \"/usr/bin/not-installed\"\npid_file = \"/tmp/d.pid\"\n",
+    )
+    .unwrap();
+    let out = Command::new(support::daemonctl())
+        .args(["--backend", "fork", "--scope", "user", "render"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("[Service]"));
+    let out = Command::new(support::daemonctl())
+        .args(["render", "--backend", "fork"])
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("[Service]"));
+}

@@ -11,20 +11,22 @@ use daemon_lifecycle::{
     ServiceSpec, SystemdBackend, UnitSpec,
 };
 
-/// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
+/// Start, stop, check and report on a daemon described by a TOML config
+/// (keys: the DaemonConfig fields), on systemd or the fork backend.
 #[derive(Debug, Parser)]
-#[command(name = "daemonctl", version, about)]
+#[command(name = "daemonctl", version)]
 struct Cli {
     /// Which backend runs the daemon.
     #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 
-    /// systemd scope: the system manager (default as root) or the user's.
+    /// systemd scope: the system manager (default as root) or the user's; the
+    /// fork backend ignores it.
     #[arg(long, global = true, value_enum)]
     scope: Option<Scope>,
 
-    /// systemd: act on a unit of the config's name that daemon-lifecycle did
-    /// not create (no ownership marker), taking it over (as `adopt = true`).
+    /// systemd only: act on a unit of the config's name that daemon-lifecycle
+    /// did not create (no ownership marker), taking it over (as `adopt = true`).
     #[arg(long, global = true)]
     adopt: bool,
 
@@ -36,68 +38,139 @@ struct Cli {
     command: Command,
 }
 
+/// The help of every `CONFIG` argument.
+const CONFIG_HELP: &str = "The daemon's config file (TOML; keys: the DaemonConfig fields)";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the daemon (or find it running) and print its PID.
-    Start { config: PathBuf },
+    ///
+    /// Returns once it is ready (readiness in the config), printing only
+    /// the PID on stdout.
+    Start {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Stop it: SIGTERM, then SIGKILL after shutdown_timeout_secs.
-    Stop { config: PathBuf },
+    Stop {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// SIGKILL all its processes at once.
-    Kill { config: PathBuf },
+    Kill {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Stop it if running, start it again, print the new PID.
-    Restart { config: PathBuf },
-    /// Report its state. Exit code: 0 running, 1 stale, 3 stopped or failed, 4 unknown.
+    Restart {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
+    /// Report its state in one line, or one JSON object.
+    ///
+    /// Exit code: 0 running or starting, 1 stale, 3 stopped or failed,
+    /// 4 unknown (an error).
     Status {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Wait until it is ready.
     WaitReady {
         /// Seconds to wait (default: the config's startup_timeout_secs).
-        #[arg(long)]
+        #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Remove a stale PID file and identity record, or clear a failed state.
-    Cleanup { config: PathBuf },
-    /// Fork backend: supervise the daemon in the foreground until it is gone
-    /// (a container entrypoint; as PID 1 it reaps orphans and forwards
-    /// SIGTERM/SIGINT). Exit code: 0 after a stop, else the daemon's.
-    Run { config: PathBuf },
+    Cleanup {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
+    /// Supervise the daemon in the foreground until it is gone (fork backend).
+    ///
+    /// Meant as a container entrypoint: as PID 1 it reaps orphans and
+    /// forwards SIGTERM and SIGINT to the daemon. The PID file, restarts,
+    /// logs and limits work as with `start`, so `status` and `stop` work
+    /// from another shell. The exit code is 0 after a requested stop, else
+    /// the daemon's own (128 + the signal number when a signal ended it).
+    /// With --backend systemd it is refused (exit 3): systemd supervises its
+    /// units itself.
+    Run {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Write the persistent systemd unit (atomically; reload only if changed).
     Install {
         /// Also enable it (EnableUnitFiles).
         #[arg(long)]
         enable: bool,
         /// Unit directory (default /etc/systemd/system, or ~/.config/systemd/user for --scope user).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         unit_dir: Option<PathBuf>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Stop, disable and remove the persistent unit, then reload.
     Uninstall {
         /// Unit directory the unit was installed into.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         unit_dir: Option<PathBuf>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Print the rendered unit (nothing is written or started).
+    ///
+    /// Needs no manager and no installed binary, so it takes no backend;
+    /// --scope picks a system or a user unit.
     Render {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
         format: RenderFormat,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
+        #[command(flatten)]
+        ignored: NoBackend,
     },
     /// Print a shell completion script for daemonctl on stdout.
     Completions {
         /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+        #[command(flatten)]
+        ignored: NoBackend,
+        #[command(flatten)]
+        no_scope: NoScope,
     },
     /// Print daemonctl's man page (roff) on stdout.
-    Man,
+    Man {
+        #[command(flatten)]
+        ignored: NoBackend,
+        #[command(flatten)]
+        no_scope: NoScope,
+    },
+}
+
+/// The global options a command has no use for, hidden from its help (and
+/// its completions): a subcommand's own argument of the same name keeps the
+/// global one from being offered there. Still accepted, and ignored, so
+/// `daemonctl --backend fork render X` keeps working.
+#[derive(Debug, clap::Args)]
+struct NoBackend {
+    #[arg(long, hide = true, value_enum)]
+    backend: Option<BackendChoice>,
+    #[arg(long, hide = true)]
+    adopt: bool,
+}
+
+/// [`NoBackend`] for `--scope`.
+#[derive(Debug, clap::Args)]
+struct NoScope {
+    #[arg(long, hide = true, value_enum)]
+    scope: Option<Scope>,
 }
 
 /// What `render` prints.
@@ -123,7 +196,7 @@ impl Command {
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
             | Command::Render { config, .. } => config,
-            Command::Completions { .. } | Command::Man => return None,
+            Command::Completions { .. } | Command::Man { .. } => return None,
         })
     }
 }
@@ -134,20 +207,18 @@ fn main() -> ExitCode {
 
     let cli = Cli::parse();
     match &cli.command {
-        Command::Completions { shell } => {
-            let mut command = Cli::command();
-            clap_complete::generate(*shell, &mut command, "daemonctl", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+        Command::Completions { shell, .. } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "daemonctl", &mut script);
+            return write_stdout(&script);
         }
-        Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            return match man.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("daemonctl: cannot write the man page: {e}");
-                    ExitCode::from(1)
-                }
-            };
+        Command::Man { .. } => {
+            let mut page = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("daemonctl: cannot render the man page: {e}");
+                return ExitCode::from(1);
+            }
+            return write_stdout(&page);
         }
         _ => {}
     }
@@ -176,6 +247,21 @@ fn main() -> ExitCode {
             };
             eprintln!("daemonctl: {}", printable(&line));
             ExitCode::from(if is_status { 4 } else { exit_code(&error) })
+        }
+    }
+}
+
+/// Writes `bytes` on stdout; a reader that went away (`daemonctl man | head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("daemonctl: cannot write to stdout: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -324,7 +410,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         | Command::Uninstall { .. }
         | Command::Run { .. }
         | Command::Completions { .. }
-        | Command::Man => {
+        | Command::Man { .. } => {
             unreachable!("handled above")
         }
         Command::Start { .. } => {
