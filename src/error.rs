@@ -60,7 +60,7 @@ pub enum DaemonError {
     },
 
     /// An operation did not finish in time.
-    #[error("{name}: {operation} did not finish within {}", humanize(*after))]
+    #[error("{name}: {operation} did not finish within {}", crate::text::duration(*after))]
     Timeout {
         /// Daemon name.
         name: String,
@@ -192,7 +192,7 @@ pub enum DaemonError {
 
     /// Another operation (or another program) held the fork backend's lock
     /// longer than this operation's own timeout.
-    #[error("{name}: lock {} is held{} and was not released within {}", path.display(), holder.map(|p| format!(" by PID {p}")).unwrap_or_default(), humanize(*after))]
+    #[error("{name}: lock {} is held{} and was not released within {}", path.display(), holder.map(|p| format!(" by PID {p}")).unwrap_or_default(), crate::text::duration(*after))]
     LockTimeout {
         /// Daemon name.
         name: String,
@@ -241,6 +241,14 @@ impl DaemonError {
         }
     }
 
+    /// Whether this is a start that ran out of time waiting for readiness
+    /// (`READY=1`, a probe, or systemd's `TimeoutStartSec`): a
+    /// [`DaemonError::Timeout`] whose `operation` starts with `readiness`.
+    /// `daemonctl` exits with its own code for it (150).
+    pub fn is_readiness_timeout(&self) -> bool {
+        matches!(self, DaemonError::Timeout { operation, .. } if operation.starts_with("readiness"))
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         DaemonError::InvalidConfig {
             field: field.into(),
@@ -255,13 +263,5 @@ fn untrusted_hint(owner: Option<u32>) -> String {
             format!("; it belongs to UID {uid}: remove it or choose a pid_file in a directory only you can write")
         }
         _ => String::new(),
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }

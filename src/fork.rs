@@ -357,7 +357,7 @@ impl ForkBackend {
                 Err(_) => Err(self.start_gone(spec, paths, lock).await),
             },
             Err(ProbeError::Timeout { last }) => {
-                tracing::warn!(%name, pid = daemon.pid, ?last, "not ready within the start-up timeout: stopping it");
+                tracing::warn!(%name, pid = daemon.pid, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready within the start-up timeout: stopping it");
                 self.stop_locked(spec, paths, lock, false).await?;
                 Err(DaemonError::Timeout {
                     name,

@@ -174,7 +174,8 @@ impl SystemdBackend {
             Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
             Err(_) => {
                 return Err(unavailable(format!(
-                    "the systemd manager did not answer Get Version within {BUS_GRACE:?}"
+                    "the systemd manager did not answer Get Version within {}",
+                    crate::text::duration(BUS_GRACE)
                 )))
             }
         }
@@ -381,7 +382,7 @@ impl SystemdBackend {
                     return Err(e);
                 }
             };
-            tracing::info!(unit = %unit_spec.unit, ?changes, "enabled");
+            tracing::info!(unit = %unit_spec.unit, changes = changes.len(), "enabled");
             self.reload().await?;
         }
         Ok(changed)
@@ -772,7 +773,7 @@ impl SystemdBackend {
             // Not ready within TimeoutStartSec: systemd stopped it already.
             return Err(DaemonError::Timeout {
                 name,
-                operation: "start (systemd TimeoutStartSec)",
+                operation: "readiness (systemd TimeoutStartSec)",
                 after: spec.startup_timeout,
             });
         }
@@ -907,7 +908,7 @@ impl SystemdBackend {
         match readiness::wait_until_ready(probe, deadline, still_up).await {
             Ok(()) => Ok(()),
             Err(ProbeError::Timeout { last }) => {
-                tracing::info!(%unit, ?last, "not ready in time");
+                tracing::info!(%unit, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready in time");
                 Err(DaemonError::Timeout {
                     name: spec.name.clone(),
                     operation: "readiness probe",
@@ -1351,7 +1352,10 @@ async fn bounded<T>(
     match tokio::time::timeout(bound, call).await {
         Err(_) => Err(DaemonError::BackendUnavailable {
             backend: "systemd",
-            reason: format!("the systemd manager did not answer {what} within {bound:?}"),
+            reason: format!(
+                "the systemd manager did not answer {what} within {}",
+                crate::text::duration(bound)
+            ),
         }),
         Ok(Err(zbus::Error::InputOutput(e))) => Err(DaemonError::BackendUnavailable {
             backend: "systemd",

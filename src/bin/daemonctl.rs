@@ -238,14 +238,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            let line = match error {
-                // These already name the file.
-                DaemonError::ConfigRead { .. } | DaemonError::ConfigParse { .. } => {
-                    error.to_string()
-                }
-                _ => format!("{}: {error}", config_path.display()),
-            };
-            eprintln!("daemonctl: {}", printable(&line));
+            eprintln!(
+                "daemonctl: {}",
+                printable(&error_line(&config_path, &error))
+            );
             ExitCode::from(if is_status { 4 } else { exit_code(&error) })
         }
     }
@@ -264,6 +260,18 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// An error as daemonctl says it, after `daemonctl: `: always `CONFIG: what
+/// is wrong` (the library's config errors name the file themselves; here
+/// the file comes first, once).
+fn error_line(config: &Path, error: &DaemonError) -> String {
+    let what = match error {
+        DaemonError::ConfigRead { source, .. } => format!("cannot read it: {source}"),
+        DaemonError::ConfigParse { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    format!("{}: {what}", config.display())
 }
 
 /// Longest error line printed; the library already keeps the config text it
@@ -318,8 +326,12 @@ fn init_tracing(verbose: u8) {
 
 /// LSB init-script exit codes for actions: 1 generic error, 3 unimplemented
 /// feature, 4 insufficient privilege, 5 program not installed, 6 program not
-/// configured, 7 not running.
+/// configured, 7 not running; and from LSB's range for applications
+/// (150–199): 150 not ready within the start-up timeout.
 fn exit_code(error: &DaemonError) -> u8 {
+    if error.is_readiness_timeout() {
+        return EXIT_NOT_READY;
+    }
     match error {
         DaemonError::InvalidConfig { .. }
         | DaemonError::ConfigParse { .. }
@@ -333,6 +345,10 @@ fn exit_code(error: &DaemonError) -> u8 {
         _ => 1,
     }
 }
+
+/// Exit code of a start, restart or wait-ready that ran out of time
+/// waiting for readiness.
+const EXIT_NOT_READY: u8 = 150;
 
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let choice = cli.backend;
@@ -437,7 +453,10 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             } else {
                 println!("{}: {} [{}]", report.name, report.status, report.backend);
                 if let Some(problem) = &report.problem {
-                    eprintln!("daemonctl: warning: {problem}");
+                    eprintln!(
+                        "daemonctl: {}",
+                        printable(&format!("{}: warning: {problem}", config_path.display()))
+                    );
                 }
             }
             return Ok(match report.status {

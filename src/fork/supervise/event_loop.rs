@@ -466,7 +466,7 @@ impl Supervisor {
         };
         self.record.restart_pending = true;
         save_record(&self.paths, &self.record);
-        tracing::info!(name = %self.req.name, ?delay, "restarting after back-off");
+        tracing::info!(name = %self.req.name, delay_ms = delay.as_millis() as u64, "restarting after back-off");
         self.phase = Phase::Backoff(now + delay);
         None
     }
