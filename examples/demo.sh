@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --bin daemonctl --example testd
+# Cargo's own progress, so a first build (about a minute) is not a silent wait.
+echo "--- building daemonctl and the demo daemon (examples/testd.rs)"
+cargo build --bin daemonctl --example testd
 daemonctl="$PWD/target/debug/daemonctl"
 work=$(mktemp -d "${TMPDIR:-/tmp}/daemonctl-demo.XXXXXX")
 cleanup() {
@@ -17,11 +19,15 @@ trap cleanup EXIT
 cat >"$work/demo.toml" <<EOF
 name = "demo"
 binary_path = "$PWD/target/debug/examples/testd"
-args = ["--heartbeat", "$work/heartbeat.log"]
+args = ["--heartbeat", "$work/heartbeat.log", "--print-env", "DEMO_GREETING", "--ready-after", "1000"]
 pid_file = "$work/demo.pid"
 shutdown_timeout_secs = 5
+# start returns once the daemon sent READY=1 (sd_notify), here after 1 s
+readiness = { kind = "notify" }
 [env]
 DEMO_GREETING = "hello from daemonctl"
+[logs]
+stdout = "$work/demo.log"
 EOF
 
 run() { echo "\$ daemonctl $*"; "$daemonctl" "$@"; }
@@ -35,6 +41,9 @@ run --backend fork status --json "$work/demo.toml"
 sleep 1
 echo "--- the daemon's heartbeat file:"
 cat "$work/heartbeat.log"
+echo "--- its stdout (logs.stdout): the config's env reached it"
+cat "$work/demo.log"
+grep -q '^DEMO_GREETING=hello from daemonctl$' "$work/demo.log"
 echo "---"
 run --backend fork stop "$work/demo.toml"
 set +e

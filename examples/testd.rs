@@ -9,7 +9,7 @@
 //!       [--notify-from-outsider] [--listen ADDR] [--http ADDR] [--http-status N]
 //!       [--crash-after MS:CODE] [--lines N] [--stderr-lines N] [--line-bytes N]
 //!       [--starts PATH] [--dump-limits PATH] [--orphans N]
-//!       [--signal-state PATH] [-- PAYLOAD...]
+//!       [--signal-state PATH] [--print-env NAME] [-- PAYLOAD...]
 //! ```
 //!
 //! - `--tag TEXT`: ignored; lets tests find their processes by command line.
@@ -19,6 +19,8 @@
 //!   group), write its PID to PIDFILE.
 //! - `--dump PATH`: write argv, environment and working directory as JSON.
 //! - `--heartbeat PATH`: append a line with a counter every 200 ms.
+//! - `--print-env NAME`: print `NAME=value` of its environment on stdout
+//!   (the demo shows that `env` reaches the daemon, through its log).
 //! - `--ready-after MS`: after MS milliseconds become ready: send `READY=1`
 //!   over `$NOTIFY_SOCKET` (with the `sd-notify` crate) and start the
 //!   `--listen`/`--http` servers. Without it a notify daemon never gets ready
@@ -219,6 +221,12 @@ fn main() {
                 write_atomic(&value(i), &dump.to_string());
             }
             "--heartbeat" => o.heartbeat = Some(value(i)),
+            "--print-env" => {
+                let name = value(i);
+                let v = std::env::var(&name).unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{name}={v}").and_then(|()| out.flush());
+            }
             "--ready-after" => o.ready_after = Some(value(i).parse().expect("ms")),
             "--status" => o.status = Some(value(i)),
             "--extend-timeout-ms" => o.extend_ms = Some(value(i).parse().expect("ms")),

@@ -42,7 +42,8 @@ pub enum DaemonStatus {
     Running(u32),
     /// Daemon runs with this PID but is not ready yet: no `READY=1` (notify
     /// readiness), or the readiness probe has not succeeded. A start that
-    /// never gets there ends with the daemon stopped.
+    /// never gets there ends with the daemon stopped and `Failed("not ready
+    /// within N s")`.
     Starting(u32),
     /// Daemon is stopped.
     Stopped,
@@ -137,6 +138,13 @@ impl fmt::Display for DaemonStatus {
             DaemonStatus::Stale(pid) => write!(f, "stale PID file (PID {pid} is not the daemon)"),
         }
     }
+}
+
+/// The reason a start that ran out of time waiting for readiness leaves in
+/// [`DaemonStatus::Failed`], on every backend: `not ready within 2 s` (as
+/// systemd fails a unit whose start timed out).
+pub(crate) fn not_ready_reason(after: Duration) -> String {
+    format!("not ready within {}", crate::text::duration(after))
 }
 
 /// How a process ended.

@@ -60,7 +60,7 @@ pub enum DaemonError {
     },
 
     /// An operation did not finish in time.
-    #[error("{name}: {operation} did not finish within {}", crate::text::duration(*after))]
+    #[error("{}", timeout_message(name, operation, *after))]
     Timeout {
         /// Daemon name.
         name: String,
@@ -263,5 +263,36 @@ fn untrusted_hint(owner: Option<u32>) -> String {
             format!("; it belongs to UID {uid}: remove it or choose a pid_file in a directory only you can write")
         }
         _ => String::new(),
+    }
+}
+
+/// `NAME: not ready within 2 s (readiness probe)` for a readiness timeout
+/// (the words `status` then shows), else `NAME: OPERATION did not finish
+/// within 2 s`.
+fn timeout_message(name: &str, operation: &str, after: Duration) -> String {
+    let prefix = if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name}: ")
+    };
+    if let Some(how) = operation.strip_prefix("readiness") {
+        // "readiness probe" → (readiness probe); "readiness (READY=1 ...)" → (READY=1 ...)
+        let how = how.trim();
+        let how = match how.strip_prefix('(').and_then(|h| h.strip_suffix(')')) {
+            Some(inner) => inner.to_owned(),
+            None if how.is_empty() => String::new(),
+            None => operation.to_owned(),
+        };
+        let how = if how.is_empty() {
+            how
+        } else {
+            format!(" ({how})")
+        };
+        format!("{prefix}{}{how}", crate::backend::not_ready_reason(after))
+    } else {
+        format!(
+            "{prefix}{operation} did not finish within {}",
+            crate::text::duration(after)
+        )
     }
 }

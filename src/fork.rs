@@ -12,7 +12,8 @@
 //!   the caller only after `READY=1` ([`notify`]); `tcp`/`http`/`command` — the
 //!   caller probes ([`crate::readiness`]) after the supervisor answered. Either
 //!   way `start` returns once ready; not ready within `startup_timeout_secs`
-//!   → `Timeout` with the daemon stopped and its files removed; dead before
+//!   → `Timeout` with the daemon stopped, its PID file removed and its
+//!   record saying `failed: not ready within N s`; dead before
 //!   ready → `StartFailed` with its exit and the last lines of its stderr log.
 //! - `restart`: the supervisor restarts the daemon itself ([`supervise`]).
 //! - `logs`: stdout/stderr are pipes the supervisor copies line by line into
@@ -343,10 +344,11 @@ impl ForkBackend {
             return Ok(());
         };
         let found = self.inspect(spec, paths).await?;
-        let daemon = match (&found.status, found.record) {
-            (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec.daemon,
+        let record = match (&found.status, found.record) {
+            (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec,
             _ => return Err(self.start_gone(spec, paths, lock).await),
         };
+        let daemon = record.daemon.clone();
         match readiness::wait_until_ready(probe, deadline, || {
             std::future::ready(daemon.is_same_live_process())
         })
@@ -359,6 +361,7 @@ impl ForkBackend {
             Err(ProbeError::Timeout { last }) => {
                 tracing::warn!(%name, pid = daemon.pid, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready within the start-up timeout: stopping it");
                 self.stop_locked(spec, paths, lock, false).await?;
+                record_not_ready(paths, record, spec.startup_timeout);
                 Err(DaemonError::Timeout {
                     name,
                     operation: "readiness probe",
@@ -380,7 +383,11 @@ impl ForkBackend {
             Some(Readiness::Notify) => match self.wait_notify_ready(spec, paths, deadline).await {
                 Ok(()) => {}
                 Err(e @ DaemonError::Timeout { .. }) => {
+                    let record = self.inspect(spec, paths).await?.record;
                     self.stop_locked(spec, paths, lock, false).await?;
+                    if let Some(record) = record {
+                        record_not_ready(paths, record, spec.startup_timeout);
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -834,6 +841,23 @@ impl ForkBackend {
         pidfile::remove(&paths.identity)?;
         clear_dead_supervisor_files(paths).await?;
         Ok(())
+    }
+}
+
+/// After a start that timed out waiting for readiness and was stopped (its
+/// supervisor removed its files): the record of that run again, with the
+/// failure, so `status` says `failed: not ready within N s` (as systemd
+/// does) until `cleanup` or the next start. Under the lock, with nothing
+/// of ours running; best effort (the start's error says it all the same).
+fn record_not_ready(paths: &Paths, mut record: Record, after: Duration) {
+    if pidfile::present(&paths.identity) {
+        return; // a supervisor that had to be killed left its own
+    }
+    record.failure = Some(crate::backend::not_ready_reason(after));
+    record.restart_pending = false;
+    record.ready = false;
+    if let Err(e) = pidfile::write_record(&paths.identity, &record) {
+        tracing::debug!(error = %e, "cannot record the readiness timeout");
     }
 }
 

@@ -1012,6 +1012,8 @@ struct UnitState {
     /// `Restart=` (no, on-failure, always, ...).
     restart: String,
     start_limit_burst: u32,
+    /// `TimeoutStartUSec`, to say how long a start that timed out waited.
+    timeout_start_usec: Option<u64>,
 }
 
 impl UnitState {
@@ -1055,6 +1057,9 @@ impl UnitState {
         self.n_restarts = prop_u32(s, "NRestarts");
         self.status_text = prop_string(s, "StatusText");
         self.restart = prop_string(s, "Restart");
+        self.timeout_start_usec = s
+            .get("TimeoutStartUSec")
+            .and_then(|v| u64::try_from(v).ok());
     }
 
     /// Whether there is a unit at all: loaded from somewhere, or still
@@ -1109,6 +1114,12 @@ impl UnitState {
         }
         Some(match (self.result.as_str(), self.last_exit()) {
             ("start-limit-hit", _) => "start limit hit".to_owned(),
+            // TimeoutStartSec ran out (a stop timeout that ended in SIGKILL is
+            // `stopped`, see `stopped_by_sigkill`): the fork backend's words.
+            ("timeout", _) => match self.timeout_start_usec {
+                Some(usec) => crate::backend::not_ready_reason(Duration::from_micros(usec)),
+                None => "not ready within TimeoutStartSec".to_owned(),
+            },
             _ if self.start_limit_hit() => "start limit hit".to_owned(),
             ("exit-code" | "signal" | "core-dump", Some(exit)) => exit.to_string(),
             (result, Some(exit)) => format!("{result} ({exit})"),

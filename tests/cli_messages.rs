@@ -146,6 +146,44 @@ fn a_readiness_timeout_has_its_own_exit_code_and_reads_as_words() {
     assert!(err.contains("connect 127.0.0.1:1"), "{err}");
     assert_no_debug_text(&err);
     sb.assert_no_leaks();
+    // Then status says failed, as systemd says for a start timeout.
+    let out = daemonctl(&["--backend", "fork", "status", "--json"], &toml);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["reason"], "not ready within 1 s", "{v}");
+}
+
+/// The same with notify readiness (the supervisor's own deadline): failed,
+/// with the daemon's last STATUS= text kept, until `cleanup`.
+#[test]
+fn notify_not_ready_is_failed_until_cleanup() {
+    let sb = Sandbox::new("msg_notify_not_ready");
+    let mut config = sb.config(&["--status", "loading the model"]);
+    config.startup_timeout_secs = 1;
+    config.readiness = Some(daemon_lifecycle::Readiness::Notify);
+    let toml = sb.write_toml(&config);
+    let out = daemonctl(&["--backend", "fork", "start"], &toml);
+    assert_eq!(out.status.code(), Some(150), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not ready within 1 s"),
+        "{}",
+        stderr(&out)
+    );
+    let out = daemonctl(&["--backend", "fork", "status", "--json"], &toml);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["reason"], "not ready within 1 s", "{v}");
+    assert_eq!(v["status_text"], "loading the model", "{v}");
+    assert_eq!(v["last_exit"], "killed by signal 15 (SIGTERM)", "{v}");
+    assert!(!sb.path("daemon.pid").exists());
+    assert!(daemonctl(&["--backend", "fork", "cleanup"], &toml)
+        .status
+        .success());
+    let out = daemonctl(&["--backend", "fork", "status", "--json"], &toml);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "stopped", "{v}");
+    sb.assert_no_leaks();
 }
 
 #[test]

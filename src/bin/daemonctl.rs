@@ -430,7 +430,28 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             unreachable!("handled above")
         }
         Command::Start { .. } => {
-            println!("{}", manager.start().await?);
+            // On a terminal, a start that finds the daemon running says so
+            // (stdout stays the PID alone, for scripts).
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let before = match tty {
+                true => manager.status().await.ok().and_then(|s| match s {
+                    DaemonStatus::Running(pid) => Some(pid),
+                    _ => None,
+                }),
+                false => None,
+            };
+            let pid = manager.start().await?;
+            println!("{pid}");
+            if before == Some(pid) {
+                eprintln!(
+                    "daemonctl: {}",
+                    printable(&format!(
+                        "{}: {} is already running (PID {pid})",
+                        config_path.display(),
+                        manager.config().name()
+                    ))
+                );
+            }
         }
         Command::Restart { .. } => {
             println!("{}", manager.restart().await?);
