@@ -37,6 +37,7 @@ pub(crate) mod logs;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod proc;
+mod registry;
 pub(crate) mod state;
 pub(crate) mod supervise;
 
@@ -157,6 +158,7 @@ impl ForkBackend {
         let mut request = {
             // Held only for the checks: a `stop` from elsewhere needs it later.
             let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            registry::register(spec);
             match self
                 .prepare_start(spec, &paths, &lock, || build_request(spec, &paths))
                 .await?
@@ -184,6 +186,46 @@ impl ForkBackend {
                 source: None,
             }),
         }
+    }
+
+    /// Every daemon this user started on the fork backend (the registry
+    /// beside the caller's state: see `daemonctl list`), each as `status`
+    /// reports it, sorted by name. An entry that cannot be read, or a daemon
+    /// whose status cannot be read, is an `Err` in the list with the path
+    /// at fault. Entries of daemons that left nothing behind are dropped.
+    pub async fn list_registered(
+        &self,
+    ) -> Result<Vec<std::result::Result<StatusReport, (PathBuf, DaemonError)>>> {
+        let mut out = Vec::new();
+        for entry in registry::entries()? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(bad) => {
+                    out.push(Err(bad));
+                    continue;
+                }
+            };
+            let spec = match ServiceSpec::from_config(&entry.config()) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push(Err((entry.pid_file.clone(), e)));
+                    continue;
+                }
+            };
+            let paths = Paths::new(spec.pid_file.clone());
+            match self.status(&spec).await {
+                Ok(report)
+                    if report.status == DaemonStatus::Stopped
+                        && !anything_there(&paths)
+                        && !pidfile::present(&paths.lock) =>
+                {
+                    registry::unregister(&spec.pid_file);
+                }
+                Ok(report) => out.push(Ok(report)),
+                Err(e) => out.push(Err((entry.pid_file.clone(), e))),
+            }
+        }
+        Ok(out)
     }
 
     fn supervisor_program(&self) -> Result<PathBuf> {
@@ -573,6 +615,7 @@ enum Prepared {
 fn release(paths: &Paths, lock: Lock) {
     if !pidfile::present(&paths.identity) && !pidfile::present(&paths.control) {
         let _ = lock.remove_file();
+        registry::unregister(&paths.pid_file);
     }
     drop(lock);
 }
@@ -591,6 +634,7 @@ impl Backend for ForkBackend {
                 check_dir_writable(&paths)?; // say so, rather than fail creating the lock
             }
             let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            registry::register(spec);
             let result = self.start_locked(spec, &paths, &lock).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
@@ -663,6 +707,8 @@ impl Backend for ForkBackend {
             let mut report = StatusReport::new(spec.name.clone(), BackendKind::Fork, found.status);
             report.problem = found.problem;
             if let Some(rec) = found.record {
+                report.uptime_secs =
+                    crate::backend::uptime_since(&report.status, rec.started_at_ms);
                 report.last_exit = rec.last_exit;
                 report.status_text = rec.status_text;
                 report.restarts = rec.restarts;

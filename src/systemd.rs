@@ -19,6 +19,7 @@
 
 pub(crate) mod dbus;
 mod escape;
+mod list;
 mod unit;
 
 use std::path::{Path, PathBuf};
@@ -1014,6 +1015,8 @@ struct UnitState {
     start_limit_burst: u32,
     /// `TimeoutStartUSec`, to say how long a start that timed out waited.
     timeout_start_usec: Option<u64>,
+    /// `ExecMainStartTimestamp` (µs since the epoch), for the uptime.
+    main_started_usec: u64,
 }
 
 impl UnitState {
@@ -1060,6 +1063,10 @@ impl UnitState {
         self.timeout_start_usec = s
             .get("TimeoutStartUSec")
             .and_then(|v| u64::try_from(v).ok());
+        self.main_started_usec = s
+            .get("ExecMainStartTimestamp")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
     }
 
     /// Whether there is a unit at all: loaded from somewhere, or still
@@ -1474,6 +1481,8 @@ impl Backend for SystemdBackend {
             if let Some(s) = &state {
                 tracing::trace!(%unit, sub = %s.sub, "unit state");
                 report.restarts = s.n_restarts;
+                report.uptime_secs =
+                    crate::backend::uptime_since(&report.status, s.main_started_usec / 1000);
                 // A stopped unit reads the same whether it is persistent
                 // (still loaded, keeping its last run's exit and STATUS=)
                 // or transient (collected, nothing left): nothing, unless

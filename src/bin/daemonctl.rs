@@ -1,6 +1,9 @@
 //! `daemonctl`: start, stop, kill, restart, check and clean up a daemon
 //! described by a TOML file. Also the fork backend's supervisor program.
 
+#[path = "daemonctl/list.rs"]
+mod list;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -135,6 +138,23 @@ enum Command {
         #[command(flatten)]
         ignored: NoBackend,
     },
+    /// List daemons, one row each: name, backend, state, PID, uptime,
+    /// restarts, last exit, STATUS= text.
+    ///
+    /// With configs or directories of configs (their *.toml files), those
+    /// daemons; with none, every daemon this user started on the fork
+    /// backend (its registry) and the systemd units of ours (found by their
+    /// ownership marker). A config that cannot be read is a row with its
+    /// error. Colour only on a terminal, never with NO_COLOR.
+    List {
+        /// Print a JSON array of what `status --json` prints, one per daemon
+        /// (`{"config", "error"}` for a row with no report).
+        #[arg(long)]
+        json: bool,
+        /// Config files, or directories of them (*.toml); none: every daemon started here.
+        #[arg(value_name = "DIR|CONFIG")]
+        paths: Vec<PathBuf>,
+    },
     /// Print a shell completion script for daemonctl on stdout.
     Completions {
         /// The shell to complete for.
@@ -196,7 +216,9 @@ impl Command {
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
             | Command::Render { config, .. } => config,
-            Command::Completions { .. } | Command::Man { .. } => return None,
+            Command::Completions { .. } | Command::Man { .. } | Command::List { .. } => {
+                return None
+            }
         })
     }
 }
@@ -233,6 +255,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Command::List { json, paths } = &cli.command {
+        let sources = list::Sources {
+            paths,
+            choice: cli.backend,
+            scope: cli.scope,
+            adopt: cli.adopt,
+        };
+        let rows = runtime.block_on(list::rows(&sources));
+        let text = if *json {
+            list::json(&rows) + "\n"
+        } else {
+            list::table(&rows, list::use_colour())
+        };
+        return write_stdout(text.as_bytes());
+    }
     let is_status = matches!(cli.command, Command::Status { .. });
     let config_path = cli.command.config().map(Path::to_owned).unwrap_or_default();
     match runtime.block_on(run(cli)) {
@@ -265,7 +302,7 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
 /// An error as daemonctl says it, after `daemonctl: `: always `CONFIG: what
 /// is wrong` (the library's config errors name the file themselves; here
 /// the file comes first, once).
-fn error_line(config: &Path, error: &DaemonError) -> String {
+pub(crate) fn error_line(config: &Path, error: &DaemonError) -> String {
     let what = match error {
         DaemonError::ConfigRead { source, .. } => format!("cannot read it: {source}"),
         DaemonError::ConfigParse { message, .. } => message.clone(),
@@ -281,7 +318,7 @@ const MAX_ERROR_LINE: usize = 2048;
 /// An error line safe for a terminal: one line, control characters (ESC
 /// sequences from a config file among them) escaped, at most
 /// [`MAX_ERROR_LINE`] bytes (the middle dropped).
-fn printable(line: &str) -> String {
+pub(crate) fn printable(line: &str) -> String {
     let escape = |s: &str| {
         s.chars()
             .map(|c| {
@@ -426,6 +463,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         | Command::Uninstall { .. }
         | Command::Run { .. }
         | Command::Completions { .. }
+        | Command::List { .. }
         | Command::Man { .. } => {
             unreachable!("handled above")
         }
