@@ -48,7 +48,15 @@ fn completions_for_every_shell_and_they_parse() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = stdout(&daemonctl(&["completions", shell]));
         // Every subcommand is completed.
-        for sub in ["start", "status", "wait-ready", "render", "list", "man"] {
+        for sub in [
+            "start",
+            "status",
+            "wait-ready",
+            "render",
+            "list",
+            "logs",
+            "man",
+        ] {
             assert!(script.contains(sub), "{shell}: no {sub}");
         }
         // bash is required everywhere; zsh and fish where installed (CI
@@ -112,7 +120,15 @@ fn man_page_is_roff_and_names_every_command() {
     let page = stdout(&daemonctl(&["man"]));
     assert!(page.contains(".TH daemonctl 1"), "{page}");
     assert!(page.contains(".SH SYNOPSIS") && page.contains(".SH OPTIONS"));
-    for sub in ["start", "stop", "status", "render", "list", "completions"] {
+    for sub in [
+        "start",
+        "stop",
+        "status",
+        "render",
+        "list",
+        "logs",
+        "completions",
+    ] {
         assert!(page.contains(sub), "no {sub} in the man page");
     }
     // And man(1) itself can format it, where installed.

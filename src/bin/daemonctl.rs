@@ -3,6 +3,8 @@
 
 #[path = "daemonctl/list.rs"]
 mod list;
+#[path = "daemonctl/logs.rs"]
+mod logs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,6 +157,24 @@ enum Command {
         #[arg(value_name = "DIR|CONFIG")]
         paths: Vec<PathBuf>,
     },
+    /// Show the daemon's output: its log files across rotations, or its
+    /// journal (systemd without log files).
+    ///
+    /// With logs.stdout/logs.stderr in the config: those files, oldest
+    /// rotation first (name.N ... name.1, name); on systemd without them,
+    /// the unit's journal (journalctl --output=json, read as entries); on
+    /// the fork backend without them the output went to /dev/null, and it
+    /// says so.
+    Logs {
+        /// Keep printing new lines as they come, through rotations (Ctrl-C ends it).
+        #[arg(short, long)]
+        follow: bool,
+        /// Print only the last N lines (default: all; with -f, 10).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Print a shell completion script for daemonctl on stdout.
     Completions {
         /// The shell to complete for.
@@ -215,7 +235,8 @@ impl Command {
             | Command::Run { config }
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
-            | Command::Render { config, .. } => config,
+            | Command::Render { config, .. }
+            | Command::Logs { config, .. } => config,
             Command::Completions { .. } | Command::Man { .. } | Command::List { .. } => {
                 return None
             }
@@ -457,6 +478,15 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         _ => {}
     }
     let manager = DaemonManager::with_choice(config, choice);
+    if let Command::Logs { follow, lines, .. } = &cli.command {
+        // Log files need no backend; without them, which one runs it decides.
+        let kind = match choice {
+            _ if spec.logs.files().next().is_some() => BackendKind::Fork,
+            BackendChoice::Fork => BackendKind::Fork,
+            _ => manager.backend_kind().await?,
+        };
+        return logs::show(&spec, kind, scope, *follow, *lines, config_path).await;
+    }
     match cli.command {
         Command::Render { .. }
         | Command::Install { .. }
@@ -464,6 +494,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         | Command::Run { .. }
         | Command::Completions { .. }
         | Command::List { .. }
+        | Command::Logs { .. }
         | Command::Man { .. } => {
             unreachable!("handled above")
         }
