@@ -5,6 +5,8 @@
 mod list;
 #[path = "daemonctl/logs.rs"]
 mod logs;
+#[path = "daemonctl/progress.rs"]
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -509,7 +511,9 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 }),
                 false => None,
             };
-            let pid = manager.start().await?;
+            let pid =
+                progress::while_waiting("starting", manager.config(), choice, manager.start())
+                    .await?;
             println!("{pid}");
             if before == Some(pid) {
                 eprintln!(
@@ -523,14 +527,23 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             }
         }
         Command::Restart { .. } => {
-            println!("{}", manager.restart().await?);
+            let pid =
+                progress::while_waiting("restarting", manager.config(), choice, manager.restart())
+                    .await?;
+            println!("{pid}");
         }
         Command::Stop { .. } => manager.stop().await?,
         Command::Kill { .. } => manager.kill().await?,
         Command::Cleanup { .. } => manager.cleanup_stale().await?,
         Command::WaitReady { timeout, .. } => {
             let secs = timeout.unwrap_or(manager.config().startup_timeout_secs);
-            manager.wait_ready(secs).await?;
+            progress::while_waiting(
+                "waiting for",
+                manager.config(),
+                choice,
+                manager.wait_ready(secs),
+            )
+            .await?;
         }
         Command::Status { json, .. } => {
             let report = manager.status_report().await?;
