@@ -28,8 +28,8 @@ fn openpty() -> (std::fs::File, OwnedFd) {
             &mut master,
             &mut slave,
             std::ptr::null_mut(),
-            std::ptr::null(),
-            &mut size,
+            std::ptr::null_mut(),
+            std::ptr::addr_of_mut!(size),
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
