@@ -15,6 +15,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# The fork backend's registry of started daemons (what `daemonctl list`
+# shows with no argument) lives in the XDG state directory: here, the demo's.
+export XDG_STATE_HOME="$work/state"
 
 cat >"$work/demo.toml" <<EOF
 name = "demo"
@@ -41,9 +44,10 @@ run --backend fork status --json "$work/demo.toml"
 sleep 1
 echo "--- the daemon's heartbeat file:"
 cat "$work/heartbeat.log"
+run --backend fork list
 echo "--- its stdout (logs.stdout): the config's env reached it"
-cat "$work/demo.log"
-grep -q '^DEMO_GREETING=hello from daemonctl$' "$work/demo.log"
+run --backend fork logs "$work/demo.toml"
+"$daemonctl" --backend fork logs "$work/demo.toml" | grep -q '^DEMO_GREETING=hello from daemonctl$'
 echo "---"
 run --backend fork stop "$work/demo.toml"
 set +e
@@ -52,4 +56,4 @@ code=$?
 set -e
 echo "(status exit code $code: 3 means stopped)"
 [ "$code" = 3 ]
-echo "demo OK: started, reported running with its PID, stopped."
+echo "demo OK: started, reported running with its PID, listed, showed its log, stopped."
