@@ -600,7 +600,12 @@ impl Supervisor {
         self.not_ready = true;
         // Said once stopped (see `after_exit`); the time waited, not the
         // time the stop then took (EXTEND_TIMEOUT_USEC may have added some).
-        let waited = Duration::from_secs(self.started.elapsed().as_secs_f64().round() as u64);
+        // (For a probe nobody reported on, the start-up timeout the caller had.)
+        let waited = if self.answered {
+            Duration::from_millis(self.req.startup_timeout_ms)
+        } else {
+            Duration::from_secs(self.started.elapsed().as_secs_f64().round() as u64)
+        };
         self.record.failure = Some(crate::backend::not_ready_reason(waited));
         self.ready_deadline = None;
         self.awaiting_probe = false;
