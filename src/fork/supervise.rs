@@ -43,7 +43,8 @@ use spawn::reset_signal_state;
 
 use std::io::{Read, Write};
 
-use super::proc::{self};
+#[cfg(target_os = "linux")]
+use super::proc;
 
 /// Environment variable that turns a program calling
 /// [`crate::supervisor_init`] into a supervisor.
