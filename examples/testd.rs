@@ -9,7 +9,7 @@
 //!       [--notify-from-outsider] [--listen ADDR] [--http ADDR] [--http-status N]
 //!       [--crash-after MS:CODE] [--lines N] [--stderr-lines N] [--line-bytes N]
 //!       [--starts PATH] [--dump-limits PATH] [--orphans N]
-//!       [--signal-state PATH] [-- PAYLOAD...]
+//!       [--signal-state PATH] [--print-env NAME] [--tick-ms MS] [-- PAYLOAD...]
 //! ```
 //!
 //! - `--tag TEXT`: ignored; lets tests find their processes by command line.
@@ -19,6 +19,9 @@
 //!   group), write its PID to PIDFILE.
 //! - `--dump PATH`: write argv, environment and working directory as JSON.
 //! - `--heartbeat PATH`: append a line with a counter every 200 ms.
+//! - `--tick-ms MS`: print `tick N` on stdout every MS milliseconds.
+//! - `--print-env NAME`: print `NAME=value` of its environment on stdout
+//!   (the demo shows that `env` reaches the daemon, through its log).
 //! - `--ready-after MS`: after MS milliseconds become ready: send `READY=1`
 //!   over `$NOTIFY_SOCKET` (with the `sd-notify` crate) and start the
 //!   `--listen`/`--http` servers. Without it a notify daemon never gets ready
@@ -59,6 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Default)]
 struct Options {
     heartbeat: Option<String>,
+    tick_ms: Option<u64>,
     ready_after: Option<u64>,
     status: Option<String>,
     extend_ms: Option<u64>,
@@ -219,6 +223,13 @@ fn main() {
                 write_atomic(&value(i), &dump.to_string());
             }
             "--heartbeat" => o.heartbeat = Some(value(i)),
+            "--tick-ms" => o.tick_ms = Some(value(i).parse().expect("ms")),
+            "--print-env" => {
+                let name = value(i);
+                let v = std::env::var(&name).unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{name}={v}").and_then(|()| out.flush());
+            }
             "--ready-after" => o.ready_after = Some(value(i).parse().expect("ms")),
             "--status" => o.status = Some(value(i)),
             "--extend-timeout-ms" => o.extend_ms = Some(value(i).parse().expect("ms")),
@@ -333,6 +344,16 @@ fn run(o: Options) {
             states.push(sd_notify::NotifyState::MainPid(gc));
         }
         let _ = sd_notify::notify(&states);
+    }
+    if let Some(ms) = o.tick_ms {
+        std::thread::spawn(move || {
+            for n in 0u64.. {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "tick {n:06}").and_then(|()| out.flush());
+                drop(out);
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+        });
     }
     let mut n = 0u64;
     loop {

@@ -42,7 +42,8 @@ pub enum DaemonStatus {
     Running(u32),
     /// Daemon runs with this PID but is not ready yet: no `READY=1` (notify
     /// readiness), or the readiness probe has not succeeded. A start that
-    /// never gets there ends with the daemon stopped.
+    /// never gets there ends with the daemon stopped and `Failed("not ready
+    /// within N s")`.
     Starting(u32),
     /// Daemon is stopped.
     Stopped,
@@ -139,6 +140,26 @@ impl fmt::Display for DaemonStatus {
     }
 }
 
+/// The reason a start that ran out of time waiting for readiness leaves in
+/// [`DaemonStatus::Failed`], on every backend: `not ready within 2 s` (as
+/// systemd fails a unit whose start timed out).
+pub(crate) fn not_ready_reason(after: Duration) -> String {
+    format!("not ready within {}", crate::text::duration(after))
+}
+
+/// Whole seconds from `started_at_ms` (Unix epoch) to now, for a daemon
+/// that runs; `None` when it does not or the clock says it started later.
+pub(crate) fn uptime_since(status: &DaemonStatus, started_at_ms: u64) -> Option<u64> {
+    if status.pid().is_none() || matches!(status, DaemonStatus::Stale(_)) || started_at_ms == 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    now.checked_sub(started_at_ms).map(|ms| ms / 1000)
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -206,7 +227,7 @@ impl fmt::Display for BackendKind {
 /// assert_eq!(
 ///     serde_json::to_string(&report).unwrap(),
 ///     r#"{"name":"queen-rbee","backend":"fork","state":"running","pid":1234,"reason":null,"#.to_owned()
-///         + r#""status_text":null,"restarts":0,"last_exit":null,"problem":null,"drift":null}"#
+///         + r#""status_text":null,"restarts":0,"uptime_secs":null,"last_exit":null,"problem":null,"drift":null}"#
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -223,6 +244,9 @@ pub struct StatusReport {
     pub status_text: Option<String>,
     /// How often the daemon was restarted after exiting on its own.
     pub restarts: u32,
+    /// How long the current run has been up, in whole seconds (running or
+    /// starting; `None` otherwise or when unknown).
+    pub uptime_secs: Option<u64>,
     /// How the last run ended, when known. Serialized in words, as its
     /// `Display` (`exited with code 3`, `killed by signal 9 (SIGKILL)`).
     #[serde(serialize_with = "exit_in_words")]
@@ -256,6 +280,7 @@ impl StatusReport {
             last_exit: None,
             status_text: None,
             restarts: 0,
+            uptime_secs: None,
             problem: None,
             drift: None,
         }

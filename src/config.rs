@@ -164,7 +164,10 @@ impl std::str::FromStr for Scope {
         match s {
             "system" => Ok(Scope::System),
             "user" => Ok(Scope::User),
-            other => Err(format!("unknown scope {other:?} (expected system or user)")),
+            other => Err(format!(
+                "unknown scope {} (expected system or user)",
+                crate::text::quote(other)
+            )),
         }
     }
 }
@@ -217,6 +220,27 @@ impl Readiness {
             | Readiness::Command { interval_ms, .. } => *interval_ms,
         };
         std::time::Duration::from_millis(ms.unwrap_or(Self::DEFAULT_INTERVAL_MS))
+    }
+}
+
+/// In words, for messages and logs: `notify`, `tcp 127.0.0.1:8080`,
+/// `http http://...`, `command /usr/bin/check --quick`.
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Notify => f.write_str("notify"),
+            Readiness::Tcp { address, .. } => {
+                write!(f, "tcp {}", crate::text::clip_middle(address, 200))
+            }
+            Readiness::Http { url, .. } => write!(f, "http {}", crate::text::clip_middle(url, 200)),
+            Readiness::Command { argv, .. } => {
+                write!(
+                    f,
+                    "command {}",
+                    crate::text::clip_middle(&argv.join(" "), 200)
+                )
+            }
+        }
     }
 }
 

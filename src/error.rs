@@ -60,7 +60,7 @@ pub enum DaemonError {
     },
 
     /// An operation did not finish in time.
-    #[error("{name}: {operation} did not finish within {}", humanize(*after))]
+    #[error("{}", timeout_message(name, operation, *after))]
     Timeout {
         /// Daemon name.
         name: String,
@@ -208,7 +208,7 @@ pub enum DaemonError {
 
     /// Another operation (or another program) held the fork backend's lock
     /// longer than this operation's own timeout.
-    #[error("{name}: lock {} is held{} and was not released within {}", path.display(), holder.map(|p| format!(" by PID {p}")).unwrap_or_default(), humanize(*after))]
+    #[error("{name}: lock {} is held{} and was not released within {}", path.display(), holder.map(|p| format!(" by PID {p}")).unwrap_or_default(), crate::text::duration(*after))]
     LockTimeout {
         /// Daemon name.
         name: String,
@@ -257,6 +257,14 @@ impl DaemonError {
         }
     }
 
+    /// Whether this is a start that ran out of time waiting for readiness
+    /// (`READY=1`, a probe, or systemd's `TimeoutStartSec`): a
+    /// [`DaemonError::Timeout`] whose `operation` starts with `readiness`.
+    /// `daemonctl` exits with its own code for it (150).
+    pub fn is_readiness_timeout(&self) -> bool {
+        matches!(self, DaemonError::Timeout { operation, .. } if operation.starts_with("readiness"))
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         DaemonError::InvalidConfig {
             field: field.into(),
@@ -274,10 +282,33 @@ fn untrusted_hint(owner: Option<u32>) -> String {
     }
 }
 
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
+/// `NAME: not ready within 2 s (readiness probe)` for a readiness timeout
+/// (the words `status` then shows), else `NAME: OPERATION did not finish
+/// within 2 s`.
+fn timeout_message(name: &str, operation: &str, after: Duration) -> String {
+    let prefix = if name.is_empty() {
+        String::new()
     } else {
-        format!("{:.1}s", d.as_secs_f64())
+        format!("{name}: ")
+    };
+    if let Some(how) = operation.strip_prefix("readiness") {
+        // "readiness probe" → (readiness probe); "readiness (READY=1 ...)" → (READY=1 ...)
+        let how = how.trim();
+        let how = match how.strip_prefix('(').and_then(|h| h.strip_suffix(')')) {
+            Some(inner) => inner.to_owned(),
+            None if how.is_empty() => String::new(),
+            None => operation.to_owned(),
+        };
+        let how = if how.is_empty() {
+            how
+        } else {
+            format!(" ({how})")
+        };
+        format!("{prefix}{}{how}", crate::backend::not_ready_reason(after))
+    } else {
+        format!(
+            "{prefix}{operation} did not finish within {}",
+            crate::text::duration(after)
+        )
     }
 }

@@ -12,7 +12,8 @@
 //!   the caller only after `READY=1` ([`notify`]); `tcp`/`http`/`command` — the
 //!   caller probes ([`crate::readiness`]) after the supervisor answered. Either
 //!   way `start` returns once ready; not ready within `startup_timeout_secs`
-//!   → `Timeout` with the daemon stopped and its files removed; dead before
+//!   → `Timeout` with the daemon stopped, its PID file removed and its
+//!   record saying `failed: not ready within N s`; dead before
 //!   ready → `StartFailed` with its exit and the last lines of its stderr log.
 //! - `restart`: the supervisor restarts the daemon itself ([`supervise`]).
 //! - `logs`: stdout/stderr are pipes the supervisor copies line by line into
@@ -36,6 +37,7 @@ pub(crate) mod logs;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod proc;
+mod registry;
 pub(crate) mod state;
 pub(crate) mod supervise;
 
@@ -51,7 +53,7 @@ use crate::config::Readiness;
 use crate::error::{DaemonError, Result};
 use crate::readiness::{self, ProbeError};
 use crate::spec::ServiceSpec;
-use pidfile::{Lock, Paths};
+use pidfile::{Lock, Paths, Record};
 use state::Inspection;
 
 use client::{
@@ -153,6 +155,7 @@ impl ForkBackend {
         let mut request = {
             // Held only for the checks: a `stop` from elsewhere needs it later.
             let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            registry::register(spec);
             match self
                 .prepare_start(spec, &paths, &lock, || build_request(spec, &paths))
                 .await?
@@ -180,6 +183,46 @@ impl ForkBackend {
                 source: None,
             }),
         }
+    }
+
+    /// Every daemon this user started on the fork backend (the registry
+    /// beside the caller's state: see `daemonctl list`), each as `status`
+    /// reports it, sorted by name. An entry that cannot be read, or a daemon
+    /// whose status cannot be read, is an `Err` in the list with the path
+    /// at fault. Entries of daemons that left nothing behind are dropped.
+    pub async fn list_registered(
+        &self,
+    ) -> Result<Vec<std::result::Result<StatusReport, (PathBuf, DaemonError)>>> {
+        let mut out = Vec::new();
+        for entry in registry::entries()? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(bad) => {
+                    out.push(Err(bad));
+                    continue;
+                }
+            };
+            let spec = match ServiceSpec::from_config(&entry.config()) {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push(Err((entry.pid_file.clone(), e)));
+                    continue;
+                }
+            };
+            let paths = Paths::new(spec.pid_file.clone());
+            match self.status(&spec).await {
+                Ok(report)
+                    if report.status == DaemonStatus::Stopped
+                        && !anything_there(&paths)
+                        && !pidfile::present(&paths.lock) =>
+                {
+                    registry::unregister(&spec.pid_file);
+                }
+                Ok(report) => out.push(Ok(report)),
+                Err(e) => out.push(Err((entry.pid_file.clone(), e))),
+            }
+        }
+        Ok(out)
     }
 
     fn supervisor_program(&self) -> Result<PathBuf> {
@@ -340,10 +383,11 @@ impl ForkBackend {
             return Ok(());
         };
         let found = self.inspect(spec, paths).await?;
-        let daemon = match (&found.status, found.record) {
-            (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec.daemon,
+        let record = match (&found.status, found.record) {
+            (DaemonStatus::Running(_) | DaemonStatus::Starting(_), Some(rec)) => rec,
             _ => return Err(self.start_gone(spec, paths, lock).await),
         };
+        let daemon = record.daemon.clone();
         match readiness::wait_until_ready(probe, deadline, || {
             std::future::ready(daemon.is_same_live_process())
         })
@@ -354,8 +398,9 @@ impl ForkBackend {
                 Err(_) => Err(self.start_gone(spec, paths, lock).await),
             },
             Err(ProbeError::Timeout { last }) => {
-                tracing::warn!(%name, pid = daemon.pid, ?last, "not ready within the start-up timeout: stopping it");
+                tracing::warn!(%name, pid = daemon.pid, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready within the start-up timeout: stopping it");
                 self.stop_locked(spec, paths, lock, false).await?;
+                record_not_ready(paths, record, spec.startup_timeout);
                 Err(DaemonError::Timeout {
                     name,
                     operation: "readiness probe",
@@ -377,7 +422,11 @@ impl ForkBackend {
             Some(Readiness::Notify) => match self.wait_notify_ready(spec, paths, deadline).await {
                 Ok(()) => {}
                 Err(e @ DaemonError::Timeout { .. }) => {
+                    let record = self.inspect(spec, paths).await?.record;
                     self.stop_locked(spec, paths, lock, false).await?;
+                    if let Some(record) = record {
+                        record_not_ready(paths, record, spec.startup_timeout);
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -589,6 +638,7 @@ enum Prepared {
 fn release(paths: &Paths, lock: Lock) {
     if !pidfile::present(&paths.identity) && !pidfile::present(&paths.control) {
         let _ = lock.remove_file();
+        registry::unregister(&paths.pid_file);
     }
     drop(lock);
 }
@@ -607,6 +657,7 @@ impl Backend for ForkBackend {
                 check_dir_writable(&paths)?; // say so, rather than fail creating the lock
             }
             let lock = Lock::acquire(&paths.lock, &spec.name, lock_timeout(spec)).await?;
+            registry::register(spec);
             let result = self.start_locked(spec, &paths, &lock).await;
             if result.is_err() {
                 // Nothing left behind: no record, no PID file, no lock file.
@@ -679,6 +730,8 @@ impl Backend for ForkBackend {
             let mut report = StatusReport::new(spec.name.clone(), BackendKind::Fork, found.status);
             report.problem = found.problem;
             if let Some(rec) = found.record {
+                report.uptime_secs =
+                    crate::backend::uptime_since(&report.status, rec.started_at_ms);
                 report.last_exit = rec.last_exit;
                 report.status_text = rec.status_text;
                 report.restarts = rec.restarts;
@@ -857,6 +910,23 @@ impl ForkBackend {
         pidfile::remove(&paths.identity)?;
         clear_dead_supervisor_files(paths).await?;
         Ok(())
+    }
+}
+
+/// After a start that timed out waiting for readiness and was stopped (its
+/// supervisor removed its files): the record of that run again, with the
+/// failure, so `status` says `failed: not ready within N s` (as systemd
+/// does) until `cleanup` or the next start. Under the lock, with nothing
+/// of ours running; best effort (the start's error says it all the same).
+fn record_not_ready(paths: &Paths, mut record: Record, after: Duration) {
+    if pidfile::present(&paths.identity) {
+        return; // a supervisor that had to be killed left its own
+    }
+    record.failure = Some(crate::backend::not_ready_reason(after));
+    record.restart_pending = false;
+    record.ready = false;
+    if let Err(e) = pidfile::write_record(&paths.identity, &record) {
+        tracing::debug!(error = %e, "cannot record the readiness timeout");
     }
 }
 

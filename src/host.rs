@@ -142,7 +142,7 @@ pub(crate) fn user(spec: &str) -> Result<(u32, Option<User>)> {
         (None, Some(uid)) => Ok((uid, None)),
         (None, None) => Err(DaemonError::invalid(
             "user",
-            format!("no such user {spec:?} on this host"),
+            format!("no such user {} on this host", crate::text::quote(spec)),
         )),
     }
 }
@@ -157,7 +157,7 @@ pub(crate) fn group(spec: &str) -> Result<Gid> {
         Some(g) => Ok(g.gid),
         None => Err(DaemonError::invalid(
             "group",
-            format!("no such group {spec:?} on this host"),
+            format!("no such group {} on this host", crate::text::quote(spec)),
         )),
     }
 }

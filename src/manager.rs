@@ -53,7 +53,8 @@ impl FromStr for BackendChoice {
             "systemd" => Ok(BackendChoice::Systemd),
             "launchd" => Ok(BackendChoice::Launchd),
             other => Err(format!(
-                "unknown backend {other:?} (expected auto, fork, systemd or launchd)"
+                "unknown backend {} (expected auto, fork, systemd or launchd)",
+                crate::text::quote(other)
             )),
         }
     }
@@ -291,13 +292,34 @@ impl DaemonManager {
         result
     }
 
-    fn log<T: fmt::Debug>(&self, op: &'static str, t: Instant, result: &Result<T>) {
+    fn log<T: LogValue>(&self, op: &'static str, t: Instant, result: &Result<T>) {
         let name = self.config.name();
         let elapsed_ms = t.elapsed().as_millis() as u64;
         match result {
-            Ok(value) => tracing::info!(%name, op, result = ?value, elapsed_ms, "done"),
+            Ok(value) => match value.pid() {
+                Some(pid) => tracing::info!(%name, op, pid, elapsed_ms, "done"),
+                None => tracing::info!(%name, op, elapsed_ms, "done"),
+            },
             // info, not warn: the error is returned to the caller, who reports it.
             Err(error) => tracing::info!(%name, op, %error, elapsed_ms, "failed"),
         }
+    }
+}
+
+/// What an operation's log line says about its result: the PID for
+/// `start` and `restart`, nothing for the others.
+trait LogValue {
+    fn pid(&self) -> Option<u32>;
+}
+
+impl LogValue for u32 {
+    fn pid(&self) -> Option<u32> {
+        Some(*self)
+    }
+}
+
+impl LogValue for () {
+    fn pid(&self) -> Option<u32> {
+        None
     }
 }

@@ -59,11 +59,11 @@ where
         let budget = (deadline - now).min(MAX_ATTEMPT);
         match probe_once(probe, budget).await {
             Ok(()) => {
-                tracing::debug!(?probe, "readiness probe succeeded");
+                tracing::debug!(%probe, "readiness probe succeeded");
                 return Ok(());
             }
             Err(why) => {
-                tracing::trace!(?probe, %why, "readiness probe failed");
+                tracing::trace!(%probe, %why, "readiness probe failed");
                 last = Some(why);
             }
         }

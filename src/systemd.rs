@@ -42,6 +42,7 @@ mod errors;
 mod escape;
 mod install;
 mod job;
+mod list;
 mod ownership;
 mod start;
 mod state;
@@ -123,7 +124,8 @@ impl SystemdBackend {
             Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
             Err(_) => {
                 return Err(unavailable(format!(
-                    "the systemd manager did not answer Get Version within {BUS_GRACE:?}"
+                    "the systemd manager did not answer Get Version within {}",
+                    crate::text::duration(BUS_GRACE)
                 )))
             }
         }
@@ -246,6 +248,8 @@ impl Backend for SystemdBackend {
             if let Some(s) = &state {
                 tracing::trace!(%unit, sub = %s.sub, "unit state");
                 report.restarts = s.restarts();
+                report.uptime_secs =
+                    crate::backend::uptime_since(&report.status, s.main_started_usec / 1000);
                 // A stopped unit reads the same whether it is persistent
                 // (still loaded, keeping its last run's exit and STATUS=)
                 // or transient (collected, nothing left): nothing, unless

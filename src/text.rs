@@ -68,3 +68,35 @@ pub(crate) fn escape_controls(text: &str) -> String {
     }
     out
 }
+
+/// A value from a config or a daemon, quoted for a message: in backticks,
+/// cut to about 200 bytes, control characters escaped (never Rust's
+/// `{:?}`, whose escaped-debug form is not for people).
+pub(crate) fn quote(text: &str) -> String {
+    format!("`{}`", clip_middle(text, 200))
+}
+
+/// A duration in words: `2 s`, `1.5 s`, `250 ms`.
+pub(crate) fn duration(d: std::time::Duration) -> String {
+    if d.as_secs() == 0 && d.subsec_millis() != 0 {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn quotes_and_durations_read_as_words() {
+        assert_eq!(quote("a\u{1b}b"), "`a\\u{1b}b`");
+        assert_eq!(duration(Duration::from_secs(2)), "2 s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(duration(Duration::from_millis(250)), "250 ms");
+    }
+}

@@ -20,13 +20,13 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn missing_pid_directory_is_a_pid_file_error() {
+async fn missing_pid_directory_is_a_config_error() {
     let sb = Sandbox::new("missing_pid_dir");
     let mut config = sb.config(&[]);
     config.pid_file = sb.path("no/such/dir/d.pid");
     let err = within(10, sb.manager(config).start()).await.unwrap_err();
     assert!(
-        matches!(&err, DaemonError::PidFileError { path, .. } if path.ends_with("d.pid")),
+        matches!(&err, DaemonError::InvalidConfig { field, .. } if field == "pid_file"),
         "{err:?}"
     );
     assert!(err.to_string().contains("no/such/dir"), "{err}");

@@ -31,7 +31,7 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(
         json(&out),
         serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null,
-            "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null})
+            "status_text": null, "restarts": 0, "uptime_secs": null, "last_exit": null, "problem": null, "drift": null})
     );
 
     // start prints the PID and nothing else.
@@ -50,8 +50,12 @@ fn lifecycle_output_and_exit_codes() {
 
     let out = daemonctl(&["status", "--json"], &toml);
     assert_eq!(out.status.code(), Some(0));
+    let mut v = json(&out);
+    // Seconds up: 0 or 1 this soon after the start.
+    let uptime = v.as_object_mut().unwrap().remove("uptime_secs").unwrap();
+    assert!(uptime.as_u64().is_some_and(|s| s < 5), "{uptime}");
     assert_eq!(
-        json(&out),
+        v,
         serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null,
             "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null})
     );
@@ -327,7 +331,13 @@ async fn status_json_is_the_serialized_report() {
     let manager = sb.manager(config);
     let same = |what: &str, cli: serde_json::Value, report: daemon_lifecycle::StatusReport| {
         let lib = serde_json::to_value(&report).unwrap();
-        assert_eq!(cli, lib, "{what}");
+        // The uptime may tick between the two looks; the rest is equal.
+        let without_uptime = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("uptime_secs");
+            v
+        };
+        assert_eq!(without_uptime(&cli), without_uptime(&lib), "{what}");
         // Every key, always; the state's keys flattened in.
         let keys: Vec<&str> = lib
             .as_object()
@@ -345,6 +355,7 @@ async fn status_json_is_the_serialized_report() {
                 "reason",
                 "status_text",
                 "restarts",
+                "uptime_secs",
                 "last_exit",
                 "problem",
                 "drift"

@@ -94,8 +94,17 @@ async fn notify_never_ready_is_a_timeout_and_leaves_nothing() {
     );
     // 1 s to give up, then SIGTERM (ignored) and SIGKILL after 1 s more.
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
-    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
+    // Stopped, and said so as systemd says it for a start timeout: failed,
+    // with the time it waited (not the time the stop then took).
+    let report = m.status_report().await.unwrap();
+    assert_eq!(
+        report.status,
+        DaemonStatus::Failed("not ready within 1 s".into())
+    );
+    assert_eq!(report.status_text.as_deref(), Some("stuck"));
     assert_nothing_left(&sb, &m).await;
+    within(10, m.cleanup_stale()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
 }
 
 #[tokio::test]
@@ -172,6 +181,30 @@ async fn mainpid_moves_the_pid_file_within_the_group() {
     within(20, m.stop()).await.unwrap();
     assert!(!alive(grandchild));
     sb.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn tcp_probe_timeout_stops_the_daemon() {
+    let sb = Sandbox::new("tcp_timeout");
+    let mut cfg = sb.config(&[]).with_startup_timeout_secs(1);
+    cfg.readiness = Some(Readiness::Tcp {
+        address: free_addr(),
+        interval_ms: None,
+    });
+    let m = sb.manager(cfg);
+    let err = within(20, m.start()).await.unwrap_err();
+    assert!(matches!(err, DaemonError::Timeout { .. }), "{err:?}");
+    assert!(err.is_readiness_timeout());
+    assert_eq!(
+        m.status().await.unwrap(),
+        DaemonStatus::Failed("not ready within 1 s".into())
+    );
+    assert_nothing_left(&sb, &m).await;
+    // The next start starts afresh (the failed record is cleared).
+    let err = within(20, m.start()).await.unwrap_err();
+    assert!(err.is_readiness_timeout(), "{err:?}");
+    within(10, m.cleanup_stale()).await.unwrap();
+    assert_eq!(m.status().await.unwrap(), DaemonStatus::Stopped);
 }
 
 #[tokio::test]

@@ -67,7 +67,7 @@ fn lifecycle_through_daemonctl() {
     assert_eq!(
         json(&out),
         serde_json::json!({"name": name, "backend": "launchd", "state": "running", "pid": pid,
-            "reason": null, "status_text": null, "restarts": 0, "last_exit": null,
+            "reason": null, "status_text": null, "restarts": 0, "uptime_secs": null, "last_exit": null,
             "problem": null, "drift": false})
     );
     let out = daemonctl(&sb, Some(&sim), &["status"], &toml);

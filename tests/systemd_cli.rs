@@ -62,6 +62,42 @@ async fn demo_on_systemd_and_auto_picks_it() {
     sb.assert_no_leaks();
 }
 
+/// A start that is not ready within TimeoutStartSec: exit 150, and
+/// `status` says what the fork backend says (`failed: not ready within
+/// 2 s`), from systemd's own `Result=timeout`.
+#[tokio::test]
+async fn not_ready_in_time_is_failed_as_on_fork() {
+    let Some(um) = UserManager::start().await else {
+        return;
+    };
+    let sb = Sandbox::new("sd_cli_not_ready");
+    let mut config = sb.config(&["--status", "loading the model"]);
+    config.startup_timeout_secs = 2;
+    config.readiness = Some(daemon_lifecycle::Readiness::Notify);
+    let toml = sb.write_toml(&config);
+    let sd = ["--backend", "systemd", "--scope", "user"];
+    let out = daemonctl(Some(&um), &[&sd[..], &["start"]].concat(), &toml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(150), "{stderr}");
+    assert!(stderr.contains("not ready within 2 s"), "{stderr}");
+    let out = daemonctl(Some(&um), &[&sd[..], &["status", "--json"]].concat(), &toml);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "systemd", "{v}");
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["reason"], "not ready within 2 s", "{v}");
+    assert_eq!(v["status_text"], "loading the model", "{v}");
+    stdout(&daemonctl(
+        Some(&um),
+        &[&sd[..], &["cleanup"]].concat(),
+        &toml,
+    ));
+    let out = daemonctl(Some(&um), &[&sd[..], &["status", "--json"]].concat(), &toml);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "stopped", "{v}");
+    sb.assert_no_leaks();
+}
+
 #[tokio::test]
 async fn render_install_uninstall() {
     let Some(um) = UserManager::start().await else {

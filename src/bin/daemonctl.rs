@@ -1,30 +1,39 @@
 //! `daemonctl`: start, stop, kill, restart, check and clean up a daemon
 //! described by a TOML file. Also the fork backend's supervisor program.
 
+#[path = "daemonctl/list.rs"]
+mod list;
+#[path = "daemonctl/logs.rs"]
+mod logs;
+#[path = "daemonctl/progress.rs"]
+mod progress;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use daemon_lifecycle::host::{self, LocalHost};
 use daemon_lifecycle::{
     BackendChoice, BackendKind, DaemonConfig, DaemonError, DaemonManager, DaemonStatus,
     LaunchdBackend, PlistSpec, Scope, ServiceSpec, SystemdBackend, UnitSpec,
 };
 
-/// Manage a daemon described by a TOML config (keys: the DaemonConfig fields).
+/// Start, stop, check and report on a daemon described by a TOML config
+/// (keys: the DaemonConfig fields), on systemd or the fork backend.
 #[derive(Debug, Parser)]
-#[command(name = "daemonctl", version, about)]
+#[command(name = "daemonctl", version)]
 struct Cli {
     /// Which backend runs the daemon.
     #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 
-    /// systemd scope: the system manager (default as root) or the user's.
+    /// systemd scope: the system manager (default as root) or the user's; the
+    /// fork backend ignores it.
     #[arg(long, global = true, value_enum)]
     scope: Option<Scope>,
 
-    /// systemd: act on a unit of the config's name that daemon-lifecycle did
-    /// not create (no ownership marker), taking it over (as `adopt = true`).
+    /// systemd only: act on a unit of the config's name that daemon-lifecycle
+    /// did not create (no ownership marker), taking it over (as `adopt = true`).
     #[arg(long, global = true)]
     adopt: bool,
 
@@ -41,36 +50,71 @@ struct Cli {
     command: Command,
 }
 
+/// The help of every `CONFIG` argument.
+const CONFIG_HELP: &str = "The daemon's config file (TOML; keys: the DaemonConfig fields)";
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the daemon (or find it running) and print its PID.
-    Start { config: PathBuf },
+    ///
+    /// Returns once it is ready (readiness in the config), printing only
+    /// the PID on stdout.
+    Start {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Stop it: SIGTERM, then SIGKILL after shutdown_timeout_secs.
-    Stop { config: PathBuf },
+    Stop {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// SIGKILL all its processes at once.
-    Kill { config: PathBuf },
+    Kill {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Stop it if running, start it again, print the new PID.
-    Restart { config: PathBuf },
-    /// Report its state. Exit code: 0 running, 1 stale, 3 stopped or failed, 4 unknown.
+    Restart {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
+    /// Report its state in one line, or one JSON object.
+    ///
+    /// Exit code: 0 running or starting, 1 stale, 3 stopped or failed,
+    /// 4 unknown (an error).
     Status {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Wait until it is ready.
     WaitReady {
         /// Seconds to wait (default: the config's startup_timeout_secs).
-        #[arg(long)]
+        #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Remove a stale PID file and identity record, or clear a failed state.
-    Cleanup { config: PathBuf },
-    /// Fork backend: supervise the daemon in the foreground until it is gone
-    /// (a container entrypoint; as PID 1 it reaps orphans and forwards
-    /// SIGTERM/SIGINT). Exit code: 0 after a stop, else the daemon's.
-    Run { config: PathBuf },
+    Cleanup {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
+    /// Supervise the daemon in the foreground until it is gone (fork backend).
+    ///
+    /// Meant as a container entrypoint: as PID 1 it reaps orphans and
+    /// forwards SIGTERM and SIGINT to the daemon. The PID file, restarts,
+    /// logs and limits work as with `start`, so `status` and `stop` work
+    /// from another shell. The exit code is 0 after a requested stop, else
+    /// the daemon's own (128 + the signal number when a signal ended it).
+    /// With --backend systemd it is refused (exit 3): systemd supervises its
+    /// units itself.
+    Run {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Write the persistent systemd unit (atomically; reload only if changed),
     /// or with --backend launchd the plist (loaded at the next login or boot).
     Install {
@@ -79,21 +123,25 @@ enum Command {
         enable: bool,
         /// Unit directory (default /etc/systemd/system, or ~/.config/systemd/user for --scope user;
         /// launchd: /Library/LaunchDaemons, or ~/Library/LaunchAgents).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         unit_dir: Option<PathBuf>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Stop, disable and remove the persistent unit, then reload (launchd:
     /// boot the job out, remove the plist, clear a `disable`).
     Uninstall {
         /// Unit (or plist) directory it was installed into.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         unit_dir: Option<PathBuf>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
-    /// Print the rendered unit or plist, or write it into a package tree
-    /// (nothing is started; no host checks: the binary need not be
-    /// installed here).
+    /// Print the rendered unit or plist, or write it into a package tree.
+    ///
+    /// Needs no manager and no installed binary, so it takes no backend;
+    /// --scope picks a system or a user unit, --format a systemd unit or a
+    /// launchd plist. Nothing is started.
     Render {
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Systemd)]
@@ -105,8 +153,82 @@ enum Command {
         /// prints each path written.
         #[arg(long, value_name = "DESTDIR")]
         out: Option<PathBuf>,
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+        #[command(flatten)]
+        ignored: NoBackend,
+    },
+    /// List daemons, one row each: name, backend, state, PID, uptime,
+    /// restarts, last exit, STATUS= text.
+    ///
+    /// With configs or directories of configs (their *.toml files), those
+    /// daemons; with none, every daemon this user started on the fork
+    /// backend (its registry) and the systemd units of ours (found by their
+    /// ownership marker). A config that cannot be read is a row with its
+    /// error. Colour only on a terminal, never with NO_COLOR.
+    List {
+        /// Print a JSON array of what `status --json` prints, one per daemon
+        /// (`{"config", "error"}` for a row with no report).
+        #[arg(long)]
+        json: bool,
+        /// Config files, or directories of them (*.toml); none: every daemon started here.
+        #[arg(value_name = "DIR|CONFIG")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show the daemon's output: its log files across rotations, or its
+    /// journal (systemd without log files).
+    ///
+    /// With logs.stdout/logs.stderr in the config: those files, oldest
+    /// rotation first (name.N ... name.1, name); on systemd without them,
+    /// the unit's journal (journalctl --output=json, read as entries); on
+    /// the fork backend without them the output went to /dev/null, and it
+    /// says so.
+    Logs {
+        /// Keep printing new lines as they come, through rotations (Ctrl-C ends it).
+        #[arg(short, long)]
+        follow: bool,
+        /// Print only the last N lines (default: all; with -f, 10).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
+        #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
+    /// Print a shell completion script for daemonctl on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+        #[command(flatten)]
+        ignored: NoBackend,
+        #[command(flatten)]
+        no_scope: NoScope,
+    },
+    /// Print daemonctl's man page (roff) on stdout.
+    Man {
+        #[command(flatten)]
+        ignored: NoBackend,
+        #[command(flatten)]
+        no_scope: NoScope,
+    },
+}
+
+/// The global options a command has no use for, hidden from its help (and
+/// its completions): a subcommand's own argument of the same name keeps the
+/// global one from being offered there. Still accepted, and ignored, so
+/// `daemonctl --backend fork render X` keeps working.
+#[derive(Debug, clap::Args)]
+struct NoBackend {
+    #[arg(long, hide = true, value_enum)]
+    backend: Option<BackendChoice>,
+    #[arg(long, hide = true)]
+    adopt: bool,
+}
+
+/// [`NoBackend`] for `--scope`.
+#[derive(Debug, clap::Args)]
+struct NoScope {
+    #[arg(long, hide = true, value_enum)]
+    scope: Option<Scope>,
 }
 
 /// What `render` prints.
@@ -120,8 +242,10 @@ enum RenderFormat {
 }
 
 impl Command {
-    fn config(&self) -> &Path {
-        match self {
+    /// The config file the command acts on; `None` for the commands that
+    /// need none (completions, man).
+    fn config(&self) -> Option<&Path> {
+        Some(match self {
             Command::Start { config }
             | Command::Stop { config }
             | Command::Kill { config }
@@ -132,8 +256,12 @@ impl Command {
             | Command::Run { config }
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
-            | Command::Render { config, .. } => config,
-        }
+            | Command::Render { config, .. }
+            | Command::Logs { config, .. } => config,
+            Command::Completions { .. } | Command::Man { .. } | Command::List { .. } => {
+                return None
+            }
+        })
     }
 }
 
@@ -142,6 +270,22 @@ fn main() -> ExitCode {
     daemon_lifecycle::supervisor_init();
 
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell, .. } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "daemonctl", &mut script);
+            return write_stdout(&script);
+        }
+        Command::Man { .. } => {
+            let mut page = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                eprintln!("daemonctl: cannot render the man page: {e}");
+                return ExitCode::from(1);
+            }
+            return write_stdout(&page);
+        }
+        _ => {}
+    }
     init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -153,22 +297,60 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Command::List { json, paths } = &cli.command {
+        let sources = list::Sources {
+            paths,
+            choice: cli.backend,
+            scope: cli.scope,
+            adopt: cli.adopt,
+        };
+        let rows = runtime.block_on(list::rows(&sources));
+        let text = if *json {
+            list::json(&rows) + "\n"
+        } else {
+            list::table(&rows, list::use_colour())
+        };
+        return write_stdout(text.as_bytes());
+    }
     let is_status = matches!(cli.command, Command::Status { .. });
-    let config_path = cli.command.config().to_owned();
+    let config_path = cli.command.config().map(Path::to_owned).unwrap_or_default();
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            let line = match error {
-                // These already name the file.
-                DaemonError::ConfigRead { .. } | DaemonError::ConfigParse { .. } => {
-                    error.to_string()
-                }
-                _ => format!("{}: {error}", config_path.display()),
-            };
-            eprintln!("daemonctl: {}", printable(&line));
+            eprintln!(
+                "daemonctl: {}",
+                printable(&error_line(&config_path, &error))
+            );
             ExitCode::from(if is_status { 4 } else { exit_code(&error) })
         }
     }
+}
+
+/// Writes `bytes` on stdout; a reader that went away (`daemonctl man | head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("daemonctl: cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error as daemonctl says it, after `daemonctl: `: always `CONFIG: what
+/// is wrong` (the library's config errors name the file themselves; here
+/// the file comes first, once).
+pub(crate) fn error_line(config: &Path, error: &DaemonError) -> String {
+    let what = match error {
+        DaemonError::ConfigRead { source, .. } => format!("cannot read it: {source}"),
+        DaemonError::ConfigParse { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    format!("{}: {what}", config.display())
 }
 
 /// Longest error line printed; the library already keeps the config text it
@@ -178,7 +360,7 @@ const MAX_ERROR_LINE: usize = 2048;
 /// An error line safe for a terminal: one line, control characters (ESC
 /// sequences from a config file among them) escaped, at most
 /// [`MAX_ERROR_LINE`] bytes (the middle dropped).
-fn printable(line: &str) -> String {
+pub(crate) fn printable(line: &str) -> String {
     let escape = |s: &str| {
         s.chars()
             .map(|c| {
@@ -223,8 +405,12 @@ fn init_tracing(verbose: u8) {
 
 /// LSB init-script exit codes for actions: 1 generic error, 3 unimplemented
 /// feature, 4 insufficient privilege, 5 program not installed, 6 program not
-/// configured, 7 not running.
+/// configured, 7 not running; and from LSB's range for applications
+/// (150–199): 150 not ready within the start-up timeout.
 fn exit_code(error: &DaemonError) -> u8 {
+    if error.is_readiness_timeout() {
+        return EXIT_NOT_READY;
+    }
     match error {
         DaemonError::InvalidConfig { .. }
         | DaemonError::ConfigParse { .. }
@@ -239,9 +425,14 @@ fn exit_code(error: &DaemonError) -> u8 {
     }
 }
 
+/// Exit code of a start, restart or wait-ready that ran out of time
+/// waiting for readiness.
+const EXIT_NOT_READY: u8 = 150;
+
 async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let choice = cli.backend;
-    let mut config = DaemonConfig::from_toml_file(cli.command.config())?;
+    let config_path = cli.command.config().expect("a command with a config");
+    let mut config = DaemonConfig::from_toml_file(config_path)?;
     if let Some(scope) = cli.scope {
         config.scope = Some(scope);
     }
@@ -257,7 +448,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let spec = ServiceSpec::from_config(&config)?;
     let scope = spec.scope;
     // Named in the header of a rendered or installed unit file.
-    let source = cli.command.config().display().to_string();
+    let source = config_path.display().to_string();
     match &cli.command {
         Command::Render {
             format: RenderFormat::Systemd,
@@ -314,7 +505,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 };
                 eprintln!(
                     "daemonctl: {}: nothing to uninstall: {} does not exist",
-                    cli.command.config().display(),
+                    config_path.display(),
                     path.display()
                 );
             }
@@ -345,7 +536,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 };
                 eprintln!(
                     "daemonctl: {}: nothing to uninstall: {} does not exist",
-                    cli.command.config().display(),
+                    config_path.display(),
                     dir.join(unit).display()
                 );
             }
@@ -379,25 +570,70 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         _ => {}
     }
     let manager = DaemonManager::with_choice(config, choice);
+    if let Command::Logs { follow, lines, .. } = &cli.command {
+        // Log files need no backend; without them, which one runs it decides.
+        let kind = match choice {
+            _ if spec.logs.files().next().is_some() => BackendKind::Fork,
+            BackendChoice::Fork => BackendKind::Fork,
+            _ => manager.backend_kind().await?,
+        };
+        return logs::show(&spec, kind, scope, *follow, *lines, config_path).await;
+    }
     match cli.command {
         Command::Render { .. }
         | Command::Install { .. }
         | Command::Uninstall { .. }
-        | Command::Run { .. } => {
+        | Command::Run { .. }
+        | Command::Completions { .. }
+        | Command::List { .. }
+        | Command::Logs { .. }
+        | Command::Man { .. } => {
             unreachable!("handled above")
         }
         Command::Start { .. } => {
-            println!("{}", manager.start().await?);
+            // On a terminal, a start that finds the daemon running says so
+            // (stdout stays the PID alone, for scripts).
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let before = match tty {
+                true => manager.status().await.ok().and_then(|s| match s {
+                    DaemonStatus::Running(pid) => Some(pid),
+                    _ => None,
+                }),
+                false => None,
+            };
+            let pid =
+                progress::while_waiting("starting", manager.config(), choice, manager.start())
+                    .await?;
+            println!("{pid}");
+            if before == Some(pid) {
+                eprintln!(
+                    "daemonctl: {}",
+                    printable(&format!(
+                        "{}: {} is already running (PID {pid})",
+                        config_path.display(),
+                        manager.config().name()
+                    ))
+                );
+            }
         }
         Command::Restart { .. } => {
-            println!("{}", manager.restart().await?);
+            let pid =
+                progress::while_waiting("restarting", manager.config(), choice, manager.restart())
+                    .await?;
+            println!("{pid}");
         }
         Command::Stop { .. } => manager.stop().await?,
         Command::Kill { .. } => manager.kill().await?,
         Command::Cleanup { .. } => manager.cleanup_stale().await?,
         Command::WaitReady { timeout, .. } => {
             let secs = timeout.unwrap_or(manager.config().startup_timeout_secs);
-            manager.wait_ready(secs).await?;
+            progress::while_waiting(
+                "waiting for",
+                manager.config(),
+                choice,
+                manager.wait_ready(secs),
+            )
+            .await?;
         }
         Command::Status { json, .. } => {
             let report = manager.status_report().await?;
@@ -410,7 +646,10 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             } else {
                 println!("{}: {} [{}]", report.name, report.status, report.backend);
                 if let Some(problem) = &report.problem {
-                    eprintln!("daemonctl: warning: {problem}");
+                    eprintln!(
+                        "daemonctl: {}",
+                        printable(&format!("{}: warning: {problem}", config_path.display()))
+                    );
                 }
             }
             return Ok(match report.status {

@@ -73,7 +73,10 @@ const QUOTE_BYTES: usize = 200;
 /// about [`QUOTE_BYTES`] (the line around the error's column) and have their
 /// control characters escaped: a config's bytes must not reach a terminal.
 pub(super) fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let message = clip_middle(&e.message().trim().replace('\n', " "), QUOTE_BYTES);
+    let message = clip_middle(
+        &did_you_mean(e.message().trim()).replace('\n', " "),
+        QUOTE_BYTES,
+    );
     let Some(span) = e.span() else {
         return message;
     };
@@ -94,4 +97,73 @@ pub(super) fn parse_message(text: &str, e: &toml::de::Error) -> String {
         "line {line_no}, column {column}: {message} (in `{}`)",
         quoted.trim()
     )
+}
+
+/// serde's "unknown field `binray_path`, expected one of `name`,
+/// `binary_path`, ..." (or "unknown variant ...") with the nearest known
+/// name put first: "unknown field `binray_path`, did you mean
+/// `binary_path`?". A name too far from every known one keeps the list.
+fn did_you_mean(message: &str) -> String {
+    let Some((kind, rest)) = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|p| {
+            message
+                .strip_prefix(p)
+                .map(|rest| (&p[..p.len() - 1], rest))
+        })
+    else {
+        return message.to_owned();
+    };
+    let Some((given, expected)) = rest.split_once("`, expected ") else {
+        return message.to_owned();
+    };
+    let known: Vec<&str> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(given, k), *k))
+        .min();
+    match nearest {
+        // Close enough to be a typo: at most a third of the name differs.
+        Some((distance, k)) if distance > 0 && distance <= given.chars().count().max(3) / 3 + 1 => {
+            format!("{kind}`{given}`, did you mean `{k}`?")
+        }
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn unknown_names_suggest_the_nearest_known_one() {
+        assert_eq!(
+            did_you_mean(
+                "unknown field `binray_path`, expected one of `name`, `binary_path`, `args`"
+            ),
+            "unknown field `binray_path`, did you mean `binary_path`?"
+        );
+        assert_eq!(
+            did_you_mean(
+                "unknown variant `tpc`, expected one of `notify`, `tcp`, `http`, `command`"
+            ),
+            "unknown variant `tpc`, did you mean `tcp`?"
+        );
+        assert_eq!(
+            did_you_mean("unknown field `polcy`, expected `policy`"),
+            "unknown field `polcy`, did you mean `policy`?"
+        );
+        // Nothing near: the list stays.
+        let far = "unknown field `zzzzzzzz`, expected one of `name`, `args`";
+        assert_eq!(did_you_mean(far), far);
+        assert_eq!(
+            did_you_mean("invalid type: integer `1`"),
+            "invalid type: integer `1`"
+        );
+    }
 }

@@ -84,7 +84,10 @@ pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
             if !is_account_name(v) {
                 return Err(DaemonError::invalid(
                     field,
-                    format!("{v:?} is not a valid user or group name (or numeric id)"),
+                    format!(
+                        "{} is not a valid user or group name (or numeric id)",
+                        crate::text::quote(v)
+                    ),
                 ));
             }
         }
@@ -130,16 +133,28 @@ fn validate_name(config: &DaemonConfig) -> Result<()> {
         return bad("the daemon name is empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return bad(format!("name {name:?} is longer than {MAX_NAME_LEN} bytes"));
+        return bad(format!(
+            "name {} is longer than {MAX_NAME_LEN} bytes",
+            crate::text::quote(&name)
+        ));
     }
     if name.starts_with('.') || name.starts_with('-') {
-        return bad(format!("name {name:?} must not start with '.' or '-'"));
+        return bad(format!(
+            "name {} must not start with '.' or '-'",
+            crate::text::quote(&name)
+        ));
     }
     // Any other character is fine: the name becomes a file name (no `/`)
     // and a unit name (escaped with the systemd-escape algorithm where needed).
     if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
         return bad(format!(
-            "name {name:?} contains {c:?}; control characters and '/' are not allowed"
+            "name {} contains {}; control characters and '/' are not allowed",
+            crate::text::quote(&name),
+            if c == '/' {
+                "`/`".to_owned()
+            } else {
+                format!("U+{:04X}", c as u32)
+            }
         ));
     }
     Ok(())
@@ -176,7 +191,7 @@ fn validate_readiness(r: &Readiness) -> Result<()> {
             if !ok {
                 return Err(DaemonError::invalid(
                     "readiness.address",
-                    format!("{address:?} is not host:port"),
+                    format!("{} is not host:port", crate::text::quote(address)),
                 ));
             }
             *interval_ms
@@ -189,7 +204,10 @@ fn validate_readiness(r: &Readiness) -> Result<()> {
             {
                 return Err(DaemonError::invalid(
                     "readiness.url",
-                    format!("{url:?} is not an http:// URL with a host"),
+                    format!(
+                        "{} is not an http:// URL with a host",
+                        crate::text::quote(url)
+                    ),
                 ));
             }
             *interval_ms
@@ -204,7 +222,10 @@ fn validate_readiness(r: &Readiness) -> Result<()> {
             if !Path::new(program).is_absolute() {
                 return Err(DaemonError::invalid(
                     "readiness.argv",
-                    format!("{program:?} is not an absolute path (no shell or PATH search)"),
+                    format!(
+                        "{} is not an absolute path (no shell or PATH search)",
+                        crate::text::quote(program)
+                    ),
                 ));
             }
             *interval_ms

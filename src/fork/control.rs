@@ -53,6 +53,18 @@ pub(crate) enum Op {
     Ready,
 }
 
+impl Op {
+    /// The name on the wire: `status`, `stop`, `kill`, `ready`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Op::Status => "status",
+            Op::Stop => "stop",
+            Op::Kill => "kill",
+            Op::Ready => "ready",
+        }
+    }
+}
+
 /// One request line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ControlRequest {
@@ -219,7 +231,7 @@ impl Client {
 
     /// Sends `op` and reads the reply, within `timeout`.
     pub async fn call(&mut self, op: Op, timeout: Duration) -> Result<ControlReply> {
-        let what = format!("supervisor control request {op:?}");
+        let what = format!("supervisor control request `{}`", op.as_str());
         let exchange = async {
             let mut line = serde_json::to_vec(&ControlRequest {
                 v: PROTOCOL_VERSION,

@@ -56,6 +56,15 @@ pub(super) fn check_pid_dir(spec: &ServiceSpec, paths: &Paths, usage: DirUse) ->
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && usage != DirUse::Create => {
             return Ok(false)
         }
+        // The directory of a PID file the config names must exist (we do
+        // not create directories the operator did not ask for): a config
+        // error, like a missing working_dir.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !default => {
+            return Err(DaemonError::invalid(
+                "pid_file",
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
         Err(e) => {
             return Err(dir_error(
                 e.kind(),

@@ -192,7 +192,10 @@ pub(super) async fn run_supervisor(
     };
     let kill_first = |child: &mut tokio::process::Child| {
         let _ = child.start_kill();
-        tracing::debug!(?first_pid, "killed unresponsive supervisor program");
+        tracing::debug!(
+            first_pid = first_pid.unwrap_or(0),
+            "killed unresponsive supervisor program"
+        );
     };
     match answer {
         Ok((Ok(n), line)) if n > 0 => match serde_json::from_str::<Response>(line.trim_end()) {

@@ -180,7 +180,7 @@ fn open_ours(path: &Path, options: &mut OpenOptions) -> Result<Option<(File, fs:
 /// refused, never followed), `O_NONBLOCK` (a FIFO planted in its place does
 /// not block us), then checked with `fstat`. At most `max` bytes are read.
 /// `Ok(None)` when it does not exist.
-fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
     let Some((file, _)) = open_ours(path, OpenOptions::new().read(true))? else {
         return Ok(None);

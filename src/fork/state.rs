@@ -164,9 +164,14 @@ pub(crate) fn from_disk(
             }
             DaemonStatus::Running(rec.daemon.pid)
         }
-        (None, Some(rec)) => match rec.last_exit {
-            Some(_) => ended(rec, supervisor_alive(rec)),
-            None => {
+        (None, Some(rec)) => match (rec.last_exit, &rec.failure) {
+            (Some(_), _) => ended(rec, supervisor_alive(rec)),
+            // A failure recorded with no exit: a start stopped because it
+            // was not ready in time.
+            (None, Some(failure)) if !supervisor_alive(rec) => {
+                DaemonStatus::Failed(failure.clone())
+            }
+            (None, _) => {
                 exit_in_progress = supervisor_alive(rec);
                 DaemonStatus::Stopped
             }

@@ -134,7 +134,7 @@ pub(crate) async fn run_foreground(req: Request) -> (i32, Option<Response>) {
     become_subreaper();
     let mut first: Option<Response> = None;
     let code = supervise(req, &mut |r: &Response| {
-        tracing::info!(response = ?r, "supervisor");
+        tracing::info!(response = %serde_json::to_string(r).unwrap_or_default(), "supervisor");
         if r.is_final() && first.is_none() {
             // Keep the first final answer: it tells the caller how start went.
             first = Some(r.clone());

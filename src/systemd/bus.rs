@@ -97,7 +97,10 @@ pub(super) async fn bounded<T>(
     match tokio::time::timeout(bound, call).await {
         Err(_) => Err(DaemonError::BackendUnavailable {
             backend: "systemd",
-            reason: format!("the systemd manager did not answer {what} within {bound:?}"),
+            reason: format!(
+                "the systemd manager did not answer {what} within {}",
+                crate::text::duration(bound)
+            ),
         }),
         Ok(Err(zbus::Error::InputOutput(e))) => Err(DaemonError::BackendUnavailable {
             backend: "systemd",

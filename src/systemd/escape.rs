@@ -84,13 +84,29 @@ impl fmt::Display for EscapeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ControlChar { what, ch, index } => {
-                write!(f, "{what} has control character {ch:?} at byte {index}")
+                write!(
+                    f,
+                    "{what} has control character U+{:04X} at byte {index}",
+                    *ch as u32
+                )
             }
             Self::EmptyName => f.write_str("daemon name is empty"),
-            Self::NameTooLong { unit } => write!(f, "unit {unit:?} is over {UNIT_NAME_MAX} bytes"),
-            Self::RelativeExecutable { path } => write!(f, "executable {path:?} is not absolute"),
-            Self::InvalidExecutable { path, reason } => write!(f, "executable {path:?} {reason}"),
-            Self::InvalidEnvKey { key } => write!(f, "invalid environment variable name {key:?}"),
+            Self::NameTooLong { unit } => write!(
+                f,
+                "unit {} is over {UNIT_NAME_MAX} bytes",
+                crate::text::quote(unit)
+            ),
+            Self::RelativeExecutable { path } => {
+                write!(f, "executable {} is not absolute", crate::text::quote(path))
+            }
+            Self::InvalidExecutable { path, reason } => {
+                write!(f, "executable {} {reason}", crate::text::quote(path))
+            }
+            Self::InvalidEnvKey { key } => write!(
+                f,
+                "invalid environment variable name {}",
+                crate::text::quote(key)
+            ),
             Self::InvalidValue { what, reason } => write!(f, "{what} {reason}"),
             Self::TooLong { what, len } => write!(f, "{what} is {len} bytes, over {MAX_VALUE_LEN}"),
         }

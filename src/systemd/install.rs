@@ -198,7 +198,7 @@ impl SystemdBackend {
                     return Err(e);
                 }
             };
-            tracing::info!(unit = %unit_spec.unit, ?changes, "enabled");
+            tracing::info!(unit = %unit_spec.unit, changes = changes.len(), "enabled");
             self.reload().await?;
         }
         Ok(changed)

@@ -83,7 +83,7 @@ impl SystemdBackend {
             // Not ready within TimeoutStartSec: systemd stopped it already.
             return Err(DaemonError::Timeout {
                 name,
-                operation: "start (systemd TimeoutStartSec)",
+                operation: "readiness (systemd TimeoutStartSec)",
                 after: spec.startup_timeout,
             });
         }
@@ -136,7 +136,7 @@ impl SystemdBackend {
         match readiness::wait_until_ready(probe, deadline, still_up).await {
             Ok(()) => Ok(()),
             Err(ProbeError::Timeout { last }) => {
-                tracing::info!(%unit, ?last, "not ready in time");
+                tracing::info!(%unit, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready in time");
                 Err(DaemonError::Timeout {
                     name: spec.name.clone(),
                     operation: "readiness probe",

@@ -66,6 +66,10 @@ pub(super) struct UnitState {
     /// `Restart=` (no, on-failure, always, ...).
     pub(super) restart: String,
     pub(super) start_limit_burst: u32,
+    /// `TimeoutStartUSec`, to say how long a start that timed out waited.
+    pub(super) timeout_start_usec: Option<u64>,
+    /// `ExecMainStartTimestamp` (µs since the epoch), for the uptime.
+    pub(super) main_started_usec: u64,
 }
 
 impl UnitState {
@@ -109,6 +113,13 @@ impl UnitState {
         self.n_restarts = prop_u32(s, "NRestarts");
         self.status_text = prop_string(s, "StatusText");
         self.restart = prop_string(s, "Restart");
+        self.timeout_start_usec = s
+            .get("TimeoutStartUSec")
+            .and_then(|v| u64::try_from(v).ok());
+        self.main_started_usec = s
+            .get("ExecMainStartTimestamp")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
     }
 
     /// Whether there is a unit at all: loaded from somewhere, or still
@@ -163,6 +174,14 @@ impl UnitState {
         }
         Some(match (self.result.as_str(), self.last_exit()) {
             ("start-limit-hit", _) => "start limit hit".to_owned(),
+            // TimeoutStartSec ran out (a stop timeout that ended in SIGKILL is
+            // `stopped`, see `stopped_by_sigkill`): the fork backend's words.
+            ("timeout", _) => match self.timeout_start_usec {
+                Some(usec) => {
+                    crate::backend::not_ready_reason(std::time::Duration::from_micros(usec))
+                }
+                None => "not ready within TimeoutStartSec".to_owned(),
+            },
             _ if self.start_limit_hit() => "start limit hit".to_owned(),
             ("exit-code" | "signal" | "core-dump", Some(exit)) => exit.to_string(),
             (result, Some(exit)) => format!("{result} ({exit})"),
@@ -510,9 +529,17 @@ mod tests {
                 Stopped,
             ),
             (
-                "a start timeout is a failure",
+                "a start timeout is a failure, in the fork backend's words",
+                UnitState {
+                    timeout_start_usec: Some(2_000_000),
+                    ..unit("loaded", "failed", "failed", "timeout", 0)
+                },
+                failed("not ready within 2 s"),
+            ),
+            (
+                "a start timeout, TimeoutStartUSec not read",
                 unit("loaded", "failed", "failed", "timeout", 0),
-                failed("timeout"),
+                failed("not ready within TimeoutStartSec"),
             ),
             (
                 "inactive/dead",

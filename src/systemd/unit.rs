@@ -117,7 +117,10 @@ pub fn unit_name(name: &str) -> Result<String> {
     if unit.len() > 255 {
         return Err(DaemonError::invalid(
             "name",
-            format!("unit name {unit:?} is longer than systemd's 255 bytes"),
+            format!(
+                "unit name {} is longer than systemd's 255 bytes",
+                crate::text::quote(&unit)
+            ),
         ));
     }
     Ok(unit)

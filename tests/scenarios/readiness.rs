@@ -93,8 +93,17 @@ scenario!(notify_never_ready_times_out, |ctx| {
         "Timeout(readiness (READY=1 over NOTIFY_SOCKET))",
     );
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
+    // As systemd says for a start timeout: failed, until cleanup.
     let r = m.status_report().await.unwrap();
-    ctx.check_status("after the timeout", &r, "stopped", "-", "-");
+    ctx.check_status(
+        "after the timeout",
+        &r,
+        "failed",
+        "not ready within 1 s",
+        "killed by signal 15 (SIGTERM)",
+    );
+    within(30, m.cleanup_stale()).await.unwrap();
+    ctx.check_left_behind("after cleanup").await;
 });
 
 /// Starts a daemon that listens (plain TCP, or HTTP answering 200 on
@@ -226,6 +235,13 @@ scenario!(tcp_probe_timeout_stops_the_daemon, |ctx| {
     );
     ctx.check("daemon processes", ctx.daemon_processes_settled(0).await, 0);
     let r = m.status_report().await.unwrap();
-    ctx.check_status("after the timeout", &r, "stopped", "-", "-");
-    ctx.check_left_behind("after the timeout").await;
+    ctx.check_status(
+        "after the timeout",
+        &r,
+        "failed",
+        "not ready within 1 s",
+        "-",
+    );
+    within(30, m.cleanup_stale()).await.unwrap();
+    ctx.check_left_behind("after cleanup").await;
 });

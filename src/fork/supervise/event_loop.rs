@@ -436,14 +436,21 @@ impl Supervisor {
         reap_leader(self.run.pgid());
         self.kill_at = None;
         drain(&mut self.run.pumps).await;
-        if !self.answered {
-            if self.not_ready {
-                clean_up(&self.paths, &self.record);
+        if self.not_ready {
+            // Not ready in time, so stopped: a failed start (as systemd
+            // says for a start timeout), kept in the record until `cleanup`
+            // or the next start; the PID file goes.
+            self.record.restart_pending = false;
+            save_record(&self.paths, &self.record);
+            remove_own(&self.paths.pid_file, &self.paths, &self.record);
+            if !self.answered {
                 out(&Response::NotReady {
                     after_ms: self.started.elapsed().as_millis() as u64,
                 });
-                return Some(1);
             }
+            return Some(1);
+        }
+        if !self.answered {
             out(&Response::ExitedBeforeReady { exit });
             return Some(exit_code(exit));
         }
@@ -466,7 +473,7 @@ impl Supervisor {
         };
         self.record.restart_pending = true;
         save_record(&self.paths, &self.record);
-        tracing::info!(name = %self.req.name, ?delay, "restarting after back-off");
+        tracing::info!(name = %self.req.name, delay_ms = delay.as_millis() as u64, "restarting after back-off");
         self.phase = Phase::Backoff(now + delay);
         None
     }
@@ -589,8 +596,17 @@ impl Supervisor {
             tracing::warn!(name = %self.req.name, "the readiness probe never reported success: stopping");
         } else {
             tracing::warn!(name = %self.req.name, "no READY=1 within the start-up timeout: stopping");
-            self.not_ready = true;
         }
+        self.not_ready = true;
+        // Said once stopped (see `after_exit`); the time waited, not the
+        // time the stop then took (EXTEND_TIMEOUT_USEC may have added some).
+        // (For a probe nobody reported on, the start-up timeout the caller had.)
+        let waited = if self.answered {
+            Duration::from_millis(self.req.startup_timeout_ms)
+        } else {
+            Duration::from_secs(self.started.elapsed().as_secs_f64().round() as u64)
+        };
+        self.record.failure = Some(crate::backend::not_ready_reason(waited));
         self.ready_deadline = None;
         self.awaiting_probe = false;
         self.stop_requested = true;
