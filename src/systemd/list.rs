@@ -4,44 +4,10 @@
 //! (instances of a template each on their own), then each one's state is
 //! read as `status` reads it.
 
-use zbus::proxy;
-use zbus::zvariant::OwnedObjectPath;
-
+use super::bus::{bounded, QUERY_GRACE};
 use super::{bus_error, SystemdBackend, UnitState};
 use crate::backend::{BackendKind, StatusReport};
 use crate::error::Result;
-
-/// The one `Manager` call listing needs (kept here, beside its only user).
-#[proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1",
-    gen_blocking = false
-)]
-trait ListManager {
-    /// Loaded units whose state and name match (org.freedesktop.systemd1(5)):
-    /// (name, description, load, active, sub, following, path, job id,
-    /// job type, job path) each.
-    #[allow(clippy::type_complexity)]
-    fn list_units_by_patterns(
-        &self,
-        states: &[&str],
-        patterns: &[&str],
-    ) -> zbus::Result<
-        Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        )>,
-    >;
-}
 
 /// What `UnitSpec` puts after the daemon's name in `Description=`.
 const DESCRIPTION_SUFFIX: &str = " (daemon-lifecycle)";
@@ -51,14 +17,14 @@ impl SystemdBackend {
     /// ownership marker), sorted by unit name. The daemon's name comes from
     /// the unit's `Description=` (`NAME (daemon-lifecycle)`).
     pub async fn list_owned(&self) -> Result<Vec<StatusReport>> {
-        let conn = self.manager.inner().connection();
-        let lister = ListManagerProxy::new(conn)
-            .await
-            .map_err(|e| bus_error("ListUnitsByPatterns", e))?;
-        let mut units = lister
-            .list_units_by_patterns(&[], &["*.service"])
-            .await
-            .map_err(|e| bus_error("ListUnitsByPatterns", e))?;
+        let what = "ListUnitsByPatterns *.service";
+        let mut units = bounded(
+            what,
+            QUERY_GRACE,
+            self.manager.list_units_by_patterns(&[], &["*.service"]),
+        )
+        .await?
+        .map_err(|e| bus_error(what, e))?;
         units.sort_by(|a, b| a.0.cmp(&b.0));
         let mut reports = Vec::new();
         for (unit, description, ..) in units {

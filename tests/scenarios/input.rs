@@ -208,23 +208,7 @@ scenario!(invalid_config_changes_nothing, |ctx| {
             &within(30, m.start()).await,
             want,
         );
-        ctx.check_outcome(
-            &format!("{what}: restart"),
-            &within(30, m.restart()).await,
-            want,
-        );
-        ctx.check_outcome(
-            &format!("{what}: status"),
-            &within(30, m.status()).await,
-            want,
-        );
-        ctx.check_outcome(&format!("{what}: stop"), &within(30, m.stop()).await, want);
-        ctx.check_outcome(&format!("{what}: kill"), &within(30, m.kill()).await, want);
-        ctx.check_outcome(
-            &format!("{what}: cleanup"),
-            &within(30, m.cleanup_stale()).await,
-            want,
-        );
+        check_other_operations(&ctx, what, &m, want, want).await;
     }
     // What the host must offer (a binary that is there and executable, a
     // working directory that exists) is a host check: start and restart
@@ -266,25 +250,30 @@ scenario!(invalid_config_changes_nothing, |ctx| {
             );
         }
         let m = ctx.manager_without_install(config).await;
-        ctx.check_outcome(
-            &format!("{what}: restart"),
-            &within(30, m.restart()).await,
-            want,
-        );
-        ctx.check_outcome(
-            &format!("{what}: status"),
-            &within(30, m.status()).await,
-            "ok",
-        );
-        ctx.check_outcome(&format!("{what}: stop"), &within(30, m.stop()).await, "ok");
-        ctx.check_outcome(&format!("{what}: kill"), &within(30, m.kill()).await, "ok");
-        ctx.check_outcome(
-            &format!("{what}: cleanup"),
-            &within(30, m.cleanup_stale()).await,
-            "ok",
-        );
+        check_other_operations(&ctx, what, &m, want, "ok").await;
     }
     // Nothing was created: no process, unit, unit file, or file beside the
     // PID file (checked before the teardown, which would remove them).
     ctx.check_nothing_created().await;
 });
+
+/// Every operation but start on `m`: `restart` must end as `restarts`
+/// says, `status`, `stop`, `kill` and `cleanup` as `others` says.
+async fn check_other_operations(
+    ctx: &Ctx,
+    what: &str,
+    m: &daemon_lifecycle::DaemonManager,
+    restarts: &str,
+    others: &str,
+) {
+    let check = |op: &str| format!("{what}: {op}");
+    ctx.check_outcome(&check("restart"), &within(30, m.restart()).await, restarts);
+    ctx.check_outcome(&check("status"), &within(30, m.status()).await, others);
+    ctx.check_outcome(&check("stop"), &within(30, m.stop()).await, others);
+    ctx.check_outcome(&check("kill"), &within(30, m.kill()).await, others);
+    ctx.check_outcome(
+        &check("cleanup"),
+        &within(30, m.cleanup_stale()).await,
+        others,
+    );
+}
