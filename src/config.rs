@@ -483,6 +483,9 @@ impl DaemonConfig {
         if !self.pid_file.as_os_str().is_empty() {
             return match (&self.instance, self.pid_file.to_str()) {
                 (Some(i), Some(text)) => PathBuf::from(instance::substitute(text, i)),
+                (None, Some(text)) if !instance::uses_token(text) => {
+                    PathBuf::from(instance::substitute(text, instance::TOKEN))
+                }
                 _ => self.pid_file.clone(),
             };
         }
@@ -515,8 +518,12 @@ impl DaemonConfig {
     /// The config with `{instance}` replaced everywhere it stands for the
     /// instance (the config itself when no instance is set).
     pub(crate) fn expanded(&self) -> DaemonConfig {
-        let Some(i) = self.instance.as_deref() else {
-            return self.clone();
+        let i = match self.instance.as_deref() {
+            Some(i) => i,
+            // A template keeps its tokens, for rendering as NAME@.service.
+            None if self.is_template() => return self.clone(),
+            // No token to replace: only `{{instance}}` escapes to undo.
+            None => instance::TOKEN,
         };
         let sub = |t: &str| instance::substitute(t, i);
         let sub_path = |p: &PathBuf| match p.to_str() {

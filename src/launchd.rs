@@ -235,6 +235,12 @@ impl LaunchdBackend {
                     ours.display()
                 ),
             }),
+            // Loaded from no plist at all (`launchctl submit`, or by hand):
+            // not one of ours.
+            None if !spec.adopt => Err(DaemonError::NotOwned {
+                unit: target.to_owned(),
+                reason: "launchd shows no plist for it".into(),
+            }),
             _ => Ok(()),
         }
     }
@@ -729,13 +735,15 @@ impl LaunchdBackend {
     pub async fn uninstall(&self, spec: &ServiceSpec, plist_dir: Option<&Path>) -> Result<bool> {
         let plist = PlistSpec::from_spec(spec, self.scope)?;
         let path = self.path_in(&plist, plist_dir)?;
+        // The plist first: one that is not ours is refused before anything
+        // is stopped.
+        let existing = self.existing_plist(spec, &path, &plist)?;
         if let Some((domain, info)) = self.locate(spec, &plist.label).await? {
             let target = format!("{domain}/{}", plist.label);
             self.check_loaded_owned(spec, &target, &info, &path)?;
             self.bootout_and_wait(spec, &domain, &plist.label, info.pid)
                 .await?;
         }
-        let existing = self.existing_plist(spec, &path, &plist)?;
         self.enable_everywhere(spec, &plist.label, false).await?;
         if existing.is_some() {
             std::fs::remove_file(&path)

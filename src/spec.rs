@@ -242,6 +242,40 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_escape_means_the_same_with_or_without_an_instance() {
+        let config =
+            DaemonConfig::new("/bin/true", "/tmp/{{instance}}.pid").with_args(["{{instance}}"]);
+        let spec = ServiceSpec::from_config(&config).unwrap();
+        assert!(!spec.is_template());
+        assert_eq!(spec.args, ["{instance}"]);
+        assert_eq!(spec.pid_file, std::path::Path::new("/tmp/{instance}.pid"));
+        let spec = ServiceSpec::from_config(&config.clone().with_instance("a")).unwrap_err();
+        // A fixed PID file (no token) would be shared by every instance.
+        assert!(
+            matches!(spec, crate::DaemonError::InvalidConfig { ref field, .. } if field == "pid_file")
+        );
+    }
+
+    #[test]
+    fn the_token_is_refused_where_it_is_not_replaced() {
+        let config = DaemonConfig::new("/opt/{instance}/bin/worker", "");
+        let err = ServiceSpec::from_config(&config).unwrap_err();
+        assert!(
+            matches!(err, crate::DaemonError::InvalidConfig { ref field, .. } if field == "binary_path"),
+            "{err:?}"
+        );
+        // A PID file that is not text cannot hold the token reliably.
+        use std::os::unix::ffi::OsStrExt;
+        let mut config = DaemonConfig::new("/bin/true", "").with_instance("gpu0");
+        config.pid_file = std::ffi::OsStr::from_bytes(b"/tmp/\xff{instance}.pid").into();
+        let err = ServiceSpec::from_config(&config).unwrap_err();
+        assert!(
+            matches!(err, crate::DaemonError::InvalidConfig { ref field, .. } if field == "pid_file"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn probe_and_notify_split_readiness() {
         let mut config = DaemonConfig::new("/bin/true", "/tmp/x.pid");
         config.readiness = Some(Readiness::Notify);

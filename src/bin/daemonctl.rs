@@ -644,7 +644,14 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                 })?;
                 println!("{line}");
             } else {
-                println!("{}: {} [{}]", report.name, report.status, report.backend);
+                // The reason may carry a daemon's or a record's text.
+                println!(
+                    "{}",
+                    printable(&format!(
+                        "{}: {} [{}]",
+                        report.name, report.status, report.backend
+                    ))
+                );
                 if let Some(problem) = &report.problem {
                     eprintln!(
                         "daemonctl: {}",

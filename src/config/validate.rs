@@ -11,6 +11,19 @@ use crate::error::{DaemonError, Result};
 /// Checks every field; the first problem found is a typed error naming the
 /// field.
 pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
+    // The executable is never a per-instance one: a token there would be
+    // replaced in a template unit (it is one word of ExecStart=) but run
+    // literally everywhere else.
+    if config
+        .binary_path
+        .to_str()
+        .is_some_and(super::instance::uses_token)
+    {
+        return Err(DaemonError::invalid(
+            "binary_path",
+            "{instance} is replaced only in args, env values, working_dir, pid_file and the log paths",
+        ));
+    }
     if let Some(instance) = &config.instance {
         validate_instance(config, instance)?;
     }
@@ -111,6 +124,12 @@ fn validate_instance(config: &DaemonConfig, instance: &str) -> Result<()> {
         return bad(format!("{instance:?} must not start with '.' or '-'"));
     }
     // Every instance would share one PID file, and so one daemon.
+    if config.pid_file.to_str().is_none() {
+        return Err(DaemonError::invalid(
+            "pid_file",
+            "must be UTF-8 for an instance ({instance} is replaced in text)",
+        ));
+    }
     let pid_file = config.pid_file.to_string_lossy();
     if !pid_file.is_empty() && !super::instance::uses_token(&pid_file) {
         return Err(DaemonError::invalid(

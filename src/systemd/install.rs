@@ -354,7 +354,9 @@ pub(super) fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Opt
     {
         return None;
     }
-    let installed = std::fs::read_to_string(file).ok()?;
+    // The path is the manager's answer: read without following links,
+    // only a regular file, bounded.
+    let installed = read_unit_file(file).ok()??;
     // Comments (the header names the generator's version and the config
     // file) are not the unit.
     let directives = |text: &str| {

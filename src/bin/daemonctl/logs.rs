@@ -241,12 +241,9 @@ async fn journal(
     lines: Option<usize>,
 ) -> Result<u8, DaemonError> {
     use tokio::io::AsyncBufReadExt;
-    let unit = daemon_lifecycle::systemd::unit_name(&spec.name).map_err(|e| {
-        DaemonError::InvalidConfig {
-            field: "name".into(),
-            reason: e.to_string(),
-        }
-    })?;
+    // An instance's own unit (NAME@INSTANCE.service); a template has none.
+    spec.runnable()?;
+    let unit = daemon_lifecycle::systemd::spec_unit_name(spec)?;
     let mut cmd = tokio::process::Command::new("journalctl");
     match scope {
         Scope::User => cmd.arg(format!("--user-unit={unit}")),
