@@ -208,6 +208,23 @@ impl LaunchdBackend {
     }
 
     /// Where the job is loaded, and what `print` says of it.
+    /// The loaded job of `spec` in this scope's domains, checked as ours
+    /// (see [`Self::check_loaded_owned`]): its plist model, domain and
+    /// state; `None` when launchd has no such job.
+    async fn loaded_owned(
+        &self,
+        spec: &ServiceSpec,
+    ) -> Result<Option<(PlistSpec, String, JobInfo)>> {
+        let plist = PlistSpec::from_spec(spec, self.scope)?;
+        let path = self.path_in(&plist, None)?;
+        let Some((domain, info)) = self.locate(spec, &plist.label).await? else {
+            return Ok(None);
+        };
+        let target = format!("{domain}/{}", plist.label);
+        self.check_loaded_owned(spec, &target, &info, &path)?;
+        Ok(Some((plist, domain, info)))
+    }
+
     async fn locate(&self, spec: &ServiceSpec, label: &str) -> Result<Option<(String, JobInfo)>> {
         for domain in self.domains() {
             match self.launchctl.print(&spec.name, &domain, label).await? {
@@ -906,13 +923,9 @@ impl Backend for LaunchdBackend {
 
     fn stop<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let plist = PlistSpec::from_spec(spec, self.scope)?;
-            let path = self.path_in(&plist, None)?;
-            let Some((domain, info)) = self.locate(spec, &plist.label).await? else {
+            let Some((plist, domain, info)) = self.loaded_owned(spec).await? else {
                 return Ok(());
             };
-            let target = format!("{domain}/{}", plist.label);
-            self.check_loaded_owned(spec, &target, &info, &path)?;
             if info.pid.is_none() && info.state != "spawn scheduled" {
                 // Not running, and launchd will not start it by itself: its
                 // last exit stays on record until cleanup or the next
@@ -926,13 +939,9 @@ impl Backend for LaunchdBackend {
 
     fn kill<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let plist = PlistSpec::from_spec(spec, self.scope)?;
-            let path = self.path_in(&plist, None)?;
-            let Some((domain, info)) = self.locate(spec, &plist.label).await? else {
+            let Some((plist, domain, info)) = self.loaded_owned(spec).await? else {
                 return Ok(());
             };
-            let target = format!("{domain}/{}", plist.label);
-            self.check_loaded_owned(spec, &target, &info, &path)?;
             if let Some(pid) = info.pid {
                 kill_group(pid)?;
             }
@@ -1010,13 +1019,10 @@ impl Backend for LaunchdBackend {
 
     fn cleanup_stale<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let plist = PlistSpec::from_spec(spec, self.scope)?;
-            let path = self.path_in(&plist, None)?;
-            let Some((domain, info)) = self.locate(spec, &plist.label).await? else {
+            let Some((plist, domain, info)) = self.loaded_owned(spec).await? else {
                 return Ok(());
             };
             let target = format!("{domain}/{}", plist.label);
-            self.check_loaded_owned(spec, &target, &info, &path)?;
             if matches!(job_status(&info)?, DaemonStatus::Failed(_)) {
                 tracing::info!(%target, "failed: booting it out");
                 self.bootout_and_wait(spec, &domain, &plist.label, info.pid)
