@@ -278,8 +278,23 @@ impl SystemdBackend {
             Err(e) if is_no_such_unit(&e) => {}
             Err(e) => return Err(bus_error(what, e)),
         }
-        std::fs::remove_file(&path)
-            .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?;
+        // The stop and the disable took a while: the file must still be the
+        // one we checked (ours, not a link) when it is removed.
+        refuse_alias_link(spec, &unit_spec.unit, &path)?;
+        match read_unit_file(&path)? {
+            Some(now) if !spec.adopt && !unit::text_is_ours(&now) => {
+                return Err(DaemonError::NotOwned {
+                    unit: unit_spec.unit.clone(),
+                    reason: format!(
+                        "{} was replaced while the unit stopped: it is no longer ours",
+                        path.display()
+                    ),
+                })
+            }
+            Some(_) => std::fs::remove_file(&path)
+                .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?,
+            None => {}
+        }
         self.reload().await?;
         let _ = self.reset_failed(&unit_spec.unit).await;
         Ok(true)
