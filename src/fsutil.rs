@@ -132,6 +132,31 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `file` into `dir` (the directories created, mode 0755) with
+/// [`write_atomic`]; an I/O failure is `Io` saying it wrote `what`: a
+/// unit file, a plist, a file of a package tree.
+pub(crate) fn write_into_dir(
+    dir: &Path,
+    file: &str,
+    content: &[u8],
+    what: &str,
+) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
+    let path = dir.join(file);
+    write_atomic(&path, content).map_err(|e| match e {
+        DaemonError::PidFileError { path, source } => {
+            DaemonError::io(format!("write {what} {}", path.display()), source)
+        }
+        other => other,
+    })?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,25 +249,12 @@ impl PlistSpec {
     /// `Library/LaunchAgents/LABEL.plist` for an agent (loaded for every
     /// user at login); returns the path written.
     pub fn write_into(&self, destdir: &Path) -> Result<std::path::PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
         let bytes = self.render()?;
         let dir = destdir.join(match self.scope {
             Scope::System => "Library/LaunchDaemons",
             Scope::User => "Library/LaunchAgents",
         });
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
-        let path = dir.join(self.file_name());
-        crate::fsutil::write_atomic(&path, &bytes).map_err(|e| match e {
-            DaemonError::PidFileError { path, source } => {
-                DaemonError::io(format!("write {}", path.display()), source)
-            }
-            other => other,
-        })?;
-        Ok(path)
+        crate::fsutil::write_into_dir(&dir, &self.file_name(), &bytes, "plist")
     }
 
     /// The XML property list, ending in a newline.

@@ -149,14 +149,7 @@ impl SystemdBackend {
         }
         let changed = existing.as_deref() != Some(text.as_str());
         if changed {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
-            crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
-                DaemonError::PidFileError { path, source } => {
-                    DaemonError::io(format!("write unit file {}", path.display()), source)
-                }
-                other => other,
-            })?;
+            crate::fsutil::write_into_dir(&dir, &unit_spec.unit, text.as_bytes(), "unit file")?;
             self.reload().await?;
             tracing::info!(unit = %unit_spec.unit, path = %path.display(), "unit file written, manager reloaded");
         } else {

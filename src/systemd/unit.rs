@@ -274,25 +274,12 @@ impl UnitSpec {
     /// created, mode 0755). Atomic, and a link planted at the file is
     /// refused, not followed. Returns the path written.
     pub fn write_into(&self, destdir: &std::path::Path) -> Result<std::path::PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
         let text = self.render()?;
         let dir = destdir.join(match self.scope {
             Scope::System => "usr/lib/systemd/system",
             Scope::User => "usr/lib/systemd/user",
         });
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| DaemonError::io(format!("create {}", dir.display()), e))?;
-        let path = dir.join(&self.unit);
-        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| match e {
-            DaemonError::PidFileError { path, source } => {
-                DaemonError::io(format!("write {}", path.display()), source)
-            }
-            other => other,
-        })?;
-        Ok(path)
+        crate::fsutil::write_into_dir(&dir, &self.unit, text.as_bytes(), "unit file")
     }
 
     /// The text systemd should have serialized for our transient unit into

@@ -527,7 +527,7 @@ impl Supervisor {
             let record = &mut self.record;
             record.last_exit = Some(info);
             record.ready = false;
-            if !self.stop_requested && is_clean(info) && proc::has_descendants() {
+            if !self.stop_requested && crate::spec::is_clean_exit(info) && proc::has_descendants() {
                 tracing::warn!(name = %self.req.name, "daemon exited cleanly and left processes running");
                 record.failure = Some(SELF_DAEMONIZED.into());
             }
@@ -736,10 +736,6 @@ pub(super) fn signal_tree(run: &Run, sig: Signal) {
     for pid in proc::descendants(std::process::id()) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
     }
-}
-
-pub(super) fn is_clean(exit: ExitInfo) -> bool {
-    crate::spec::is_clean_exit(exit)
 }
 
 /// The exit code `daemonctl run` ends with for a daemon that ended this way.
