@@ -11,6 +11,7 @@
 //! launchctl_sim bootout DOMAIN/LABEL
 //! launchctl_sim enable|disable DOMAIN/LABEL
 //! launchctl_sim kickstart [-k] DOMAIN/LABEL
+//! launchctl_sim kill SIGNAL DOMAIN/LABEL   (the signal to the running job's process)
 //! launchctl_sim __shutdown          (tests: end every simulated domain)
 //! ```
 //!
@@ -101,6 +102,9 @@ struct Request {
     path: Option<String>,
     kill: bool,
     euid: u32,
+    /// `kill`: the signal number.
+    #[serde(default)]
+    signal: Option<i32>,
 }
 
 /// What launchctl prints and exits with.
@@ -206,6 +210,35 @@ fn cli(dir: &Path, args: &[String]) -> Reply {
                     }
                     ask(dir, &domain, false, "kickstart", Some(label.clone()), None, kill)
                         .unwrap_or_else(|| not_found(&label))
+                }
+                _ => usage(),
+            }
+        }
+        Some("kill") if args.len() == 3 => {
+            // `kill SIGNAL TARGET`: a name (`HUP`, `SIGHUP`) or a number.
+            let name = args[1].to_ascii_uppercase();
+            let full = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+            let signal = match args[1].parse::<i32>() {
+                Ok(n) => Some(n),
+                Err(_) => full.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32),
+            };
+            match (signal, split_target(&args[2])) {
+                (Some(signal), Some((domain, Some(label)))) => {
+                    if let Err(r) = domain_access(&domain, true) {
+                        return r;
+                    }
+                    let Some(mut stream) = connect(dir, &domain, false) else {
+                        return not_found(&label);
+                    };
+                    let request = Request {
+                        verb: "kill".into(),
+                        label: Some(label.clone()),
+                        path: None,
+                        kill: false,
+                        euid: nix::unistd::Uid::effective().as_raw(),
+                        signal: Some(signal),
+                    };
+                    send_request(&mut stream, &request).unwrap_or_else(|| not_found(&label))
                 }
                 _ => usage(),
             }
@@ -327,8 +360,14 @@ fn ask(
         path,
         kill,
         euid: nix::unistd::Uid::effective().as_raw(),
+        signal: None,
     };
-    let mut line = serde_json::to_string(&request).unwrap();
+    send_request(&mut stream, &request)
+}
+
+/// Sends one request and reads the domain's answer.
+fn send_request(stream: &mut std::os::unix::net::UnixStream, request: &Request) -> Option<Reply> {
+    let mut line = serde_json::to_string(request).unwrap();
     line.push('\n');
     stream.write_all(line.as_bytes()).ok()?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -658,6 +697,19 @@ impl Domain {
             "bootstrap" => self.bootstrap(r.path.as_deref().unwrap_or(""), r.euid),
             "bootout" => self.bootout(&label),
             "kickstart" => self.kickstart(&label, r.kill),
+            "kill" => match self.jobs.get(&label) {
+                None => not_found(&label),
+                Some(job) => match (job.pid, r.signal) {
+                    (Some(pid), Some(sig)) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::try_from(sig).ok(),
+                        );
+                        Reply::ok()
+                    }
+                    _ => Reply::fail(3, "Could not kill service: 3: No such process\n"),
+                },
+            },
             "__shutdown" => Reply::ok(),
             _ => usage(),
         }

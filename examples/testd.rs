@@ -9,7 +9,9 @@
 //!       [--notify-from-outsider] [--listen ADDR] [--http ADDR] [--http-status N]
 //!       [--crash-after MS:CODE] [--lines N] [--stderr-lines N] [--line-bytes N]
 //!       [--starts PATH] [--dump-limits PATH] [--orphans N]
-//!       [--signal-state PATH] [--print-env NAME] [--tick-ms MS] [-- PAYLOAD...]
+//!       [--signal-state PATH] [--print-env NAME] [--tick-ms MS]
+//!       [--reload-log PATH] [--reload-ms MS] [--watchdog-stop-after MS]
+//!       [--health-fail-file PATH] [--health-log PATH] [-- PAYLOAD...]
 //! ```
 //!
 //! - `--tag TEXT`: ignored; lets tests find their processes by command line.
@@ -51,6 +53,17 @@
 //!   runtime ignores SIGPIPE), as `SigBlk`/`SigIgn` lines in the format of
 //!   `/proc/PID/status`, to PATH, then catch SIGTERM: on it, append `SIGTERM` to `PATH.received` and
 //!   exit 0 (proves a stop reached us as SIGTERM, not as a SIGKILL later).
+//! - `--reload-log PATH`: handle SIGHUP as a reload: send `RELOADING=1`
+//!   (when it has a `$NOTIFY_SOCKET`), wait `--reload-ms` (default 0),
+//!   append `hup PID` to PATH, then send `READY=1` and `STATUS=reloaded N`.
+//!   PATH is created (empty) once SIGHUP is handled.
+//! - `--watchdog-stop-after MS`: with `$WATCHDOG_USEC` set, send
+//!   `WATCHDOG=1` every quarter of it, and stop sending after MS ms (a hung
+//!   daemon); without this option it pings for as long as it runs.
+//! - `--health-fail-file PATH`: with `--http`, while PATH holds a number
+//!   K > 0, a `/health` request answers 500 and leaves K - 1 there (so a
+//!   test decides how many fail, and when); otherwise `--http-status`.
+//! - `--health-log PATH`: append `PID CODE` for every `/health` answer.
 //! - `--`: the rest is payload, not options (argv round-trip tests).
 //!
 //! Otherwise it waits for SIGTERM and exits 0.
@@ -73,6 +86,11 @@ struct Options {
     http: Option<String>,
     http_status: u16,
     crash_after: Option<(u64, i32)>,
+    reload_log: Option<String>,
+    reload_ms: u64,
+    watchdog_stop_after: Option<u64>,
+    health_fail: Option<String>,
+    health_log: Option<String>,
 }
 
 fn main() {
@@ -248,6 +266,11 @@ fn main() {
                 }
                 let _ = cmd.status();
             }
+            "--reload-log" => o.reload_log = Some(value(i)),
+            "--reload-ms" => o.reload_ms = value(i).parse().expect("ms"),
+            "--watchdog-stop-after" => o.watchdog_stop_after = Some(value(i).parse().expect("ms")),
+            "--health-fail-file" => o.health_fail = Some(value(i)),
+            "--health-log" => o.health_log = Some(value(i)),
             "--listen" => o.listen = Some(value(i)),
             "--http" => o.http = Some(value(i)),
             "--http-status" => o.http_status = value(i).parse().expect("status"),
@@ -297,6 +320,22 @@ fn main() {
 }
 
 fn run(o: Options) {
+    if let Some(path) = o.reload_log.clone() {
+        handle_reloads(path, o.reload_ms);
+    }
+    if let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let stop_after = o.watchdog_stop_after.map(Duration::from_millis);
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while stop_after.is_none_or(|d| started.elapsed() < d) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                std::thread::sleep(Duration::from_micros(usec / 4));
+            }
+        });
+    }
     if let Some(text) = &o.status {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
     }
@@ -326,9 +365,11 @@ fn run(o: Options) {
     if let Some(addr) = o.http.clone() {
         let listener = std::net::TcpListener::bind(&addr).expect("http listen");
         let status = o.http_status;
+        let fail = o.health_fail.clone();
+        let log = o.health_log.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                serve_http(conn, status);
+                serve_http(conn, status, fail.as_deref(), log.as_deref());
             }
         });
     }
@@ -382,7 +423,48 @@ fn write_lines(out: &mut dyn Write, prefix: &str, count: u64, bytes: usize) {
     out.flush().unwrap();
 }
 
-fn serve_http(mut conn: std::net::TcpStream, status: u16) {
+/// Handles SIGHUP as a reload (see `--reload-log`): SIGHUP is blocked here,
+/// before any other thread starts (they inherit the mask), and one thread
+/// takes it with `sigwait`.
+fn handle_reloads(path: String, reload_ms: u64) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGHUP);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).expect("mask");
+    // The file says SIGHUP is handled from now on (a test waits for it).
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("reload log");
+    std::thread::spawn(move || {
+        let notify = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let mut n = 0u64;
+        while set.wait().is_ok() {
+            n += 1;
+            if notify {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+            }
+            std::thread::sleep(Duration::from_millis(reload_ms));
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("reload log");
+            writeln!(f, "hup {}", std::process::id()).unwrap();
+            drop(f);
+            if notify {
+                let status = format!("reloaded {n}");
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
+            }
+        }
+    });
+}
+
+fn serve_http(mut conn: std::net::TcpStream, status: u16, fail: Option<&str>, log: Option<&str>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 2048];
     let mut request = Vec::new();
@@ -394,7 +476,25 @@ fn serve_http(mut conn: std::net::TcpStream, status: u16) {
     }
     let line = String::from_utf8_lossy(&request);
     let code = if line.starts_with("GET /health ") {
-        status
+        let left = fail
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let code = if left > 0 {
+            write_atomic(fail.unwrap(), &format!("{}\n", left - 1));
+            500
+        } else {
+            status
+        };
+        if let Some(path) = log {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("health log");
+            writeln!(f, "{} {code}", std::process::id()).unwrap();
+        }
+        code
     } else {
         404
     };

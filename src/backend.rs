@@ -227,7 +227,8 @@ impl fmt::Display for BackendKind {
 /// assert_eq!(
 ///     serde_json::to_string(&report).unwrap(),
 ///     r#"{"name":"queen-rbee","backend":"fork","state":"running","pid":1234,"reason":null,"#.to_owned()
-///         + r#""status_text":null,"restarts":0,"uptime_secs":null,"last_exit":null,"problem":null,"drift":null}"#
+///         + r#""status_text":null,"restarts":0,"uptime_secs":null,"last_exit":null,"problem":null,"drift":null,"#
+///         + r#""last_watchdog_ping_ms":null}"#
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -258,6 +259,9 @@ pub struct StatusReport {
     /// systemd: whether the installed unit file differs from what the
     /// config renders now (`None`: not an installed unit, or not known).
     pub drift: Option<bool>,
+    /// When the daemon last sent `WATCHDOG=1` (milliseconds since the Unix
+    /// epoch; `None`: never in this run, or no watchdog).
+    pub last_watchdog_ping_ms: Option<u64>,
 }
 
 fn exit_in_words<S: serde::Serializer>(
@@ -283,6 +287,7 @@ impl StatusReport {
             uptime_secs: None,
             problem: None,
             drift: None,
+            last_watchdog_ping_ms: None,
         }
     }
 }
@@ -315,6 +320,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Stops it (if running) and starts it again; returns the new PID.
     fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>>;
+
+    /// Asks the running daemon to reload its configuration (the spec's
+    /// [`crate::ReloadSpec`]); for a notify daemon, waits until it sends
+    /// `READY=1` again. Not running: [`crate::DaemonError::NotRunning`].
+    /// The default says the backend cannot.
+    fn reload<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
+        let _ = spec;
+        let backend = self.kind();
+        Box::pin(async move {
+            Err(crate::DaemonError::Unsupported {
+                backend,
+                operation: "reload",
+                reason: "this backend has no reload".into(),
+            })
+        })
+    }
 
     /// Waits until it is ready, at most `timeout`.
     fn wait_ready<'a>(

@@ -96,6 +96,11 @@ impl DaemonManager {
         self.runtime.block_on(self.inner.restart())
     }
 
+    /// See [`crate::DaemonManager::reload`].
+    pub fn reload(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.reload())
+    }
+
     /// See [`crate::DaemonManager::wait_ready`].
     pub fn wait_ready(&self, timeout_secs: u64) -> Result<()> {
         self.runtime.block_on(self.inner.wait_ready(timeout_secs))

@@ -89,6 +89,27 @@ pub struct DaemonConfig {
     /// Whether and how a daemon that exits on its own is started again.
     pub restart: RestartConfig,
 
+    /// The daemon must send `WATCHDOG=1` over `$NOTIFY_SOCKET` at least
+    /// this often, in seconds (1 s to a year); it gets `WATCHDOG_USEC` and
+    /// `WATCHDOG_PID` as systemd sets them. A missed deadline (or
+    /// `WATCHDOG=trigger`) aborts it with SIGABRT and the restart policy
+    /// applies; the status reason is `watchdog timeout`. systemd:
+    /// `WatchdogSec=`; launchd has none (named in the plist warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchdog_secs: Option<u64>,
+
+    /// A probe run after the daemon is ready, for as long as it runs: after
+    /// `failures` consecutive failures the daemon is stopped (SIGTERM, then
+    /// SIGKILL) and the restart policy applies (as after a crash); the status
+    /// reason is `liveness probe failed: …`. See [`Liveness`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Liveness>,
+
+    /// How `reload` asks the running daemon to re-read its configuration.
+    /// Default: SIGHUP to its main process. See [`ReloadConfig`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadConfig>,
+
     /// Where stdout and stderr go. Default: `/dev/null` (fork backend), the
     /// journal (systemd backend).
     pub logs: Option<LogsConfig>,
@@ -244,6 +265,135 @@ impl std::fmt::Display for Readiness {
     }
 }
 
+/// A liveness probe: the readiness probe kinds (same code), run every
+/// `interval_ms` once the daemon is ready. TOML: a table with `kind` and
+/// the kind's keys, e.g.
+/// `liveness = { kind = "http", url = "http://127.0.0.1:8080/health", failures = 3 }`.
+///
+/// Who runs it outlives the caller: on the fork backend the daemon's
+/// supervisor, on systemd a small probe process inside the unit (see the
+/// README), so it keeps working after `daemonctl` exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// A TCP connection to `address` succeeds.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// Time between probes, in milliseconds (default 10000).
+        interval_ms: Option<u64>,
+        /// How long one probe may take, in milliseconds (default 1000).
+        timeout_ms: Option<u64>,
+        /// Consecutive failures that mean dead (default 3).
+        failures: Option<u32>,
+    },
+    /// An HTTP GET of `url` answers 2xx.
+    Http {
+        /// `http://host:port/path`.
+        url: String,
+        /// Time between probes, in milliseconds (default 10000).
+        interval_ms: Option<u64>,
+        /// How long one probe may take, in milliseconds (default 1000).
+        timeout_ms: Option<u64>,
+        /// Consecutive failures that mean dead (default 3).
+        failures: Option<u32>,
+    },
+    /// A command exits 0 (executed directly, no shell).
+    Command {
+        /// Absolute executable and its arguments.
+        argv: Vec<String>,
+        /// Time between probes, in milliseconds (default 10000).
+        interval_ms: Option<u64>,
+        /// How long one probe may take, in milliseconds (default 1000).
+        timeout_ms: Option<u64>,
+        /// Consecutive failures that mean dead (default 3).
+        failures: Option<u32>,
+    },
+}
+
+impl Liveness {
+    /// Default time between probes.
+    pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
+    /// Default bound of one probe.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+    /// Default number of consecutive failures that mean dead.
+    pub const DEFAULT_FAILURES: u32 = 3;
+
+    fn knobs(&self) -> (Option<u64>, Option<u64>, Option<u32>) {
+        match self {
+            Liveness::Tcp {
+                interval_ms,
+                timeout_ms,
+                failures,
+                ..
+            }
+            | Liveness::Http {
+                interval_ms,
+                timeout_ms,
+                failures,
+                ..
+            }
+            | Liveness::Command {
+                interval_ms,
+                timeout_ms,
+                failures,
+                ..
+            } => (*interval_ms, *timeout_ms, *failures),
+        }
+    }
+
+    /// Time between probes.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.knobs().0.unwrap_or(Self::DEFAULT_INTERVAL_MS))
+    }
+
+    /// Bound of one probe.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.knobs().1.unwrap_or(Self::DEFAULT_TIMEOUT_MS))
+    }
+
+    /// Consecutive failures that mean dead.
+    pub fn failures(&self) -> u32 {
+        self.knobs().2.unwrap_or(Self::DEFAULT_FAILURES)
+    }
+
+    /// The same check as a [`Readiness`] probe: both run the one probe code.
+    pub fn probe(&self) -> Readiness {
+        let interval_ms = Some(self.interval().as_millis() as u64);
+        match self {
+            Liveness::Tcp { address, .. } => Readiness::Tcp {
+                address: address.clone(),
+                interval_ms,
+            },
+            Liveness::Http { url, .. } => Readiness::Http {
+                url: url.clone(),
+                interval_ms,
+            },
+            Liveness::Command { argv, .. } => Readiness::Command {
+                argv: argv.clone(),
+                interval_ms,
+            },
+        }
+    }
+}
+
+/// The `reload` table: a signal to the daemon's main process
+/// (`reload = { signal = "HUP" }`, the default) or a command run directly
+/// (`reload = { argv = ["/usr/sbin/nginx", "-s", "reload"] }`, with
+/// `$MAINPID` in its environment). Exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReloadConfig {
+    /// Signal name (`HUP`, `USR1`, `SIGUSR2`, …); not KILL or STOP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Absolute executable and its arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+}
+
 /// When a daemon that exited on its own is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -380,6 +530,9 @@ impl Default for DaemonConfig {
             scope: None,
             readiness: None,
             restart: RestartConfig::default(),
+            watchdog_secs: None,
+            liveness: None,
+            reload: None,
             logs: None,
             limits: Limits::default(),
             user: None,

@@ -145,6 +145,16 @@ pub enum DaemonError {
         reason: String,
     },
 
+    /// A reload was refused or failed: the reload command failed, the
+    /// signal could not be sent, or the daemon exited meanwhile.
+    #[error("cannot reload {name}: {reason}")]
+    ReloadFailed {
+        /// Daemon name.
+        name: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+
     /// The daemon is not running, for an operation that needs it running.
     #[error("{name} is not running ({state})")]
     NotRunning {

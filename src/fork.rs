@@ -735,6 +735,9 @@ impl Backend for ForkBackend {
                 report.last_exit = rec.last_exit;
                 report.status_text = rec.status_text;
                 report.restarts = rec.restarts;
+                if report.status.pid().is_some() {
+                    report.last_watchdog_ping_ms = rec.last_watchdog_ping_ms;
+                }
             }
             Ok(report)
         })
@@ -757,6 +760,71 @@ impl Backend for ForkBackend {
             };
             release(&paths, lock);
             result
+        })
+    }
+
+    fn reload<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let paths = Paths::new(spec.pid_file.clone());
+            check_pid_dir(spec, &paths, DirUse::Read)?;
+            let not_running = |state: String| DaemonError::NotRunning {
+                name: spec.name.clone(),
+                state,
+            };
+            let found = self.inspect(spec, &paths).await?;
+            let live = match (&found.status, found.live) {
+                (DaemonStatus::Running(_), Some(live)) => live,
+                (DaemonStatus::Running(pid), None) => {
+                    return Err(not_running(format!(
+                        "PID {pid} runs without its supervisor, which a reload goes through"
+                    )))
+                }
+                (status, _) => return Err(not_running(status.to_string())),
+            };
+            let Some(mut client) = control::Client::connect(&paths.control).await? else {
+                return Err(not_running(DaemonStatus::Stopped.to_string()));
+            };
+            // The supervisor that answered the look, not one swapped in since.
+            if client.peer_pid.is_some_and(|p| p != live.supervisor) {
+                return Err(not_running("restarted meanwhile".into()));
+            }
+            let reply = client
+                .call(control::Op::Reload, control::QUERY_TIMEOUT)
+                .await?;
+            if reply.pid_file != paths.pid_file {
+                return Err(pidfile::untrusted(
+                    &paths.control,
+                    None,
+                    "is served by a supervisor of another PID file",
+                ));
+            }
+            // The supervisor bounds the reload by the start-up timeout.
+            let deadline = Instant::now() + spec.startup_timeout + SUPERVISOR_GRACE;
+            match client.reload_outcome(deadline).await {
+                Some(control::ReloadOutcome { error: None, .. }) => Ok(()),
+                Some(control::ReloadOutcome {
+                    timed_out: true, ..
+                }) => Err(DaemonError::Timeout {
+                    name: spec.name.clone(),
+                    operation: "reload",
+                    after: spec.startup_timeout,
+                }),
+                Some(control::ReloadOutcome {
+                    error: Some(why), ..
+                }) if why.contains("not running") => Err(not_running(why)),
+                Some(control::ReloadOutcome {
+                    error: Some(why), ..
+                }) => Err(DaemonError::ReloadFailed {
+                    name: spec.name.clone(),
+                    reason: why,
+                }),
+                None => Err(DaemonError::ReloadFailed {
+                    name: spec.name.clone(),
+                    reason: "the supervisor did not say how the reload went (it exited, or \
+                             does not know `reload`: a supervisor of an older version)"
+                        .into(),
+                }),
+            }
         })
     }
 

@@ -878,6 +878,34 @@ fn process_gone(pid: u32) -> bool {
     kill(pid, None) == Err(Errno::ESRCH) && killpg(pid, None) == Err(Errno::ESRCH)
 }
 
+/// A `reload.argv` command, run directly (no shell), with `MAINPID` set;
+/// bounded by the start-up timeout, and killed past it.
+async fn run_reload_command(spec: &ServiceSpec, argv: &[String], pid: u32) -> Result<()> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("MAINPID", pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| DaemonError::io(format!("run the reload command {}", argv[0]), e))?;
+    match tokio::time::timeout(spec.startup_timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(DaemonError::ReloadFailed {
+            name: spec.name.clone(),
+            reason: format!("the reload command {} {status}", argv[0]),
+        }),
+        Ok(Err(e)) => Err(DaemonError::io(format!("wait for {}", argv[0]), e)),
+        Err(_) => Err(DaemonError::Timeout {
+            name: spec.name.clone(),
+            operation: "reload",
+            after: spec.startup_timeout,
+        }),
+    }
+}
+
 /// SIGKILL to the job's process group (launchd makes each job a group
 /// leader), or to the process alone if it left the group.
 fn kill_group(pid: u32) -> Result<()> {
@@ -982,6 +1010,43 @@ impl Backend for LaunchdBackend {
 
     fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
         Box::pin(self.restart_job(spec))
+    }
+
+    /// The signal through `launchctl kill SIGNAL DOMAIN/LABEL` (launchd
+    /// sends it to the job's process); a `reload.argv` command is run here,
+    /// directly, with `MAINPID` set. launchd has no `READY=1`, so nothing is
+    /// waited for after the signal.
+    fn reload<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let not_running = |state: String| DaemonError::NotRunning {
+                name: spec.name.clone(),
+                state,
+            };
+            let Some((plist, domain, info)) = self.loaded_owned(spec).await? else {
+                return Err(not_running(DaemonStatus::Stopped.to_string()));
+            };
+            let Some(pid) = info.running_pid() else {
+                return Err(not_running(job_status(&info)?.to_string()));
+            };
+            match &spec.reload {
+                crate::spec::ReloadSpec::Command(argv) => run_reload_command(spec, argv, pid).await,
+                other => {
+                    let name = match other {
+                        crate::spec::ReloadSpec::Signal(name) => format!("SIG{name}"),
+                        _ => "SIGHUP".to_owned(),
+                    };
+                    let target = format!("{domain}/{}", plist.label);
+                    let args = ["kill", name.as_str(), target.as_str()];
+                    let out = self.launchctl.run(&spec.name, &args).await?;
+                    match out.code {
+                        0 => Ok(()),
+                        // The job ended between the look and the kill.
+                        3 | 113 => Err(not_running(DaemonStatus::Stopped.to_string())),
+                        _ => Err(refusal(format!("launchctl {}", args.join(" ")), &out)),
+                    }
+                }
+            }
+        })
     }
 
     fn wait_ready<'a>(

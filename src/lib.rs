@@ -88,14 +88,14 @@ mod text;
 
 pub use backend::{Backend, BackendKind, BoxFuture, DaemonStatus, ExitInfo, StatusReport};
 pub use config::{
-    DaemonConfig, Limit, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
-    MAX_CONFIG_BYTES,
+    DaemonConfig, Limit, Limits, Liveness, LogsConfig, Readiness, ReloadConfig, RestartConfig,
+    RestartPolicy, Scope, MAX_CONFIG_BYTES,
 };
 pub use error::{DaemonError, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
 pub use launchd::{LaunchdBackend, PlistSpec};
 pub use manager::{BackendChoice, DaemonManager};
-pub use spec::{LogSpec, RestartSpec, RunAs, ServiceSpec};
+pub use spec::{LivenessSpec, LogSpec, ReloadSpec, RestartSpec, RunAs, ServiceSpec};
 pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 
 /// Turns this process into a supervisor when the fork backend started it as
@@ -122,6 +122,15 @@ pub use systemd::{BusTarget, SystemdBackend, UnitSpec};
 pub fn supervisor_init() {
     if std::env::var_os(fork::supervise::SUPERVISE_ENV).is_some() {
         fork::supervise::main();
+    }
+    // The liveness probe helper of a systemd unit (an ExecStartPost= of
+    // ours): by argv, since the unit's environment is the daemon's too.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(4).collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == systemd::LIVENESS_HELPER_ARG)
+    {
+        systemd::probe_helper::main(args);
     }
     let state = if tokio::runtime::Handle::try_current().is_ok() {
         fork::InitState::InsideRuntime

@@ -252,6 +252,27 @@ impl DaemonManager {
         result
     }
 
+    /// Asks the running daemon to reload its configuration, without a
+    /// restart: the config's `reload` (SIGHUP to its main process by
+    /// default, another signal, or a command run directly), and for a
+    /// notify daemon a wait (at most `startup_timeout_secs`) until it sends
+    /// `READY=1` again. A daemon that is not running is
+    /// [`DaemonError::NotRunning`](crate::DaemonError::NotRunning).
+    ///
+    /// What each call re-reads: `reload` re-reads nothing of the config but
+    /// `reload` itself (the daemon re-reads its own files); the daemon keeps
+    /// its argv, environment and limits. `restart` starts it from the
+    /// config as it is now (for an installed systemd unit whose file
+    /// differs from the config, the file is rewritten and the manager
+    /// reloaded first).
+    pub async fn reload(&self) -> Result<()> {
+        let t = Instant::now();
+        let (spec, backend) = self.ready().await?;
+        let result = backend.reload(spec).await;
+        self.log("reload", t, &result);
+        result
+    }
+
     /// Waits until the daemon is ready, at most `timeout_secs` seconds. Without
     /// a readiness probe, ready means running.
     pub async fn wait_ready(&self, timeout_secs: u64) -> Result<()> {

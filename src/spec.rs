@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::config::{self, DaemonConfig, Limits, Readiness, Scope};
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
 
 pub use restart::RestartSpec;
 pub(crate) use restart::{is_clean_exit, StartLimit};
@@ -60,6 +61,12 @@ pub struct ServiceSpec {
     pub readiness: Option<Readiness>,
     /// Whether and how a daemon that exits on its own is started again.
     pub restart: RestartSpec,
+    /// `watchdog_secs`: the longest the daemon may go without `WATCHDOG=1`.
+    pub watchdog: Option<Duration>,
+    /// The liveness probe run while the daemon runs, once ready.
+    pub liveness: Option<LivenessSpec>,
+    /// How `reload` asks the daemon to re-read its configuration.
+    pub reload: ReloadSpec,
     /// Where stdout and stderr go.
     pub logs: LogSpec,
     /// Resource limits.
@@ -94,6 +101,69 @@ impl RunAs {
     /// Whether neither a user nor a group is asked for.
     pub fn is_default(&self) -> bool {
         self.user.is_none() && self.group.is_none()
+    }
+}
+
+/// A liveness probe with its defaults resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LivenessSpec {
+    /// What is probed (tcp, http or command; the readiness probe code).
+    pub probe: Readiness,
+    /// Time between the start of one probe and the next.
+    pub interval: Duration,
+    /// Bound of one probe.
+    pub timeout: Duration,
+    /// Consecutive failures after which the daemon is stopped.
+    pub failures: u32,
+}
+
+/// The words a status gives for a daemon its liveness probe stopped.
+pub(crate) const LIVENESS_FAILED: &str = "liveness probe failed";
+/// The words a status gives for a daemon its watchdog aborted.
+pub(crate) const WATCHDOG_TIMEOUT: &str = "watchdog timeout";
+
+/// How `reload` reaches the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ReloadSpec {
+    /// This signal (its name without `SIG`, e.g. `HUP`) to the main process.
+    Signal(String),
+    /// This command, run directly, with `MAINPID` in its environment.
+    Command(Vec<String>),
+}
+
+impl Default for ReloadSpec {
+    fn default() -> Self {
+        ReloadSpec::Signal("HUP".into())
+    }
+}
+
+impl ReloadSpec {
+    /// The spec of a (well-formed) `reload` table; none: SIGHUP.
+    pub fn from_config(c: Option<&config::ReloadConfig>) -> ReloadSpec {
+        match c {
+            Some(config::ReloadConfig {
+                argv: Some(argv), ..
+            }) => ReloadSpec::Command(argv.clone()),
+            Some(config::ReloadConfig {
+                signal: Some(sig), ..
+            }) => match config::validate::reload_signal(sig) {
+                Some(s) => ReloadSpec::Signal(s.as_str().trim_start_matches("SIG").to_owned()),
+                None => ReloadSpec::default(),
+            },
+            _ => ReloadSpec::default(),
+        }
+    }
+
+    /// The signal number, for [`ReloadSpec::Signal`].
+    pub fn signal_number(&self) -> Option<i32> {
+        match self {
+            ReloadSpec::Signal(name) => config::validate::reload_signal(name).map(|s| s as i32),
+            ReloadSpec::Command(_) => None,
+        }
     }
 }
 
@@ -151,6 +221,14 @@ impl ServiceSpec {
             scope: config.scope.unwrap_or_else(Scope::default_for_current_user),
             readiness: config.readiness.clone(),
             restart: RestartSpec::from_config(&config.restart),
+            watchdog: config.watchdog_secs.map(Duration::from_secs),
+            liveness: config.liveness.as_ref().map(|l| LivenessSpec {
+                probe: l.probe(),
+                interval: l.interval(),
+                timeout: l.timeout(),
+                failures: l.failures(),
+            }),
+            reload: ReloadSpec::from_config(config.reload.as_ref()),
             logs: LogSpec {
                 stdout: logs.stdout,
                 stderr: logs.stderr,

@@ -44,6 +44,8 @@ mod install;
 mod job;
 mod list;
 mod ownership;
+pub(crate) mod probe_helper;
+mod reload;
 mod start;
 mod state;
 mod stop;
@@ -64,7 +66,9 @@ use install::drift;
 use state::{Read, UnitState};
 
 pub use bus::BusTarget;
-pub use unit::{spec_unit_name, unit_name, UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MARK};
+pub use unit::{
+    spec_unit_name, unit_name, UnitSpec, LIVENESS_HELPER_ARG, OWNERSHIP_KEY, OWNERSHIP_MARK,
+};
 /// The zbus this crate is built with, so a [`zbus::Connection`] you pass to
 /// [`SystemdBackend::from_connection`] is of the same version.
 pub use zbus;
@@ -77,6 +81,8 @@ pub struct SystemdBackend {
     /// Directories the manager sees under another path (it runs in another
     /// mount namespace): (our path, the manager's path).
     path_aliases: Vec<(PathBuf, PathBuf)>,
+    /// The liveness probe helper program (see [`SystemdBackend::with_probe_helper`]).
+    probe_helper: Option<PathBuf>,
 }
 
 impl SystemdBackend {
@@ -136,6 +142,7 @@ impl SystemdBackend {
             manager,
             scope,
             path_aliases: Vec::new(),
+            probe_helper: None,
         })
     }
 
@@ -158,6 +165,16 @@ impl SystemdBackend {
         self
     }
 
+    /// Runs a config's liveness probe with `program` (`daemonctl`, or a
+    /// program calling [`crate::supervisor_init`]) inside the unit; without
+    /// it, `$DAEMON_LIFECYCLE_SUPERVISOR`, else the running program if it
+    /// called `supervisor_init`. The unit names its absolute path, so it must
+    /// stay there while the unit exists.
+    pub fn with_probe_helper(mut self, program: impl Into<PathBuf>) -> Self {
+        self.probe_helper = Some(program.into());
+        self
+    }
+
     /// Our path for a path as the manager names it.
     fn local_path(&self, managers_path: &str) -> PathBuf {
         let p = Path::new(managers_path);
@@ -177,7 +194,7 @@ impl SystemdBackend {
 
     /// The unit for this backend's manager.
     fn unit_spec(&self, spec: &ServiceSpec) -> Result<UnitSpec> {
-        UnitSpec::from_spec(spec, self.scope)
+        UnitSpec::from_spec_with_helper(spec, self.scope, self.probe_helper.as_deref())
     }
 
     /// `ResetFailedUnit`; a unit that is not loaded is fine.
@@ -260,8 +277,14 @@ impl Backend for SystemdBackend {
                 if report.status != DaemonStatus::Stopped {
                     report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
                 }
+                // Pings of this run only (systemd keeps the last one's time).
+                if report.status.pid().is_some() && s.watchdog_usec >= s.main_started_usec {
+                    report.last_watchdog_ping_ms =
+                        Some(s.watchdog_usec / 1000).filter(|ms| *ms > 0);
+                }
                 if !s.transient && s.load == "loaded" {
-                    report.drift = UnitSpec::from_spec(spec, self.scope)
+                    report.drift = self
+                        .unit_spec(spec)
                         .ok()
                         .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
                 }
@@ -270,10 +293,21 @@ impl Backend for SystemdBackend {
         })
     }
 
+    fn reload<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.reload_unit(spec))
+    }
+
     fn restart<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<u32>> {
         Box::pin(async move {
             let unit = Self::unit(spec)?;
-            match self.owned_state(spec, &unit).await? {
+            let state = self.owned_state(spec, &unit).await?;
+            if let Some(s) = &state {
+                // An installed unit whose file the config no longer matches:
+                // written again and the manager reloaded, so the restart runs
+                // the config as it is now.
+                self.rewrite_drifted(spec, s).await?;
+            }
+            match state {
                 Some(state) if state.is_up() => {
                     self.stop_unit(spec, &unit).await?;
                     self.start_unit(spec).await

@@ -46,6 +46,7 @@ mod scenarios {
 
     mod concurrency;
     mod exits;
+    mod health;
     mod input;
     mod lifecycle;
     mod readiness;

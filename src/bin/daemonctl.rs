@@ -78,6 +78,16 @@ enum Command {
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
+    /// Ask the running daemon to reload its configuration (no restart).
+    ///
+    /// The config's `reload`: SIGHUP (default) or another signal to its
+    /// main process, or a command; a notify daemon is waited for until it
+    /// sends READY=1 again. Re-reads nothing itself: the daemon re-reads its
+    /// own files. A daemon that is not running: exit 7.
+    Reload {
+        #[arg(help = CONFIG_HELP)]
+        config: PathBuf,
+    },
     /// Report its state in one line, or one JSON object.
     ///
     /// Exit code: 0 running or starting, 1 stale, 3 stopped or failed,
@@ -250,6 +260,7 @@ impl Command {
             | Command::Stop { config }
             | Command::Kill { config }
             | Command::Restart { config }
+            | Command::Reload { config }
             | Command::Status { config, .. }
             | Command::WaitReady { config, .. }
             | Command::Cleanup { config }
@@ -622,6 +633,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
                     .await?;
             println!("{pid}");
         }
+        Command::Reload { .. } => manager.reload().await?,
         Command::Stop { .. } => manager.stop().await?,
         Command::Kill { .. } => manager.kill().await?,
         Command::Cleanup { .. } => manager.cleanup_stale().await?,

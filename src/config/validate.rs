@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use super::{DaemonConfig, LogsConfig, Readiness, RestartConfig, MAX_NAME_LEN, MAX_TIMEOUT_SECS};
+use super::{
+    DaemonConfig, Liveness, LogsConfig, Readiness, ReloadConfig, RestartConfig, MAX_NAME_LEN,
+    MAX_TIMEOUT_SECS,
+};
 use crate::error::{DaemonError, Result};
 
 /// Checks every field; the first problem found is a typed error naming the
@@ -81,6 +84,20 @@ pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
         validate_readiness(readiness)?;
     }
     validate_restart(&config.restart)?;
+    if let Some(secs) = config.watchdog_secs {
+        if secs == 0 || secs > MAX_TIMEOUT_SECS {
+            return Err(DaemonError::invalid(
+                "watchdog_secs",
+                format!("{secs} is out of range (1 to {MAX_TIMEOUT_SECS} seconds)"),
+            ));
+        }
+    }
+    if let Some(liveness) = &config.liveness {
+        validate_liveness(liveness)?;
+    }
+    if let Some(reload) = &config.reload {
+        validate_reload(reload)?;
+    }
     if let Some(logs) = &config.logs {
         validate_logs(logs)?;
     }
@@ -196,33 +213,130 @@ fn program_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The probe's own fields as readiness checks them (the same kinds and
+/// rules, under `liveness.`), then the liveness knobs.
+fn validate_liveness(l: &Liveness) -> Result<()> {
+    validate_probe("liveness", &l.probe())?;
+    let range = |field: &str, value: u64, lo: u64, hi: u64, unit: &str| {
+        if !(lo..=hi).contains(&value) {
+            return Err(DaemonError::invalid(
+                format!("liveness.{field}"),
+                format!("{value} is out of range ({lo} to {hi}{unit})"),
+            ));
+        }
+        Ok(())
+    };
+    range(
+        "interval_ms",
+        l.interval().as_millis() as u64,
+        10,
+        60_000,
+        " ms",
+    )?;
+    range(
+        "timeout_ms",
+        l.timeout().as_millis() as u64,
+        10,
+        600_000,
+        " ms",
+    )?;
+    range("failures", u64::from(l.failures()), 1, 1000, "")?;
+    Ok(())
+}
+
+/// The signal names `reload.signal` takes: `HUP` or `SIGHUP`, any signal
+/// but the two a process cannot handle.
+pub(crate) fn reload_signal(name: &str) -> Option<nix::sys::signal::Signal> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>().ok().filter(|s| {
+        !matches!(
+            s,
+            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+        )
+    })
+}
+
+fn validate_reload(r: &ReloadConfig) -> Result<()> {
+    match (&r.signal, &r.argv) {
+        (Some(_), Some(_)) => Err(DaemonError::invalid(
+            "reload",
+            "set either `signal` or `argv`, not both",
+        )),
+        (Some(sig), None) => match reload_signal(sig) {
+            Some(_) => Ok(()),
+            None => Err(DaemonError::invalid(
+                "reload.signal",
+                format!(
+                    "{} is not a signal name a daemon can handle (HUP, USR1, USR2, ...; not KILL or STOP)",
+                    crate::text::quote(sig)
+                ),
+            )),
+        },
+        (None, Some(argv)) => {
+            let Some(program) = argv.first() else {
+                return Err(DaemonError::invalid("reload.argv", "is empty"));
+            };
+            for (i, a) in argv.iter().enumerate() {
+                no_nul(&format!("reload.argv[{i}]"), a)?;
+                if a.chars().any(|c| c == '\n' || c == '\r') {
+                    return Err(DaemonError::invalid(
+                        format!("reload.argv[{i}]"),
+                        "contains a line break",
+                    ));
+                }
+            }
+            if !Path::new(program).is_absolute() {
+                return Err(DaemonError::invalid(
+                    "reload.argv",
+                    format!(
+                        "{} is not an absolute path (no shell or PATH search)",
+                        crate::text::quote(program)
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
+}
+
 fn validate_readiness(r: &Readiness) -> Result<()> {
+    validate_probe("readiness", r)
+}
+
+/// A probe's fields, named under `prefix` (`readiness` or `liveness`).
+fn validate_probe(prefix: &str, r: &Readiness) -> Result<()> {
     let interval = match r {
         Readiness::Notify => None,
         Readiness::Tcp {
             address,
             interval_ms,
         } => {
-            no_nul("readiness.address", address)?;
+            no_nul(&format!("{prefix}.address"), address)?;
             let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
             if !ok {
                 return Err(DaemonError::invalid(
-                    "readiness.address",
+                    format!("{prefix}.address"),
                     format!("{} is not host:port", crate::text::quote(address)),
                 ));
             }
             *interval_ms
         }
         Readiness::Http { url, interval_ms } => {
-            no_nul("readiness.url", url)?;
+            no_nul(&format!("{prefix}.url"), url)?;
             let rest = url.strip_prefix("http://");
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
                 || url.chars().any(char::is_control)
             {
                 return Err(DaemonError::invalid(
-                    "readiness.url",
+                    format!("{prefix}.url"),
                     format!(
                         "{} is not an http:// URL with a host",
                         crate::text::quote(url)
@@ -233,14 +347,14 @@ fn validate_readiness(r: &Readiness) -> Result<()> {
         }
         Readiness::Command { argv, interval_ms } => {
             let Some(program) = argv.first() else {
-                return Err(DaemonError::invalid("readiness.argv", "is empty"));
+                return Err(DaemonError::invalid(format!("{prefix}.argv"), "is empty"));
             };
             for (i, a) in argv.iter().enumerate() {
-                no_nul(&format!("readiness.argv[{i}]"), a)?;
+                no_nul(&format!("{prefix}.argv[{i}]"), a)?;
             }
             if !Path::new(program).is_absolute() {
                 return Err(DaemonError::invalid(
-                    "readiness.argv",
+                    format!("{prefix}.argv"),
                     format!(
                         "{} is not an absolute path (no shell or PATH search)",
                         crate::text::quote(program)
@@ -253,7 +367,7 @@ fn validate_readiness(r: &Readiness) -> Result<()> {
     if let Some(ms) = interval {
         if !(10..=60_000).contains(&ms) {
             return Err(DaemonError::invalid(
-                "readiness.interval_ms",
+                format!("{prefix}.interval_ms"),
                 format!("{ms} is out of range (10 to 60000)"),
             ));
         }

@@ -51,6 +51,10 @@ pub(crate) enum Op {
     Kill,
     /// The caller's readiness probe succeeded (tcp/http/command readiness).
     Ready,
+    /// Reload the daemon (its `reload` signal or command; for a notify
+    /// daemon, until `READY=1`): the reply, then one [`ReloadOutcome`] line
+    /// once it is over.
+    Reload,
 }
 
 impl Op {
@@ -61,6 +65,7 @@ impl Op {
             Op::Stop => "stop",
             Op::Kill => "kill",
             Op::Ready => "ready",
+            Op::Reload => "reload",
         }
     }
 }
@@ -101,6 +106,16 @@ pub(crate) struct ControlReply {
     /// The supervisor's own copy of the record (what it last wrote, or would
     /// have written where the disk refused).
     pub record: Record,
+}
+
+/// The line that ends a `reload`: `error` is `None` when it went well.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ReloadOutcome {
+    pub v: u32,
+    pub error: Option<String>,
+    /// The reload ran out of time (no `READY=1`, or a command that hangs).
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A connection to a live supervisor.
@@ -292,6 +307,18 @@ impl Client {
         })
     }
 
+    /// After `reload`: the [`ReloadOutcome`] line, or `None` when none came
+    /// by `deadline` (or the supervisor hung up).
+    pub async fn reload_outcome(&mut self, deadline: Instant) -> Option<ReloadOutcome> {
+        let mut line = String::new();
+        let mut limited = (&mut self.stream).take(64 * 1024);
+        let read = limited.read_line(&mut line);
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(n)) if n > 0 => serde_json::from_str(line.trim_end()).ok(),
+            _ => None,
+        }
+    }
+
     /// After `stop`/`kill`: waits until the supervisor has exited (the
     /// connection reaches end of file), or `deadline`. Returns whether it did.
     pub async fn wait_closed(mut self, deadline: Instant) -> bool {
@@ -399,6 +426,16 @@ pub(crate) async fn read_request(stream: &mut BufReader<UnixStream>) -> Option<C
     }
     let req: ControlRequest = serde_json::from_str(line.trim_end()).ok()?;
     (req.v == PROTOCOL_VERSION).then_some(req)
+}
+
+/// Writes the line that ends a reload.
+pub(crate) async fn write_reload_outcome(
+    stream: &mut BufReader<UnixStream>,
+    outcome: &ReloadOutcome,
+) {
+    let mut line = serde_json::to_vec(outcome).expect("an outcome serializes");
+    line.push(b'\n');
+    let _ = tokio::time::timeout(QUERY_TIMEOUT, stream.get_mut().write_all(&line)).await;
 }
 
 /// Writes one reply line.

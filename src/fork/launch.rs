@@ -49,6 +49,9 @@ pub(super) fn build_request(spec: &ServiceSpec, paths: &Paths) -> Result<Request
         limits: spec.limits.clone(),
         credentials,
         await_probe: spec.probe().is_some(),
+        watchdog_usec: spec.watchdog.map(|d| d.as_micros() as u64),
+        liveness: spec.liveness.clone(),
+        reload: spec.reload.clone(),
     })
 }
 

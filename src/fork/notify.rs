@@ -5,7 +5,8 @@
 //! behaves the same here.
 //!
 //! Understood: `READY=1`, `STATUS=…`, `EXTEND_TIMEOUT_USEC=…`, `STOPPING=1`,
-//! `MAINPID=…`; the rest (`WATCHDOG=1`, `FDSTORE=1`, …) is ignored, and file
+//! `MAINPID=…`, `RELOADING=1`, `WATCHDOG=1`, `WATCHDOG=trigger`,
+//! `WATCHDOG_USEC=…`; the rest (`FDSTORE=1`, …) is ignored, and file
 //! descriptors passed along are closed at once.
 //!
 //! Who may speak: on Linux the kernel stamps every datagram with the sender's
@@ -33,6 +34,14 @@ pub(crate) struct Message {
     pub status: Option<String>,
     pub main_pid: Option<u32>,
     pub extend_timeout: Option<Duration>,
+    /// `RELOADING=1`: a reload began; `READY=1` ends it.
+    pub reloading: bool,
+    /// `WATCHDOG=1`: the keep-alive ping.
+    pub watchdog_ping: bool,
+    /// `WATCHDOG=trigger`: the daemon asks to be treated as hung.
+    pub watchdog_trigger: bool,
+    /// `WATCHDOG_USEC=`: a new watchdog interval (0: watchdog off).
+    pub watchdog_usec: Option<u64>,
 }
 
 impl Message {
@@ -49,6 +58,10 @@ impl Message {
                 "STOPPING" => m.stopping |= value == "1",
                 "STATUS" => m.status = Some(value.to_owned()),
                 "MAINPID" => m.main_pid = value.parse().ok().filter(|p| *p > 0),
+                "RELOADING" => m.reloading |= value == "1",
+                "WATCHDOG" if value == "1" => m.watchdog_ping = true,
+                "WATCHDOG" if value == "trigger" => m.watchdog_trigger = true,
+                "WATCHDOG_USEC" => m.watchdog_usec = value.parse().ok(),
                 "EXTEND_TIMEOUT_USEC" => {
                     m.extend_timeout = value.parse().ok().map(Duration::from_micros)
                 }

@@ -103,6 +103,14 @@ pub(crate) struct Record {
     /// the group is signalled only while its ID still names our group.
     #[serde(default)]
     pub leader: Option<ProcRef>,
+    /// When the last `WATCHDOG=1` arrived (ms since the Unix epoch); kept
+    /// in the live supervisor's copy (pings are not written to disk).
+    #[serde(default)]
+    pub last_watchdog_ping_ms: Option<u64>,
+    /// Why the supervisor ended the last run itself (`watchdog timeout`,
+    /// `liveness probe failed: …`): said instead of its exit.
+    #[serde(default)]
+    pub exit_reason: Option<String>,
 }
 
 impl Record {
@@ -121,6 +129,8 @@ impl Record {
             restart_pending: false,
             pid_file: None,
             leader: None,
+            last_watchdog_ping_ms: None,
+            exit_reason: None,
         }
     }
 

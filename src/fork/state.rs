@@ -44,9 +44,10 @@ pub(crate) fn from_live(reply: ControlReply, disk: &Disk, pid_file: &str) -> Ins
         // Still running until its tree is gone: a status during our own stop
         // is never a false "stale".
         Phase::Running | Phase::Stopping => DaemonStatus::Running(pid),
-        Phase::Backoff => match rec.last_exit {
-            Some(exit) => DaemonStatus::Failed(format!("{exit}; restart pending")),
-            None => DaemonStatus::Failed("restart pending".into()),
+        Phase::Backoff => match (&rec.exit_reason, rec.last_exit) {
+            (Some(why), _) => DaemonStatus::Failed(format!("{why}; restart pending")),
+            (None, Some(exit)) => DaemonStatus::Failed(format!("{exit}; restart pending")),
+            (None, None) => DaemonStatus::Failed("restart pending".into()),
         },
         Phase::Exited => match rec.last_exit {
             Some(_) if rec.restart_pending => ended(rec, true),
@@ -200,10 +201,16 @@ pub(crate) fn ended(rec: &Record, supervisor_alive: bool) -> DaemonStatus {
         return DaemonStatus::Failed(failure.clone());
     }
     let exit = rec.last_exit.expect("called with an exit");
+    // A run the supervisor ended (watchdog, liveness) says why, not how.
+    let why = rec.exit_reason.clone();
     if rec.restart_pending && supervisor_alive {
-        return DaemonStatus::Failed(format!("{exit}; restart pending"));
+        let what = why.unwrap_or_else(|| exit.to_string());
+        return DaemonStatus::Failed(format!("{what}; restart pending"));
     }
-    failed_or_stopped(exit)
+    match why {
+        Some(why) => DaemonStatus::Failed(why),
+        None => failed_or_stopped(exit),
+    }
 }
 
 fn failed_or_stopped(exit: ExitInfo) -> DaemonStatus {

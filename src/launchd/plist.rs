@@ -437,6 +437,15 @@ fn unexpressed(spec: &ServiceSpec) -> Vec<String> {
     if spec.logs.max_bytes.is_some() {
         out.push("logs.max_bytes / logs.keep (launchd does not rotate log files)".to_owned());
     }
+    if spec.watchdog.is_some() {
+        out.push("watchdog_secs (launchd has no watchdog: a hung daemon stays running)".to_owned());
+    }
+    if spec.liveness.is_some() {
+        out.push(
+            "liveness (launchd has no liveness probe: a daemon that stops answering stays running)"
+                .to_owned(),
+        );
+    }
     out
 }
 

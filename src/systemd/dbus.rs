@@ -24,6 +24,9 @@ pub(crate) trait Manager {
     /// Queues a stop job; returns the job's path.
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 
+    /// Queues a reload job (`ExecReload=`); returns the job's path.
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     /// Sends a signal to the unit's processes (`whom`: main, control, all).
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
 

@@ -312,7 +312,7 @@ impl SystemdBackend {
 
     /// `Reload` (daemon-reload), bounded: a reload re-reads every unit and
     /// takes seconds on a big host, so it gets more than a query.
-    async fn reload(&self) -> Result<()> {
+    pub(super) async fn reload(&self) -> Result<()> {
         bounded("Reload", RELOAD_GRACE, self.manager.reload())
             .await?
             .map_err(|e| bus_error("Reload", e))
@@ -342,7 +342,7 @@ fn refuse_alias_link(spec: &ServiceSpec, unit: &str, path: &Path) -> Result<()> 
 /// An installed unit file as text (`None`: nothing there), read without
 /// following a link; bytes that are not UTF-8 are kept lossily, so a foreign
 /// file still reads as not ours rather than as absent.
-fn read_unit_file(path: &Path) -> Result<Option<String>> {
+pub(super) fn read_unit_file(path: &Path) -> Result<Option<String>> {
     match crate::fsutil::read_regular(path, 1 << 20) {
         Ok(found) => Ok(found.map(|(bytes, _)| String::from_utf8_lossy(&bytes).into_owned())),
         Err(e) => Err(DaemonError::io(format!("read {}", path.display()), e)),

@@ -70,6 +70,8 @@ pub(super) struct UnitState {
     pub(super) timeout_start_usec: Option<u64>,
     /// `ExecMainStartTimestamp` (µs since the epoch), for the uptime.
     pub(super) main_started_usec: u64,
+    /// `WatchdogTimestamp` (µs since the epoch): the last `WATCHDOG=1`.
+    pub(super) watchdog_usec: u64,
 }
 
 impl UnitState {
@@ -118,6 +120,10 @@ impl UnitState {
             .and_then(|v| u64::try_from(v).ok());
         self.main_started_usec = s
             .get("ExecMainStartTimestamp")
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
+        self.watchdog_usec = s
+            .get("WatchdogTimestamp")
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(0);
     }
@@ -183,10 +189,22 @@ impl UnitState {
                 None => "not ready within TimeoutStartSec".to_owned(),
             },
             _ if self.start_limit_hit() => "start limit hit".to_owned(),
+            ("watchdog", _) => self.watchdog_reason(),
             ("exit-code" | "signal" | "core-dump", Some(exit)) => exit.to_string(),
             (result, Some(exit)) => format!("{result} ({exit})"),
             (result, None) => result.to_owned(),
         })
+    }
+
+    /// A watchdog failure in the fork backend's words: `liveness probe
+    /// failed: …` when the probe helper said so (its `STATUS=` before it
+    /// triggered the watchdog), else `watchdog timeout`.
+    fn watchdog_reason(&self) -> String {
+        if self.status_text.starts_with(crate::spec::LIVENESS_FAILED) {
+            self.status_text.clone()
+        } else {
+            crate::spec::WATCHDOG_TIMEOUT.to_owned()
+        }
     }
 
     /// systemd 252 keeps the failure's own `Result` (`exit-code`, ...) when
@@ -230,6 +248,9 @@ impl UnitState {
             // Waiting out RestartSec: the fork backend's words for it.
             "activating" if self.sub == "auto-restart" => {
                 DaemonStatus::Failed(match self.last_exit() {
+                    _ if self.result == "watchdog" => {
+                        format!("{}; restart pending", self.watchdog_reason())
+                    }
                     Some(exit) => format!("{exit}; restart pending"),
                     None => "restart pending".to_owned(),
                 })

@@ -97,6 +97,61 @@ pub struct UnitSpec {
     pub group: Option<String>,
     /// Which manager it is for.
     pub scope: Scope,
+    /// `WatchdogSec=`: the config's `watchdog_secs`, or for a liveness
+    /// probe the time within which the probe helper must ping.
+    pub watchdog: Option<Duration>,
+    /// `WatchdogSignal=SIGTERM` for a liveness probe (its stop is SIGTERM
+    /// then SIGKILL); `None`: systemd's SIGABRT.
+    pub watchdog_signal: Option<i32>,
+    /// `NotifyAccess=`: `exec` for a notify daemon (the reload's
+    /// `RELOADING=1` comes from `ExecReload=`), `all` with a liveness
+    /// probe (its helper pings from inside the unit).
+    pub notify_access: Option<&'static str>,
+    /// `ExecReload=` lines, each an argv; `${MAINPID}` in one is systemd's
+    /// variable (every other `$` is literal).
+    pub exec_reload: Vec<Vec<String>>,
+    /// `ExecStartPost=`: the liveness probe helper, if any.
+    pub exec_start_post: Option<Vec<String>>,
+}
+
+/// The argument that turns the supervisor program (`daemonctl`, or a
+/// program calling [`crate::supervisor_init`]) into the liveness probe
+/// helper of a systemd unit: `PROGRAM --daemon-lifecycle-liveness UNIT JSON`.
+pub const LIVENESS_HELPER_ARG: &str = "--daemon-lifecycle-liveness";
+
+/// What the probe helper runs: the liveness probe, and the readiness
+/// probe to wait for first (tcp/http/command readiness), as JSON in its
+/// argv.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HelperArgs {
+    pub liveness: crate::spec::LivenessSpec,
+    pub readiness: Option<crate::config::Readiness>,
+    pub startup_timeout_ms: u64,
+}
+
+/// Where `kill` is on every systemd host (util-linux or procps).
+const KILL: &str = "/bin/kill";
+/// `systemd-notify`, which by default waits until the manager has
+/// processed its message (a barrier, systemd 246+).
+const SYSTEMD_NOTIFY: &str = "/usr/bin/systemd-notify";
+
+/// The supervisor program to run as the liveness helper when none is
+/// given: `$DAEMON_LIFECYCLE_SUPERVISOR`, else this program when it called
+/// [`crate::supervisor_init`] (as `daemonctl` does).
+pub(crate) fn default_probe_helper() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(crate::fork::SUPERVISOR_PATH_ENV) {
+        let p = std::path::PathBuf::from(p);
+        if p.is_absolute() {
+            return Some(p);
+        }
+    }
+    if crate::fork::INIT.load(std::sync::atomic::Ordering::Relaxed)
+        == crate::fork::InitState::Called as u8
+    {
+        return std::env::current_exe().ok();
+    }
+    None
 }
 
 /// The service unit name for a daemon name: the name itself plus `.service`
@@ -161,6 +216,19 @@ impl UnitSpec {
     /// are not UTF-8 or not normalized). Pure: nothing on the host is
     /// looked at.
     pub fn from_spec(spec: &ServiceSpec, scope: Scope) -> Result<UnitSpec> {
+        Self::from_spec_with_helper(spec, scope, None)
+    }
+
+    /// [`UnitSpec::from_spec`] with `helper` as the liveness probe helper
+    /// (the supervisor program: `daemonctl`, or a program calling
+    /// [`crate::supervisor_init`]); `None`: `$DAEMON_LIFECYCLE_SUPERVISOR`,
+    /// else the running program if it called `supervisor_init`. A config
+    /// with `liveness` and no helper is refused.
+    pub fn from_spec_with_helper(
+        spec: &ServiceSpec,
+        scope: Scope,
+        helper: Option<&std::path::Path>,
+    ) -> Result<UnitSpec> {
         let name = &spec.name;
         let executable = utf8("binary_path", &spec.program)?;
         let mut argv = vec![executable.clone()];
@@ -209,6 +277,80 @@ impl UnitSpec {
                 }
             }
         }
+        let (watchdog, watchdog_signal, exec_start_post) = match &spec.liveness {
+            None => (spec.watchdog, None, None),
+            Some(_) if spec.watchdog.is_some() => {
+                return Err(DaemonError::invalid(
+                    "liveness",
+                    "on systemd a liveness probe drives the unit's watchdog (WatchdogSec=), \
+                     so it cannot be combined with watchdog_secs",
+                ))
+            }
+            Some(l) => {
+                let helper = match helper {
+                    Some(h) => h.to_owned(),
+                    None => default_probe_helper().ok_or_else(|| {
+                        DaemonError::invalid(
+                            "liveness",
+                            format!(
+                                "on systemd the probe runs in a helper inside the unit: the supervisor \
+                                 program (daemonctl, or a program calling supervisor_init()); set \
+                                 {}=/usr/bin/daemonctl",
+                                crate::fork::SUPERVISOR_PATH_ENV
+                            ),
+                        )
+                    })?,
+                };
+                let args = HelperArgs {
+                    liveness: l.clone(),
+                    readiness: spec.probe().cloned(),
+                    startup_timeout_ms: spec.startup_timeout.as_millis() as u64,
+                };
+                let json = serde_json::to_string(&args).expect("helper args serialize");
+                // The helper pings after every probe: a gap longer than
+                // this means the helper itself is gone or hung.
+                let round = l.interval + l.timeout;
+                (
+                    Some(round * 2 + Duration::from_secs(5)),
+                    Some(libc::SIGTERM),
+                    Some(vec![
+                        utf8("liveness", &helper)?,
+                        LIVENESS_HELPER_ARG.to_owned(),
+                        spec_unit_name(spec)?,
+                        json,
+                    ]),
+                )
+            }
+        };
+        let mut exec_reload = Vec::new();
+        if spec.notify() {
+            // A notify daemon answers a reload with READY=1. On systemd 252
+            // the reload job ends with the last ExecReload= command unless
+            // the manager already heard RELOADING=1: sent first, from here,
+            // and waited for (systemd-notify's barrier), the job then waits
+            // for the daemon's READY=1.
+            exec_reload.push(vec![SYSTEMD_NOTIFY.to_owned(), "RELOADING=1".to_owned()]);
+        }
+        match &spec.reload {
+            crate::spec::ReloadSpec::Command(argv) => exec_reload.push(argv.clone()),
+            other => {
+                let sig = match other {
+                    crate::spec::ReloadSpec::Signal(name) => name.clone(),
+                    _ => "HUP".to_owned(),
+                };
+                exec_reload.push(vec![
+                    KILL.to_owned(),
+                    "-s".to_owned(),
+                    sig,
+                    "${MAINPID}".to_owned(),
+                ]);
+            }
+        }
+        let notify_access = match (&exec_start_post, spec.notify()) {
+            (Some(_), _) => Some("all"),
+            (None, true) => Some("exec"),
+            (None, false) => None,
+        };
         let spec = UnitSpec {
             unit: spec_unit_name(spec)?,
             template: spec.is_template(),
@@ -234,6 +376,11 @@ impl UnitSpec {
             user: spec.run_as.user.clone(),
             group: spec.run_as.group.clone(),
             scope,
+            watchdog,
+            watchdog_signal,
+            notify_access,
+            exec_reload,
+            exec_start_post,
         };
         // Render once so every refusal of the quoting rules happens here,
         // before anything is sent or written.
@@ -385,6 +532,19 @@ impl UnitSpec {
                 Scope::System => "multi-user.target",
                 Scope::User => "default.target",
             },
+            watchdog_sec: self.watchdog.map(span),
+            watchdog_signal: self.watchdog_signal.map(signal_name),
+            notify_access: self.notify_access,
+            exec_reload: self
+                .exec_reload
+                .iter()
+                .map(|argv| exec_line_with_mainpid(argv).map_err(field("reload.argv")))
+                .collect::<Result<Vec<_>>>()?,
+            exec_start_post: self
+                .exec_start_post
+                .as_ref()
+                .map(|argv| escape::exec_line(&argv[0], &argv[1..]).map_err(field("liveness")))
+                .transpose()?,
         };
         let mut text = template.render().map_err(|e| DaemonError::Io {
             context: "render unit template".into(),
@@ -461,6 +621,36 @@ impl UnitSpec {
         if let Some(g) = &self.group {
             props.push(("Group", v(g.as_str())));
         }
+        if let Some(w) = self.watchdog {
+            props.push(("WatchdogUSec", v(usec(w))));
+        }
+        if let Some(sig) = self.watchdog_signal {
+            props.push(("WatchdogSignal", v(sig)));
+        }
+        if let Some(access) = self.notify_access {
+            props.push(("NotifyAccess", v(access)));
+        }
+        // Exec properties expand `$` at exec time: literal ones are `$$`,
+        // as in the unit file; `${MAINPID}` stays the variable.
+        let exec = |argv: &[String]| {
+            (
+                argv[0].clone(),
+                argv.iter()
+                    .map(|a| match a.as_str() {
+                        "${MAINPID}" => a.clone(),
+                        _ => a.replace('$', "$$"),
+                    })
+                    .collect::<Vec<_>>(),
+                false,
+            )
+        };
+        props.push((
+            "ExecReload",
+            v(self.exec_reload.iter().map(|a| exec(a)).collect::<Vec<_>>()),
+        ));
+        if let Some(argv) = &self.exec_start_post {
+            props.push(("ExecStartPost", v(vec![exec(argv)])));
+        }
         props
     }
 }
@@ -488,6 +678,30 @@ fn span(d: Duration) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// An `ExecReload=` line: the argv quoted as every Exec line, where the
+/// word `${MAINPID}` is systemd's variable (a daemon's own `$` stay
+/// literal, `$$`).
+fn exec_line_with_mainpid(argv: &[String]) -> std::result::Result<String, escape::EscapeError> {
+    let mainpid = argv.last().is_some_and(|a| a == "${MAINPID}");
+    let words = if mainpid {
+        &argv[1..argv.len() - 1]
+    } else {
+        &argv[1..]
+    };
+    let mut line = escape::exec_line(&argv[0], words)?;
+    if mainpid {
+        line.push_str(" ${MAINPID}");
+    }
+    Ok(line)
+}
+
+/// `SIGTERM` for 15: what `WatchdogSignal=` reads.
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| sig.to_string())
 }
 
 /// A limit's unit-file directive (also its transient property), and the
@@ -534,6 +748,11 @@ struct UnitFile {
     user: Option<String>,
     group: Option<String>,
     wanted_by: &'static str,
+    watchdog_sec: Option<String>,
+    watchdog_signal: Option<String>,
+    notify_access: Option<&'static str>,
+    exec_reload: Vec<String>,
+    exec_start_post: Option<String>,
 }
 
 #[cfg(test)]

@@ -209,6 +209,36 @@ pub struct NotRun {
 /// The scenarios some targets do not run.
 pub const NOT_RUN: &[NotRun] = &[
     NotRun {
+        scenario: "watchdog_stops_pinging_is_aborted_and_restarted",
+        on: &[Target::Launchd],
+        why: "launchd has no watchdog (named in the plist warning): a daemon that stops pinging stays running",
+    },
+    NotRun {
+        scenario: "watchdog_timeout_reads_watchdog_timeout",
+        on: &[Target::Launchd],
+        why: "as above: there is no watchdog to time out",
+    },
+    NotRun {
+        scenario: "liveness_failures_restart_the_daemon",
+        on: &[Target::Launchd],
+        why: "launchd has no liveness probe (named in the plist warning): a daemon whose probe fails stays running",
+    },
+    NotRun {
+        scenario: "liveness_failure_reads_liveness_probe_failed",
+        on: &[Target::Launchd],
+        why: "as above: no probe runs",
+    },
+    NotRun {
+        scenario: "one_liveness_failure_does_not_restart",
+        on: &[Target::Launchd],
+        why: "as above: no probe runs",
+    },
+    NotRun {
+        scenario: "reload_sends_sighup_once_and_waits_for_ready",
+        on: &[Target::Launchd],
+        why: "launchd has no `READY=1` protocol, so a reload is the signal alone (`launchctl kill HUP`), waited for by nothing; `reload_sends_the_signal` runs there",
+    },
+    NotRun {
         scenario: "restart_on_failure_until_the_start_limit",
         on: &[Target::Launchd],
         why: "launchd has no start limit: `KeepAlive` restarts every `ThrottleInterval` without end (named in the plist warning), so the count of runs is only a matter of time",

@@ -274,7 +274,9 @@ impl Ctx {
         let backend =
             SystemdBackend::connect_to(&BusTarget::Address(bus.address.clone()), bus.scope)
                 .await
-                .unwrap_or_else(|e| panic!("connect to {}: {e}", bus.address));
+                .unwrap_or_else(|e| panic!("connect to {}: {e}", bus.address))
+                // Liveness probes run in `daemonctl` inside the unit.
+                .with_probe_helper(support::daemonctl());
         match &bus.run_dir {
             // The harness binds these over its /run and /etc/systemd/system.
             Some(run) => backend

@@ -22,7 +22,9 @@ use crate::fork::proc::{self, ProcRef};
 use crate::spec::{LogSpec, StartLimit};
 
 use super::protocol::{Request, Response};
-use super::spawn::{reap_all, reap_leader, spawn_daemon, tree_alive};
+use super::spawn::{reap_all, reap_leader, spawn_daemon, spawn_helper, tree_alive};
+use crate::config::Readiness;
+use crate::spec::{LIVENESS_FAILED, WATCHDOG_TIMEOUT};
 
 /// One run of the daemon.
 pub(super) struct Run {
@@ -59,6 +61,32 @@ pub(super) enum Event {
     ReadyTimer,
     RestartTimer,
     Recheck,
+    /// The watchdog deadline passed without `WATCHDOG=1`.
+    WatchdogTimer,
+    /// Time for the next liveness probe.
+    ProbeTimer,
+    /// A tcp/http liveness probe finished.
+    ProbeDone(Result<(), String>),
+    /// A liveness probe command, or a reload, ran out of time.
+    HelperTimer,
+}
+
+/// A liveness probe under way.
+pub(super) enum Probing {
+    /// tcp/http: a task of this runtime.
+    Task(JoinHandle<Result<(), String>>),
+    /// A command: our child, reaped in `on_child`, with its deadline.
+    Command { pid: u32, until: Instant },
+}
+
+/// A reload under way: the caller's connection (answered at the end).
+pub(super) struct Reloading {
+    stream: tokio::io::BufReader<tokio::net::UnixStream>,
+    /// The reload command still runs (its PID).
+    command: Option<u32>,
+    /// A notify daemon: done at its next `READY=1`.
+    wait_ready: bool,
+    until: Instant,
 }
 
 /// Open log files, shared across restarts.
@@ -173,6 +201,25 @@ struct Supervisor {
     killed: bool,
     /// Restarts scheduled within the start-limit window.
     start_limit: StartLimit,
+    /// The watchdog interval now (`WATCHDOG_USEC=` changes it; `None`: off).
+    watchdog: Option<Duration>,
+    /// When the daemon must have pinged by (armed once it is ready).
+    watchdog_deadline: Option<Instant>,
+    /// Why this supervisor is ending the current run itself (watchdog,
+    /// liveness): the exit that follows is a failure with this reason.
+    ended_for: Option<String>,
+    /// When the next liveness probe starts (armed once the daemon is ready).
+    probe_at: Option<Instant>,
+    probing: Option<Probing>,
+    /// Consecutive liveness failures, and the last one's words.
+    probe_failures: u32,
+    /// A reload under way.
+    reloading: Option<Reloading>,
+    /// Reloads that ended: their connections get the outcome line.
+    reload_done: Vec<(
+        tokio::io::BufReader<tokio::net::UnixStream>,
+        control::ReloadOutcome,
+    )>,
 }
 
 /// The first process of a run, identity taken at once.
@@ -259,6 +306,7 @@ pub(super) async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i
             Phase::Backoff(at) => Some(at),
             _ => None,
         };
+        let helper_deadline = sup.helper_deadline();
         let event = tokio::select! {
             _ = chld.recv() => Event::Child,
             _ = term.recv() => Event::Stop(Signal::SIGTERM),
@@ -275,6 +323,10 @@ pub(super) async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i
             _ = sleep_until_opt(sup.ready_deadline) => Event::ReadyTimer,
             _ = sleep_until_opt(restart_at) => Event::RestartTimer,
             _ = recheck.tick(), if matches!(sup.phase, Phase::Exited(_)) => Event::Recheck,
+            _ = sleep_until_opt(sup.watchdog_deadline) => Event::WatchdogTimer,
+            _ = sleep_until_opt(sup.probe_at) => Event::ProbeTimer,
+            r = probe_task(sup.probing.as_mut()) => Event::ProbeDone(r),
+            _ = sleep_until_opt(helper_deadline) => Event::HelperTimer,
         };
         let ended = match event {
             // A control request is answered (and, for stop/kill, turned
@@ -282,6 +334,11 @@ pub(super) async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i
             Event::Control((request, mut stream)) => {
                 let (reply, then) = sup.on_control(request.op);
                 control::write_reply(&mut stream, &reply).await;
+                if request.op == control::Op::Reload {
+                    sup.on_reload(stream);
+                    flush_reloads(&mut sup.reload_done).await;
+                    continue;
+                }
                 match then {
                     Some(Event::Stop(sig)) => {
                         waiting_for_exit.push(stream);
@@ -317,7 +374,25 @@ pub(super) async fn supervise(req: Request, out: &mut dyn FnMut(&Response)) -> i
                 sup.on_notify(msg, sender, out);
                 None
             }
+            Event::WatchdogTimer => {
+                sup.on_watchdog_timeout("no WATCHDOG=1 in time");
+                None
+            }
+            Event::ProbeTimer => {
+                sup.on_probe_timer();
+                None
+            }
+            Event::ProbeDone(result) => {
+                sup.probing = None;
+                sup.on_probe_result(result);
+                None
+            }
+            Event::HelperTimer => {
+                sup.on_helper_timer();
+                None
+            }
         };
+        flush_reloads(&mut sup.reload_done).await;
         if let Some(code) = ended {
             return code;
         }
@@ -338,7 +413,7 @@ impl Supervisor {
             });
             1
         })?;
-        let notify = if req.notify {
+        let notify = if req.notify || req.watchdog_usec.is_some() {
             let owner = req
                 .credentials
                 .as_ref()
@@ -426,6 +501,20 @@ impl Supervisor {
             kill_at: None,
             killed: false,
             start_limit: StartLimit::default(),
+            watchdog: None,
+            watchdog_deadline: None,
+            ended_for: None,
+            probe_at: None,
+            probing: None,
+            probe_failures: 0,
+            reloading: None,
+            reload_done: Vec::new(),
+        })
+        .map(|mut sup| {
+            if sup.answered && !sup.awaiting_probe {
+                sup.became_ready();
+            }
+            sup
         })
     }
 
@@ -458,7 +547,7 @@ impl Supervisor {
             clean_up(&self.paths, &self.record);
             return Some(0);
         }
-        if self.record.failure.is_some() || !self.req.restart.restarts_after(exit) {
+        if self.record.failure.is_some() || !self.restarts_after(exit) {
             self.record.restart_pending = false;
             save_record(&self.paths, &self.record);
             return Some(exit_code(exit));
@@ -489,11 +578,13 @@ impl Supervisor {
                     self.ready_deadline = None;
                     self.record.ready = true;
                     save_record(&self.paths, &self.record);
+                    self.became_ready();
                 }
                 None
             }
             control::Op::Stop => Some(Event::Stop(Signal::SIGTERM)),
             control::Op::Kill => Some(Event::Kill),
+            control::Op::Reload => None,
         };
         let reply = control::ControlReply {
             v: control::PROTOCOL_VERSION,
@@ -516,28 +607,50 @@ impl Supervisor {
             signal_tree(&self.run, Signal::SIGKILL);
         }
         for (reaped, info) in reap_all(self.run.pgid()) {
+            if let Some(Probing::Command { pid, .. }) = self.probing {
+                if pid == reaped {
+                    self.probing = None;
+                    let result = match info {
+                        ExitInfo::Code(0) => Ok(()),
+                        other => Err(format!("{} {other}", self.probe_program())),
+                    };
+                    self.on_probe_result(result);
+                    continue;
+                }
+            }
+            if self.reloading.as_ref().and_then(|r| r.command) == Some(reaped) {
+                self.on_reload_command_exit(info);
+                continue;
+            }
             if reaped != self.run.main_pid || !matches!(self.phase, Phase::Running) {
                 continue;
             }
             tracing::debug!(pid = reaped, %info, "daemon exited");
             self.phase = Phase::Exited(info);
+            self.stop_health_checks();
+            self.finish_reload(Some("the daemon exited during the reload".into()), false);
             // Record at once (readers wait for this moment), then drop the
             // PID file: a reader that still sees the PID file of a dead
             // daemon finds the exit in the record.
+            let restarts = self.restarts_after(info);
             let record = &mut self.record;
             record.last_exit = Some(info);
             record.ready = false;
-            if !self.stop_requested && crate::spec::is_clean_exit(info) && proc::has_descendants() {
+            record.exit_reason = self.ended_for.take();
+            self.ended_for = record.exit_reason.clone();
+            if !self.stop_requested
+                && record.exit_reason.is_none()
+                && crate::spec::is_clean_exit(info)
+                && proc::has_descendants()
+            {
                 tracing::warn!(name = %self.req.name, "daemon exited cleanly and left processes running");
                 record.failure = Some(SELF_DAEMONIZED.into());
             }
             // Say now whether a restart follows, in the same write: a reader
             // must never see a bare failure for a daemon that is about to
             // come back.
-            record.restart_pending = self.answered
-                && !self.stop_requested
-                && record.failure.is_none()
-                && self.req.restart.restarts_after(info);
+            record.restart_pending =
+                self.answered && !self.stop_requested && record.failure.is_none() && restarts;
             save_record(&self.paths, &self.record);
             remove_own(&self.paths.pid_file, &self.paths, &self.record);
             // What is left of the daemon's tree goes too (as systemd's
@@ -562,6 +675,7 @@ impl Supervisor {
             return None; // already stopping; a second signal must not reset the timer
         }
         self.stop_requested = true;
+        self.stop_health_checks();
         signal_tree(&self.run, sig);
         if self.kill_at.is_none() {
             self.kill_at = Some(Instant::now() + self.shutdown);
@@ -576,6 +690,7 @@ impl Supervisor {
             return Some(0);
         }
         self.stop_requested = true;
+        self.stop_health_checks();
         self.killed = true;
         signal_tree(&self.run, Signal::SIGKILL);
         None
@@ -629,7 +744,15 @@ impl Supervisor {
                 record.restarts += 1;
                 record.restart_pending = false;
                 record.ready = false;
+                record.last_watchdog_ping_ms = None;
+                self.ended_for = None;
                 save_pid(&self.paths, &self.record, self.run.child);
+                // Without readiness to wait for, ready now (as at the start);
+                // otherwise at READY=1. (A restarted probe daemon has no
+                // caller probing it: it counts as ready once running.)
+                if !self.req.notify {
+                    self.became_ready();
+                }
                 None
             }
             Err(e) => {
@@ -690,9 +813,33 @@ impl Supervisor {
         if msg.stopping {
             tracing::info!(name = %self.req.name, "daemon reports STOPPING=1");
         }
+        if let Some(usec) = msg.watchdog_usec {
+            // As systemd: a new interval from now on; 0 switches it off.
+            self.watchdog = (usec > 0).then(|| Duration::from_micros(usec));
+            if self.watchdog_deadline.is_some() || self.record.ready {
+                self.watchdog_deadline = self.watchdog.map(|w| Instant::now() + w);
+            }
+        }
+        if msg.watchdog_ping {
+            self.record.last_watchdog_ping_ms = Some(pidfile::now_ms());
+            if self.watchdog_deadline.is_some() {
+                self.watchdog_deadline = self.watchdog.map(|w| Instant::now() + w);
+            }
+        }
+        if msg.reloading {
+            tracing::info!(name = %self.req.name, "daemon reports RELOADING=1");
+        }
+        if msg.ready {
+            if let Some(r) = &self.reloading {
+                if r.wait_ready && r.command.is_none() {
+                    self.finish_reload(None, false);
+                }
+            }
+        }
         if msg.ready && !self.record.ready {
             self.record.ready = true;
             dirty = true;
+            self.became_ready();
         }
         match new_main {
             Some(main) => save_pid(&self.paths, &self.record, main),
@@ -708,6 +855,296 @@ impl Supervisor {
                 pid: self.run.main_pid,
             });
         }
+        if msg.watchdog_trigger {
+            self.on_watchdog_timeout("the daemon sent WATCHDOG=trigger");
+        }
+    }
+
+    /// Whether the run that ended this way is restarted: the policy's rule,
+    /// except that a run this supervisor ended (watchdog, liveness) is a
+    /// failure whatever its exit says (a SIGTERM is a clean exit).
+    fn restarts_after(&self, exit: ExitInfo) -> bool {
+        match &self.ended_for {
+            Some(_) => self.req.restart.policy != crate::config::RestartPolicy::Never,
+            None => self.req.restart.restarts_after(exit),
+        }
+    }
+
+    /// The daemon is ready (READY=1, the caller's probe, or running when
+    /// nothing is awaited): the watchdog and the liveness probe start, as
+    /// systemd starts the watchdog once a start is complete.
+    fn became_ready(&mut self) {
+        if !matches!(self.phase, Phase::Running) || self.stop_requested {
+            return;
+        }
+        if self.watchdog.is_none() {
+            self.watchdog = self.req.watchdog_usec.map(Duration::from_micros);
+        }
+        self.watchdog_deadline = self.watchdog.map(|w| Instant::now() + w);
+        if let Some(l) = &self.req.liveness {
+            self.probe_failures = 0;
+            self.probe_at = Some(Instant::now() + l.interval);
+        }
+    }
+
+    /// No watchdog, no probe: the run is ending or ended.
+    fn stop_health_checks(&mut self) {
+        self.watchdog_deadline = None;
+        self.probe_at = None;
+        match self.probing.take() {
+            Some(Probing::Task(task)) => task.abort(),
+            Some(Probing::Command { pid, .. }) => {
+                // Our unreaped child: its PID is still its own.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid as i32), None);
+            }
+            None => {}
+        }
+    }
+
+    /// The daemon missed its watchdog deadline (or asked for it): SIGABRT
+    /// to its tree, as systemd sends, SIGKILL after the shutdown timeout;
+    /// then the restart policy applies.
+    fn on_watchdog_timeout(&mut self, why: &str) {
+        if !matches!(self.phase, Phase::Running) || self.stop_requested || self.ended_for.is_some()
+        {
+            return;
+        }
+        tracing::warn!(name = %self.req.name, why, "watchdog timeout: aborting the daemon");
+        self.end_run(WATCHDOG_TIMEOUT.to_owned(), Signal::SIGABRT);
+    }
+
+    /// This supervisor ends the run: `sig` to the tree, SIGKILL after the
+    /// shutdown timeout, and `reason` for the exit that follows.
+    fn end_run(&mut self, reason: String, sig: Signal) {
+        self.ended_for = Some(reason);
+        self.stop_health_checks();
+        signal_tree(&self.run, sig);
+        self.kill_at.get_or_insert(Instant::now() + self.shutdown);
+    }
+
+    fn probe_program(&self) -> String {
+        match self.req.liveness.as_ref().map(|l| &l.probe) {
+            Some(Readiness::Command { argv, .. }) => argv[0].clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Time for a liveness probe: start it (a command as our child, tcp
+    /// and http as a task), bounded by the probe's timeout.
+    fn on_probe_timer(&mut self) {
+        self.probe_at = None;
+        let Some(l) = self.req.liveness.clone() else {
+            return;
+        };
+        if self.probing.is_some() || !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        match &l.probe {
+            Readiness::Command { argv, .. } => match spawn_helper(argv, &self.req, None) {
+                Ok(pid) => {
+                    self.probing = Some(Probing::Command {
+                        pid,
+                        until: Instant::now() + l.timeout,
+                    })
+                }
+                Err(e) => self.on_probe_result(Err(format!("run {}: {e}", argv[0]))),
+            },
+            probe => {
+                let probe = probe.clone();
+                let timeout = l.timeout;
+                self.probing = Some(Probing::Task(tokio::spawn(async move {
+                    match tokio::time::timeout(
+                        timeout,
+                        crate::readiness::probe_once(&probe, timeout),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("{probe}: timed out")),
+                    }
+                })));
+            }
+        }
+    }
+
+    /// A liveness probe's result: `failures` in a row stop the daemon
+    /// (SIGTERM, then SIGKILL), and the restart policy applies.
+    fn on_probe_result(&mut self, result: Result<(), String>) {
+        let Some(l) = self.req.liveness.clone() else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Running) || self.stop_requested || self.ended_for.is_some()
+        {
+            return;
+        }
+        match result {
+            Ok(()) => self.probe_failures = 0,
+            Err(why) => {
+                self.probe_failures += 1;
+                tracing::info!(name = %self.req.name, failures = self.probe_failures, %why, "liveness probe failed");
+                if self.probe_failures >= l.failures {
+                    tracing::warn!(name = %self.req.name, %why, "liveness probe failed {} times in a row: stopping the daemon", l.failures);
+                    let reason =
+                        format!("{LIVENESS_FAILED}: {}", crate::text::clip_middle(&why, 200));
+                    self.end_run(reason, Signal::SIGTERM);
+                    return;
+                }
+            }
+        }
+        self.probe_at = Some(Instant::now() + l.interval);
+    }
+
+    /// The earliest deadline of a helper: a probe command, a reload.
+    fn helper_deadline(&self) -> Option<Instant> {
+        let probe = match self.probing {
+            Some(Probing::Command { until, .. }) => Some(until),
+            _ => None,
+        };
+        let reload = self.reloading.as_ref().map(|r| r.until);
+        match (probe, reload) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_helper_timer(&mut self) {
+        let now = Instant::now();
+        if let Some(Probing::Command { pid, until }) = self.probing {
+            if until <= now {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid as i32), None);
+                self.probing = None;
+                let program = self.probe_program();
+                self.on_probe_result(Err(format!("{program} timed out")));
+            }
+        }
+        if self.reloading.as_ref().is_some_and(|r| r.until <= now) {
+            let what = match self.reloading.as_ref().and_then(|r| r.command) {
+                Some(_) => "the reload command did not finish in time",
+                None => "no READY=1 in time after the reload",
+            };
+            self.finish_reload(Some(what.into()), true);
+        }
+    }
+
+    /// A reload request: the signal to the main process, or the command;
+    /// for a notify daemon, done at its next `READY=1`.
+    fn on_reload(&mut self, stream: tokio::io::BufReader<tokio::net::UnixStream>) {
+        let fail = |why: &str| control::ReloadOutcome {
+            v: control::PROTOCOL_VERSION,
+            error: Some(why.to_owned()),
+            timed_out: false,
+        };
+        if !matches!(self.phase, Phase::Running)
+            || self.stop_requested
+            || !self.answered
+            || self.awaiting_probe
+        {
+            self.reload_done
+                .push((stream, fail("it is not running (or not ready yet)")));
+            return;
+        }
+        if self.reloading.is_some() {
+            self.reload_done
+                .push((stream, fail("a reload is under way")));
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(self.req.startup_timeout_ms.max(1));
+        let mut reloading = Reloading {
+            stream,
+            command: None,
+            wait_ready: self.req.notify,
+            until,
+        };
+        match &self.req.reload {
+            crate::spec::ReloadSpec::Command(argv) => {
+                let as_daemon = (
+                    self.run.main_pid,
+                    self.spawner.rlimits.as_slice(),
+                    self.spawner.groups.as_slice(),
+                );
+                match spawn_helper(argv, &self.req, Some(as_daemon)) {
+                    Ok(pid) => reloading.command = Some(pid),
+                    Err(e) => {
+                        let why = format!("run {}: {e}", argv[0]);
+                        self.reload_done.push((reloading.stream, fail(&why)));
+                        return;
+                    }
+                }
+            }
+            spec => {
+                let sig = spec
+                    .signal_number()
+                    .and_then(|n| Signal::try_from(n).ok())
+                    .unwrap_or(Signal::SIGHUP);
+                tracing::info!(name = %self.req.name, pid = self.run.main_pid, signal = sig.as_str(), "reload");
+                if let Err(e) = nix::sys::signal::kill(Pid::from_raw(self.run.main_pid as i32), sig)
+                {
+                    let why = format!("send {} to {}: {e}", sig.as_str(), self.run.main_pid);
+                    self.reload_done.push((reloading.stream, fail(&why)));
+                    return;
+                }
+            }
+        }
+        let done = reloading.command.is_none() && !reloading.wait_ready;
+        self.reloading = Some(reloading);
+        if done {
+            self.finish_reload(None, false);
+        }
+    }
+
+    fn on_reload_command_exit(&mut self, info: ExitInfo) {
+        let Some(r) = self.reloading.as_mut() else {
+            return;
+        };
+        r.command = None;
+        match info {
+            ExitInfo::Code(0) if r.wait_ready => {}
+            ExitInfo::Code(0) => self.finish_reload(None, false),
+            other => self.finish_reload(Some(format!("the reload command {other}")), false),
+        }
+    }
+
+    /// Ends the reload under way (if any) with `error` (`None`: done).
+    fn finish_reload(&mut self, error: Option<String>, timed_out: bool) {
+        let Some(r) = self.reloading.take() else {
+            return;
+        };
+        if let Some(pid) = r.command {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid as i32), None);
+        }
+        self.reload_done.push((
+            r.stream,
+            control::ReloadOutcome {
+                v: control::PROTOCOL_VERSION,
+                error,
+                timed_out,
+            },
+        ));
+    }
+}
+
+/// The result of a tcp/http liveness probe under way (never, when none is).
+async fn probe_task(probing: Option<&mut Probing>) -> Result<(), String> {
+    match probing {
+        Some(Probing::Task(task)) => task
+            .await
+            .unwrap_or_else(|e| Err(format!("probe task: {e}"))),
+        _ => std::future::pending().await,
+    }
+}
+
+/// Answers every reload that ended.
+async fn flush_reloads(
+    done: &mut Vec<(
+        tokio::io::BufReader<tokio::net::UnixStream>,
+        control::ReloadOutcome,
+    )>,
+) {
+    for (mut stream, outcome) in done.drain(..) {
+        control::write_reload_outcome(&mut stream, &outcome).await;
     }
 }
 

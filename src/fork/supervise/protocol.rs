@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::backend::ExitInfo;
 use crate::config::Limits;
 use crate::fork::limits::Credentials;
-use crate::spec::{LogSpec, RestartSpec};
+use crate::spec::{LivenessSpec, LogSpec, ReloadSpec, RestartSpec};
 
 /// Version of the caller → supervisor request. A supervisor program built
 /// from another version of this crate refuses a request of another version
 /// (and unknown fields) instead of silently dropping what it does not know.
-pub(crate) const REQUEST_VERSION: u32 = 3;
+pub(crate) const REQUEST_VERSION: u32 = 4;
 
 /// What the caller asks the supervisor to run.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +51,16 @@ pub(crate) struct Request {
     /// timeout the supervisor stops the daemon.
     #[serde(default)]
     pub await_probe: bool,
+    /// `watchdog_secs` in µs: the daemon gets `WATCHDOG_USEC`/`WATCHDOG_PID`
+    /// and must send `WATCHDOG=1` this often once ready, or is aborted.
+    #[serde(default)]
+    pub watchdog_usec: Option<u64>,
+    /// The liveness probe the supervisor runs once the daemon is ready.
+    #[serde(default)]
+    pub liveness: Option<LivenessSpec>,
+    /// How a reload reaches the daemon.
+    #[serde(default)]
+    pub reload: ReloadSpec,
 }
 
 /// The supervisor's answer lines.

@@ -97,7 +97,7 @@ pub(super) fn spawn_daemon(
     groups: &[libc::gid_t],
 ) -> std::io::Result<Run> {
     // argv and envp for our own execve; std's (and its execvp) go unused.
-    let image = ExecImage::new(req, notify)?;
+    let mut image = ExecImage::new(req, notify)?;
     let mut cmd = Command::new(&req.binary_path);
     cmd.current_dir(&req.working_dir)
         .stdin(Stdio::null())
@@ -132,6 +132,7 @@ pub(super) fn spawn_daemon(
             }
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
                 .map_err(std::io::Error::from)?;
+            image.set_watchdog_pid(libc::getpid());
             Err(image.exec())
         });
     }
@@ -160,6 +161,10 @@ pub(super) struct ExecImage {
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
+    /// `WATCHDOG_PID=` and room for the digits, which only the child
+    /// knows (its own PID, as systemd sets it): filled in between fork and
+    /// exec ([`ExecImage::set_watchdog_pid`]); `envp` points at it.
+    watchdog_pid: Option<Box<[u8; 32]>>,
 }
 
 // SAFETY: the pointers only point into `_strings`, owned by the same value
@@ -188,6 +193,13 @@ impl ExecImage {
         for a in &req.args {
             argv_strings.push(c(a.clone().into_bytes())?);
         }
+        if let Some(usec) = req.watchdog_usec {
+            env.insert("WATCHDOG_USEC".into(), usec.to_string());
+        } else {
+            // Never the caller's: a watchdog we do not enforce is none.
+            env.remove("WATCHDOG_USEC");
+        }
+        env.remove("WATCHDOG_PID");
         let mut env_strings = Vec::with_capacity(env.len());
         for (k, v) in &env {
             env_strings.push(c(format!("{k}={v}").into_bytes())?);
@@ -199,14 +211,47 @@ impl ExecImage {
                 .collect::<Vec<_>>()
         };
         let argv = ptrs(&argv_strings);
-        let envp = ptrs(&env_strings);
+        let mut envp = ptrs(&env_strings);
+        let mut watchdog_pid = None;
+        if req.watchdog_usec.is_some() {
+            let mut buf = Box::new([0u8; 32]);
+            buf[..WATCHDOG_PID_PREFIX.len()].copy_from_slice(WATCHDOG_PID_PREFIX);
+            // Before the terminating null pointer.
+            envp.insert(envp.len() - 1, buf.as_ptr().cast());
+            watchdog_pid = Some(buf);
+        }
         argv_strings.append(&mut env_strings);
         Ok(ExecImage {
             path,
             _strings: argv_strings,
             argv,
             envp,
+            watchdog_pid,
         })
+    }
+
+    /// Writes `pid` after `WATCHDOG_PID=`, NUL-terminated. Runs in the child
+    /// between fork and exec: no allocation, async-signal-safe.
+    fn set_watchdog_pid(&mut self, pid: libc::pid_t) {
+        let Some(buf) = self.watchdog_pid.as_mut() else {
+            return;
+        };
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        let mut v = pid.max(0) as u64;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let start = WATCHDOG_PID_PREFIX.len();
+        for i in 0..n {
+            buf[start + i] = digits[n - 1 - i];
+        }
+        buf[start + n] = 0;
     }
 
     /// `execve`; returns only on failure, with its errno. Async-signal-safe.
@@ -216,6 +261,42 @@ impl ExecImage {
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
         std::io::Error::last_os_error()
     }
+}
+
+const WATCHDOG_PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
+
+/// Starts a helper command of the supervisor's (a liveness probe command,
+/// a reload command): executed directly, stdio on `/dev/null`, in the
+/// supervisor's process group. With `as_daemon`, in the daemon's working
+/// directory, environment, user and limits (a reload command, as systemd
+/// runs `ExecReload=`), with `MAINPID` set. Reaped by [`reap_all`] like
+/// every child (never through `Child`); returns its PID.
+pub(super) fn spawn_helper(
+    argv: &[String],
+    req: &Request,
+    as_daemon: Option<(u32, &[limits::Rlimit], &[libc::gid_t])>,
+) -> std::io::Result<u32> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((main_pid, rlimits, groups)) = as_daemon {
+        cmd.env_clear()
+            .envs(&req.env)
+            .env("MAINPID", main_pid.to_string())
+            .current_dir(&req.working_dir);
+        let creds = req.credentials.clone();
+        let rlimits = rlimits.to_vec();
+        let groups = groups.to_vec();
+        // SAFETY: between fork and exec, only async-signal-safe calls on
+        // data prepared before the fork (as for the daemon itself).
+        unsafe {
+            cmd.pre_exec(move || limits::apply_in_child(&rlimits, creds.as_ref(), &groups));
+        }
+    }
+    let child = cmd.spawn()?;
+    Ok(child.id())
 }
 
 /// The highest signal number.
