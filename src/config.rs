@@ -905,6 +905,82 @@ mod tests {
         let mut c = base();
         c.user = Some("root\nUser=evil".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "user");
+        let mut c = base();
+        c.watchdog_secs = Some(0);
+        assert_eq!(field_of(c.validate().unwrap_err()), "watchdog_secs");
+        let liveness = |text: &str| {
+            let mut c = base();
+            c.liveness = Some(toml::from_str(text).unwrap());
+            c.validate().err().map(field_of)
+        };
+        assert_eq!(liveness("kind = \"tcp\"\naddress = \"127.0.0.1:80\""), None);
+        assert_eq!(
+            liveness("kind = \"tcp\"\naddress = \"nowhere\""),
+            Some("liveness.address".into())
+        );
+        assert_eq!(
+            liveness("kind = \"http\"\nurl = \"https://x/\""),
+            Some("liveness.url".into())
+        );
+        assert_eq!(
+            liveness("kind = \"command\"\nargv = [\"check\"]"),
+            Some("liveness.argv".into())
+        );
+        assert_eq!(
+            liveness("kind = \"tcp\"\naddress = \"127.0.0.1:80\"\nfailures = 0"),
+            Some("liveness.failures".into())
+        );
+        assert_eq!(
+            liveness("kind = \"tcp\"\naddress = \"127.0.0.1:80\"\ntimeout_ms = 1"),
+            Some("liveness.timeout_ms".into())
+        );
+        let reload = |text: &str| {
+            let mut c = base();
+            c.reload = Some(toml::from_str(text).unwrap());
+            c.validate().err().map(field_of)
+        };
+        assert_eq!(reload("signal = \"USR1\""), None);
+        assert_eq!(reload("signal = \"SIGHUP\""), None);
+        assert_eq!(reload("signal = \"KILL\""), Some("reload.signal".into()));
+        assert_eq!(reload("signal = \"NOPE\""), Some("reload.signal".into()));
+        assert_eq!(reload("argv = [\"nginx\"]"), Some("reload.argv".into()));
+        assert_eq!(reload("argv = []"), Some("reload.argv".into()));
+        assert_eq!(
+            reload("signal = \"HUP\"\nargv = [\"/bin/true\"]"),
+            Some("reload".into())
+        );
+        // Unknown keys are refused, as everywhere.
+        assert!(toml::from_str::<DaemonConfig>(
+            "binary_path = \"/bin/sh\"\nreload = { signl = \"HUP\" }"
+        )
+        .is_err());
+        assert!(toml::from_str::<DaemonConfig>(
+            "binary_path = \"/bin/sh\"\nliveness = { kind = \"tcp\", address = \"127.0.0.1:1\", failurs = 2 }"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn health_keys_resolve_into_the_spec() {
+        let c: DaemonConfig = toml::from_str(
+            "binary_path = \"/bin/sh\"\nwatchdog_secs = 5\nreload = { signal = \"usr2\" }\n\
+             liveness = { kind = \"http\", url = \"http://127.0.0.1:1/\", interval_ms = 500 }",
+        )
+        .unwrap();
+        let spec = crate::ServiceSpec::from_config(&c).unwrap();
+        assert_eq!(spec.watchdog, Some(Duration::from_secs(5)));
+        assert_eq!(spec.reload, crate::ReloadSpec::Signal("USR2".into()));
+        assert_eq!(spec.reload.signal_number(), Some(libc::SIGUSR2));
+        let l = spec.liveness.unwrap();
+        assert_eq!(
+            (l.interval.as_millis(), l.timeout.as_millis(), l.failures),
+            (500, 1000, 3)
+        );
+        let again: DaemonConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        // Nothing said: SIGHUP.
+        let spec = crate::ServiceSpec::from_config(&ok_config()).unwrap();
+        assert_eq!(spec.reload, crate::ReloadSpec::Signal("HUP".into()));
     }
 
     #[test]

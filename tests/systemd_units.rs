@@ -482,13 +482,26 @@ fn rendered_units_pass_systemd_analyze_verify() {
         stderr: Some(sb.path("err.log")),
         ..Default::default()
     });
+    full.watchdog_secs = Some(10);
+    full.reload = Some(toml::from_str("argv = [\"/bin/kill\", \"-s\", \"USR1\", \"$x\"]").unwrap());
     configs.push(full);
+    // Issue 15: the liveness helper (ExecStartPost=, WatchdogSec=, SIGTERM).
+    let mut live = sb.config(&[]);
+    live.liveness = Some(
+        toml::from_str("kind = \"http\"\nurl = \"http://127.0.0.1:1/health?a=100%&b=$c\"").unwrap(),
+    );
+    configs.push(live);
     // (Not `nobody`: systemd-analyze warns that sharing it is unsafe.)
     for (scope, extra_user) in [(Scope::User, None), (Scope::System, Some("daemon"))] {
         for config in &configs {
             let mut config = config.clone();
             config.user = extra_user.map(str::to_owned);
-            let spec = UnitSpec::from_config(&config, scope).unwrap();
+            let spec = UnitSpec::from_spec_with_helper(
+                &daemon_lifecycle::ServiceSpec::from_config(&config).unwrap(),
+                scope,
+                Some(&support::daemonctl()),
+            )
+            .unwrap();
             let path = sb.path(&spec.unit);
             std::fs::write(&path, spec.render().unwrap()).unwrap();
             let mut cmd = Command::new("systemd-analyze");

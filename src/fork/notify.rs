@@ -388,6 +388,15 @@ mod tests {
         assert_eq!(m.extend_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(Message::parse(b"READY=0\nMAINPID=x"), Message::default());
         assert!(Message::parse(b"STOPPING=1").stopping);
+        let m = Message::parse(b"RELOADING=1\nWATCHDOG=1\nWATCHDOG_USEC=2500000");
+        assert!(m.reloading && m.watchdog_ping && !m.watchdog_trigger);
+        assert_eq!(m.watchdog_usec, Some(2_500_000));
+        let m = Message::parse(b"WATCHDOG=trigger");
+        assert!(m.watchdog_trigger && !m.watchdog_ping);
+        assert_eq!(
+            Message::parse(b"WATCHDOG=0\nWATCHDOG_USEC=x"),
+            Message::default()
+        );
     }
 
     #[tokio::test]

@@ -856,6 +856,82 @@ mod tests {
     }
 
     #[test]
+    fn health_directives() {
+        let line = |text: &str, key: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(key))
+                .map(str::to_owned)
+                .collect()
+        };
+        // Default: SIGHUP to the main PID; no watchdog, no NotifyAccess.
+        let text = spec(DaemonConfig::new("/bin/echo", "/tmp/x.pid"))
+            .render()
+            .unwrap();
+        assert_eq!(
+            line(&text, "ExecReload="),
+            [r#"ExecReload="/bin/kill" "-s" "HUP" ${MAINPID}"#]
+        );
+        assert!(line(&text, "Watchdog").is_empty() && line(&text, "NotifyAccess").is_empty());
+        // A notify daemon with a watchdog and a reload command.
+        let mut config = DaemonConfig::new("/bin/echo", "/tmp/x.pid");
+        config.readiness = Some(crate::config::Readiness::Notify);
+        config.watchdog_secs = Some(20);
+        config.reload = Some(crate::config::ReloadConfig {
+            argv: Some(vec!["/usr/sbin/reload-it".into(), "$x 100%".into()]),
+            signal: None,
+        });
+        let text = spec(config.clone()).render().unwrap();
+        assert_eq!(line(&text, "WatchdogSec="), ["WatchdogSec=20s"]);
+        assert_eq!(line(&text, "NotifyAccess="), ["NotifyAccess=exec"]);
+        assert_eq!(
+            line(&text, "ExecReload="),
+            [
+                r#"ExecReload="/usr/bin/systemd-notify" "RELOADING=1""#,
+                r#"ExecReload="/usr/sbin/reload-it" "$$x 100%%""#
+            ]
+        );
+        // A liveness probe: the helper, its watchdog, SIGTERM, NotifyAccess=all.
+        config.readiness = None;
+        config.liveness = Some(
+            toml::from_str("kind = \"tcp\"\naddress = \"127.0.0.1:80\"\ninterval_ms = 1000")
+                .unwrap(),
+        );
+        let spec_of = ServiceSpec::from_config(&config).unwrap();
+        let err = UnitSpec::from_spec_with_helper(
+            &spec_of,
+            Scope::User,
+            Some("/usr/bin/daemonctl".as_ref()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, DaemonError::InvalidConfig { ref field, .. } if field == "liveness"));
+        config.watchdog_secs = None;
+        let spec_of = ServiceSpec::from_config(&config).unwrap();
+        let unit = UnitSpec::from_spec_with_helper(
+            &spec_of,
+            Scope::User,
+            Some("/usr/bin/daemonctl".as_ref()),
+        )
+        .unwrap();
+        let text = unit.render().unwrap();
+        assert_eq!(line(&text, "WatchdogSec="), ["WatchdogSec=9s"]);
+        assert_eq!(line(&text, "WatchdogSignal="), ["WatchdogSignal=SIGTERM"]);
+        assert_eq!(line(&text, "NotifyAccess="), ["NotifyAccess=all"]);
+        let post = line(&text, "ExecStartPost=");
+        assert_eq!(post.len(), 1);
+        assert!(
+            post[0].starts_with(r#"ExecStartPost="/usr/bin/daemonctl" "--daemon-lifecycle-liveness" "echo.service" "{"#),
+            "{post:?}"
+        );
+        // The helper's arguments read back as the probe.
+        let props = unit.transient_properties();
+        let (_, value) = props.iter().find(|(k, _)| *k == "ExecStartPost").unwrap();
+        let entries: Vec<(String, Vec<String>, bool)> =
+            value.try_clone().unwrap().try_into().unwrap();
+        let args: HelperArgs = serde_json::from_str(&entries[0].1[3]).unwrap();
+        assert_eq!(args.liveness, spec_of.liveness.unwrap());
+    }
+
+    #[test]
     fn user_scope_refuses_user_and_group() {
         let mut config = DaemonConfig::new("/bin/echo", "/tmp/x.pid");
         config.user = Some("nobody".into());
