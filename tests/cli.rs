@@ -31,7 +31,8 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(
         json(&out),
         serde_json::json!({"name": name, "backend": "fork", "state": "stopped", "pid": null, "reason": null,
-            "status_text": null, "restarts": 0, "uptime_secs": null, "last_exit": null, "problem": null, "drift": null})
+            "status_text": null, "restarts": 0, "uptime_secs": null, "last_exit": null, "problem": null, "drift": null,
+            "last_watchdog_ping_ms": null})
     );
 
     // start prints the PID and nothing else.
@@ -57,7 +58,8 @@ fn lifecycle_output_and_exit_codes() {
     assert_eq!(
         v,
         serde_json::json!({"name": name, "backend": "fork", "state": "running", "pid": pid, "reason": null,
-            "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null})
+            "status_text": null, "restarts": 0, "last_exit": null, "problem": null, "drift": null,
+            "last_watchdog_ping_ms": null})
     );
     let out = daemonctl(&["status"], &toml);
     assert_eq!(out.status.code(), Some(0));
@@ -358,7 +360,8 @@ async fn status_json_is_the_serialized_report() {
                 "uptime_secs",
                 "last_exit",
                 "problem",
-                "drift"
+                "drift",
+                "last_watchdog_ping_ms"
             ],
             "{what}"
         );

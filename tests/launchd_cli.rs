@@ -68,7 +68,7 @@ fn lifecycle_through_daemonctl() {
         json(&out),
         serde_json::json!({"name": name, "backend": "launchd", "state": "running", "pid": pid,
             "reason": null, "status_text": null, "restarts": 0, "uptime_secs": null, "last_exit": null,
-            "problem": null, "drift": false})
+            "problem": null, "drift": false, "last_watchdog_ping_ms": null})
     );
     let out = daemonctl(&sb, Some(&sim), &["status"], &toml);
     let line = String::from_utf8(out.stdout).unwrap();

@@ -182,13 +182,18 @@ fn every_unit_passes_systemd_analyze_verify() {
     }
     std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
     std::fs::create_dir_all(root.path().join("var/lib/rbee")).unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    // The packaged binaries, and the host's tools the units' ExecReload=
+    // lines run (every systemd host has them).
     for bin in [
-        "queen-rbee",
-        "rbee-hive",
-        "llm-worker-rbee",
-        "daemon-lifecycle-demo",
+        "usr/bin/queen-rbee",
+        "usr/bin/rbee-hive",
+        "usr/bin/llm-worker-rbee",
+        "usr/bin/daemon-lifecycle-demo",
+        "bin/kill",
+        "usr/bin/systemd-notify",
     ] {
-        let stub = root.path().join("usr/bin").join(bin);
+        let stub = root.path().join(bin);
         std::fs::write(&stub, "#!/bin/sh\n").unwrap();
         let mut perms = std::fs::metadata(&stub).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
