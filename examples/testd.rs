@@ -11,6 +11,7 @@
 //!       [--starts PATH] [--dump-limits PATH] [--orphans N]
 //!       [--signal-state PATH] [--print-env NAME] [--tick-ms MS]
 //!       [--reload-log PATH] [--reload-ms MS] [--watchdog-stop-after MS]
+//!       [--watchdog-usec USEC] [--watchdog-trigger-after MS]
 //!       [--health-fail-file PATH] [--health-log PATH] [-- PAYLOAD...]
 //! ```
 //!
@@ -60,6 +61,9 @@
 //! - `--watchdog-stop-after MS`: with `$WATCHDOG_USEC` set, send
 //!   `WATCHDOG=1` every quarter of it, and stop sending after MS ms (a hung
 //!   daemon); without this option it pings for as long as it runs.
+//! - `--watchdog-usec USEC`: send `WATCHDOG_USEC=USEC` at start-up (a new
+//!   watchdog interval).
+//! - `--watchdog-trigger-after MS`: send `WATCHDOG=trigger` after MS ms.
 //! - `--health-fail-file PATH`: with `--http`, while PATH holds a number
 //!   K > 0, a `/health` request answers 500 and leaves K - 1 there (so a
 //!   test decides how many fail, and when); otherwise `--http-status`.
@@ -89,6 +93,8 @@ struct Options {
     reload_log: Option<String>,
     reload_ms: u64,
     watchdog_stop_after: Option<u64>,
+    watchdog_usec: Option<u32>,
+    watchdog_trigger_after: Option<u64>,
     health_fail: Option<String>,
     health_log: Option<String>,
 }
@@ -270,6 +276,10 @@ fn main() {
             "--reload-ms" => o.reload_ms = value(i).parse().expect("ms"),
             "--watchdog-stop-after" => o.watchdog_stop_after = Some(value(i).parse().expect("ms")),
             "--health-fail-file" => o.health_fail = Some(value(i)),
+            "--watchdog-usec" => o.watchdog_usec = Some(value(i).parse().expect("usec")),
+            "--watchdog-trigger-after" => {
+                o.watchdog_trigger_after = Some(value(i).parse().expect("ms"))
+            }
             "--health-log" => o.health_log = Some(value(i)),
             "--listen" => o.listen = Some(value(i)),
             "--http" => o.http = Some(value(i)),
@@ -322,6 +332,15 @@ fn main() {
 fn run(o: Options) {
     if let Some(path) = o.reload_log.clone() {
         handle_reloads(path, o.reload_ms);
+    }
+    if let Some(usec) = o.watchdog_usec {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::WatchdogUsec(usec)]);
+    }
+    if let Some(ms) = o.watchdog_trigger_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::WatchdogTrigger]);
+        });
     }
     if let Some(usec) = std::env::var("WATCHDOG_USEC")
         .ok()

@@ -167,6 +167,10 @@ fn every_config_field_is_in_the_plist_or_named_in_the_warning() {
     config.readiness = Some(Readiness::Notify);
     config.user = Some("nobody".into());
     config.group = Some("nogroup".into());
+    // Issue 15: no watchdog and no probe in launchd (reload is `launchctl
+    // kill`, not a plist key).
+    config.watchdog_secs = Some(10);
+    config.liveness = Some(toml::from_str("kind = \"tcp\"\naddress = \"127.0.0.1:80\"").unwrap());
     config.logs = Some(daemon_lifecycle::LogsConfig {
         stdout: Some("/var/log/full.out".into()),
         stderr: Some("/var/log/full.err".into()),
@@ -215,6 +219,8 @@ fn every_config_field_is_in_the_plist_or_named_in_the_warning() {
         "restart.max_delay_ms",
         "restart.max_restarts",
         "logs.max_bytes",
+        "watchdog_secs",
+        "liveness",
     ] {
         assert!(warning.contains(field), "{field}: {warning}");
     }

@@ -219,6 +219,16 @@ pub const NOT_RUN: &[NotRun] = &[
         why: "as above: there is no watchdog to time out",
     },
     NotRun {
+        scenario: "watchdog_trigger_aborts_at_once",
+        on: &[Target::Launchd],
+        why: "as above: `WATCHDOG=trigger` has no one to reach",
+    },
+    NotRun {
+        scenario: "watchdog_usec_changes_the_interval",
+        on: &[Target::Launchd],
+        why: "as above: no watchdog interval to change",
+    },
+    NotRun {
         scenario: "liveness_failures_restart_the_daemon",
         on: &[Target::Launchd],
         why: "launchd has no liveness probe (named in the plist warning): a daemon whose probe fails stays running",

@@ -91,6 +91,45 @@ scenario!(watchdog_timeout_reads_watchdog_timeout, |ctx| {
     ctx.check_left_behind("after cleanup").await;
 });
 
+/// A daemon that sends `extra` (`WATCHDOG=trigger`, or a shorter
+/// `WATCHDOG_USEC=` and no ping) with an hour's watchdog: ended at once,
+/// `failed: watchdog timeout`, only if the backend understands the message.
+async fn watchdog_message(ctx: Ctx, extra: &[&str]) {
+    let starts = ctx.out("starts");
+    let mut args = vec!["--starts", starts.as_str()];
+    args.extend_from_slice(extra);
+    let mut config = ctx.config(&args);
+    config.watchdog_secs = Some(3600);
+    let m = ctx.manager(&config).await;
+    let r = within(30, m.start()).await;
+    if !ctx.check_outcome("start", &r, "ok") {
+        return;
+    }
+    let report = settle(&m, 20, |r| matches!(r.status, DaemonStatus::Failed(_))).await;
+    ctx.check_status(
+        "after the message",
+        &report,
+        "failed",
+        "watchdog timeout",
+        "killed by signal 6 (SIGABRT)",
+    );
+    within(30, m.cleanup_stale()).await.unwrap();
+    ctx.check_left_behind("after cleanup").await;
+}
+
+scenario!(watchdog_trigger_aborts_at_once, |ctx| {
+    watchdog_message(ctx, &["--watchdog-trigger-after", "300"]).await;
+});
+
+scenario!(watchdog_usec_changes_the_interval, |ctx| {
+    // Half a second from now on, and never a ping.
+    watchdog_message(
+        ctx,
+        &["--watchdog-usec", "500000", "--watchdog-stop-after", "0"],
+    )
+    .await;
+});
+
 /// The files of an HTTP daemon under test.
 struct Http {
     config: daemon_lifecycle::DaemonConfig,
@@ -316,6 +355,53 @@ scenario!(reload_sends_the_signal, |ctx| {
     );
     ctx.check(
         "status after reload",
+        m.status().await.unwrap(),
+        DaemonStatus::Running(pid),
+    );
+    ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
+    ctx.check_left_behind("after stop").await;
+});
+
+scenario!(reload_runs_the_command, |ctx| {
+    let log = ctx.out("reloads");
+    let mut config = ctx.config(&["--reload-log", &log]);
+    // Run directly (no shell of ours), with MAINPID in its environment.
+    config.reload =
+        Some(toml::from_str(r#"argv = ["/bin/sh", "-c", "kill -s HUP \"$MAINPID\""]"#).unwrap());
+    let m = ctx.manager(&config).await;
+    let r = within(30, m.start()).await;
+    if !ctx.check_outcome("start", &r, "ok") {
+        return;
+    }
+    let pid = r.unwrap();
+    let handled = poll(10, || async {
+        std::path::Path::new(&log).exists().then_some(())
+    })
+    .await;
+    ctx.check("the daemon handles SIGHUP", handled.is_some(), true);
+    ctx.check_outcome("reload", &within(30, m.reload()).await, "ok");
+    ctx.check("reloads", wait_lines(&log, 1, 10).await, 1);
+    ctx.check(
+        "the daemon that reloaded",
+        lines(&log).first().cloned().unwrap_or_default(),
+        format!("hup {pid}"),
+    );
+    ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
+    ctx.check_left_behind("after stop").await;
+});
+
+scenario!(a_failing_reload_command_is_reload_failed, |ctx| {
+    let mut config = ctx.config(&[]);
+    config.reload = Some(toml::from_str(r#"argv = ["/bin/false"]"#).unwrap());
+    let m = ctx.manager(&config).await;
+    let r = within(30, m.start()).await;
+    if !ctx.check_outcome("start", &r, "ok") {
+        return;
+    }
+    let pid = r.unwrap();
+    ctx.check_outcome("reload", &within(30, m.reload()).await, "ReloadFailed");
+    ctx.check(
+        "status after the failed reload",
         m.status().await.unwrap(),
         DaemonStatus::Running(pid),
     );

@@ -86,6 +86,8 @@ pub(super) struct Reloading {
     command: Option<u32>,
     /// A notify daemon: done at its next `READY=1`.
     wait_ready: bool,
+    /// That `READY=1` came (perhaps before the reload command exited).
+    ready_seen: bool,
     until: Instant,
 }
 
@@ -830,7 +832,8 @@ impl Supervisor {
             tracing::info!(name = %self.req.name, "daemon reports RELOADING=1");
         }
         if msg.ready {
-            if let Some(r) = &self.reloading {
+            if let Some(r) = self.reloading.as_mut() {
+                r.ready_seen = true;
                 if r.wait_ready && r.command.is_none() {
                     self.finish_reload(None, false);
                 }
@@ -1055,6 +1058,7 @@ impl Supervisor {
             stream,
             command: None,
             wait_ready: self.req.notify,
+            ready_seen: false,
             until,
         };
         match &self.req.reload {
@@ -1100,7 +1104,8 @@ impl Supervisor {
         };
         r.command = None;
         match info {
-            ExitInfo::Code(0) if r.wait_ready => {}
+            // The daemon's READY=1 may come before or after the command's end.
+            ExitInfo::Code(0) if r.wait_ready && !r.ready_seen => {}
             ExitInfo::Code(0) => self.finish_reload(None, false),
             other => self.finish_reload(Some(format!("the reload command {other}")), false),
         }
