@@ -74,6 +74,22 @@ where
     }
 }
 
+/// One liveness probe: [`probe_once`] with `timeout` as its budget, and a
+/// last bound a second later (a probe whose own bound did not hold); the
+/// words are the same wherever it runs (the fork supervisor, the systemd
+/// probe helper).
+pub(crate) async fn probe_bounded(probe: Readiness, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(
+        timeout + Duration::from_secs(1),
+        probe_once(&probe, timeout),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!("{probe}: timed out")),
+    }
+}
+
 /// One attempt, bounded by `budget`. `Err` carries what went wrong, in words.
 pub(crate) async fn probe_once(probe: &Readiness, budget: Duration) -> Result<(), String> {
     match probe {
@@ -116,7 +132,16 @@ pub(crate) async fn probe_once(probe: &Readiness, budget: Duration) -> Result<()
             let mut child = cmd.spawn().map_err(|e| format!("run {}: {e}", argv[0]))?;
             match tokio::time::timeout(budget, child.wait()).await {
                 Ok(Ok(status)) if status.success() => Ok(()),
-                Ok(Ok(status)) => Err(format!("{} {status}", argv[0])),
+                // In the words of ExitInfo, as the fork supervisor says it.
+                Ok(Ok(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let how = match (status.code(), status.signal()) {
+                        (Some(code), _) => crate::backend::ExitInfo::Code(code),
+                        (None, Some(sig)) => crate::backend::ExitInfo::Signal(sig),
+                        (None, None) => return Err(format!("{} {status}", argv[0])),
+                    };
+                    Err(format!("{} {how}", argv[0]))
+                }
                 Ok(Err(e)) => Err(format!("wait for {}: {e}", argv[0])),
                 Err(_) => {
                     let _ = child.kill().await;

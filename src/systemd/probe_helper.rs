@@ -87,15 +87,7 @@ async fn run(helper: HelperArgs) -> i32 {
     let mut failures = 0u32;
     loop {
         tokio::time::sleep(l.interval).await;
-        let result = match tokio::time::timeout(
-            l.timeout,
-            crate::readiness::probe_once(&l.probe, l.timeout),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(format!("{}: timed out", l.probe)),
-        };
+        let result = crate::readiness::probe_bounded(l.probe.clone(), l.timeout).await;
         match result {
             Ok(()) => failures = 0,
             Err(why) => {

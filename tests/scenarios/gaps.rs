@@ -239,6 +239,16 @@ pub const NOT_RUN: &[NotRun] = &[
         why: "as above: no probe runs",
     },
     NotRun {
+        scenario: "a_failing_liveness_command_stops_the_daemon",
+        on: &[Target::Launchd],
+        why: "as above: no probe runs",
+    },
+    NotRun {
+        scenario: "a_hanging_liveness_command_times_out",
+        on: &[Target::Launchd],
+        why: "as above: no probe runs",
+    },
+    NotRun {
         scenario: "one_liveness_failure_does_not_restart",
         on: &[Target::Launchd],
         why: "as above: no probe runs",

@@ -293,6 +293,73 @@ scenario!(one_liveness_failure_does_not_restart, |ctx| {
     ctx.check_left_behind("after stop").await;
 });
 
+/// A daemon with a liveness command (100 ms apart, `timeout_ms`, 2
+/// failures) and no restart: `failed` with the probe's words.
+async fn liveness_command(ctx: &Ctx, argv: Vec<String>, timeout_ms: u64, trigger: &str) -> String {
+    let mut config = ctx.config(&[]);
+    config.liveness = Some(
+        toml::from_str::<toml::Value>(&format!(
+            "kind = \"command\"\ninterval_ms = 100\ntimeout_ms = {timeout_ms}\nfailures = 2"
+        ))
+        .map(|mut v| {
+            v.as_table_mut()
+                .unwrap()
+                .insert("argv".into(), toml::Value::try_from(argv).unwrap());
+            v
+        })
+        .unwrap()
+        .try_into::<Liveness>()
+        .unwrap(),
+    );
+    let m = ctx.manager(&config).await;
+    let r = within(30, m.start()).await;
+    if !ctx.check_outcome("start", &r, "ok") {
+        return String::new();
+    }
+    std::fs::write(trigger, "").unwrap();
+    let report = settle(&m, 20, |r| matches!(r.status, DaemonStatus::Failed(_))).await;
+    let (state, reason, _) = words(&report);
+    within(30, m.cleanup_stale()).await.unwrap();
+    // The probe's own processes are gone too.
+    ctx.check_left_behind("after cleanup").await;
+    format!("{state}: {reason}")
+}
+
+scenario!(a_failing_liveness_command_stops_the_daemon, |ctx| {
+    let flag = ctx.out("unhealthy");
+    let check = format!("test ! -e '{flag}'");
+    let got = liveness_command(
+        &ctx,
+        vec!["/bin/sh".into(), "-c".into(), check],
+        5000,
+        &flag,
+    )
+    .await;
+    ctx.check(
+        "after the command failed",
+        got,
+        "failed: liveness probe failed: /bin/sh exited with code 1",
+    );
+});
+
+scenario!(a_hanging_liveness_command_times_out, |ctx| {
+    // testd, tagged, that never exits: killed at each probe's timeout.
+    let testd = crate::support::testd().to_str().unwrap().to_owned();
+    let argv = vec![
+        testd.clone(),
+        "--sleep-forever".into(),
+        "--tag".into(),
+        ctx.tag().to_owned(),
+    ];
+    let unused = ctx.out("unused");
+    let got = liveness_command(&ctx, argv, 200, &unused).await;
+    ctx.check(
+        "after the command hung",
+        got,
+        format!("failed: liveness probe failed: {testd} timed out"),
+    );
+});
+
 scenario!(reload_sends_sighup_once_and_waits_for_ready, |ctx| {
     let log = ctx.out("reloads");
     // On SIGHUP: RELOADING=1, 500 ms of work, the line, then READY=1.

@@ -956,17 +956,9 @@ impl Supervisor {
             probe => {
                 let probe = probe.clone();
                 let timeout = l.timeout;
-                self.probing = Some(Probing::Task(tokio::spawn(async move {
-                    match tokio::time::timeout(
-                        timeout,
-                        crate::readiness::probe_once(&probe, timeout),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(format!("{probe}: timed out")),
-                    }
-                })));
+                self.probing = Some(Probing::Task(tokio::spawn(
+                    crate::readiness::probe_bounded(probe, timeout),
+                )));
             }
         }
     }
