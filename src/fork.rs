@@ -20,6 +20,9 @@
 //!   the files, rotating between lines ([`logs`]).
 //! - `limits`, `user`, `group`: resolved and checked in the caller, applied
 //!   between fork and exec ([`limits`]).
+//! - `watchdog_secs`, `liveness`, `reload`: the supervisor enforces the
+//!   watchdog, runs the liveness probe and performs the reload
+//!   ([`supervise`]); none of them needs the caller once it has returned.
 //!
 //! Trust: every file of the set is ours or refused ([`pidfile`]); a live
 //! supervisor is reached through its control socket, never through a PID

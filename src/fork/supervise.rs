@@ -26,7 +26,18 @@
 //!   SIGHUP) to the group, SIGKILL after the shutdown timeout, then exit and
 //!   leave a clean "stopped" state; never a restart;
 //! - `SIGUSR1`: a kill request: SIGKILL to the group at once;
-//! - a datagram on `NOTIFY_SOCKET`: see [`super::notify`].
+//! - a datagram on `NOTIFY_SOCKET`: see [`super::notify`]; with
+//!   `watchdog_secs`, `WATCHDOG=1` moves the watchdog deadline (armed once
+//!   the daemon is ready), and a missed deadline or `WATCHDOG=trigger`
+//!   sends SIGABRT to the group (SIGKILL after the shutdown timeout), after
+//!   which the restart rules apply with the reason `watchdog timeout`;
+//! - the liveness probe's timer, once ready: tcp/http probes run as tasks,
+//!   a command as a child of ours (reaped with the rest); `failures` in a
+//!   row send SIGTERM (SIGKILL after the shutdown timeout) and the restart
+//!   rules apply as after a failure;
+//! - a `reload` on the control socket: the signal to the main PID, or the
+//!   reload command as the daemon's user; for a notify daemon the answer
+//!   waits for `READY=1`.
 //!
 //! [`run_foreground`] runs the same loop in the calling process without the
 //! fork and `setsid`: `daemonctl run`, the entrypoint of a container, where the
