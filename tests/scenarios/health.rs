@@ -72,12 +72,28 @@ scenario!(watchdog_stops_pinging_is_aborted_and_restarted, |ctx| {
 
 scenario!(watchdog_timeout_reads_watchdog_timeout, |ctx| {
     let starts = ctx.out("starts");
-    let config = hanging(&ctx, &starts, RestartPolicy::Never);
+    let dump = ctx.out("dump.json");
+    let mut config = hanging(&ctx, &starts, RestartPolicy::Never);
+    config.args.extend(["--dump".to_owned(), dump.clone()]);
     let m = ctx.manager(&config).await;
     let r = within(30, m.start()).await;
     if !ctx.check_outcome("start", &r, "ok") {
         return;
     }
+    let pid = r.unwrap();
+    // As systemd sets them: the interval, and the PID it is meant for.
+    let env = poll(10, || async {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&dump).ok()?).ok()?;
+        Some(v["env"].clone())
+    })
+    .await
+    .unwrap_or_default();
+    ctx.check(
+        "WATCHDOG_USEC and WATCHDOG_PID",
+        format!("{} {}", env["WATCHDOG_USEC"], env["WATCHDOG_PID"]),
+        format!("\"1000000\" \"{pid}\""),
+    );
     let report = settle(&m, 20, |r| matches!(r.status, DaemonStatus::Failed(_))).await;
     ctx.check_status(
         "after the missed ping",
