@@ -213,7 +213,7 @@ struct Supervisor {
     /// When the next liveness probe starts (armed once the daemon is ready).
     probe_at: Option<Instant>,
     probing: Option<Probing>,
-    /// Consecutive liveness failures, and the last one's words.
+    /// Consecutive liveness failures.
     probe_failures: u32,
     /// A reload under way.
     reloading: Option<Reloading>,
