@@ -17,6 +17,10 @@ use nix::unistd::{Gid, Group, Uid, User};
 use crate::error::{DaemonError, Result};
 use crate::spec::ServiceSpec;
 
+pub mod ssh;
+
+pub use ssh::{SshDestination, SshHost, SshOptions};
+
 /// What a host that runs daemons can be asked before a start. Each method
 /// answers for one path or name, with the typed error a caller reports.
 pub trait Host: Send + Sync + fmt::Debug {
@@ -35,6 +39,13 @@ pub trait Host: Send + Sync + fmt::Debug {
 
     /// `group` (a name or a numeric GID) exists there.
     fn check_group(&self, group: &str) -> Result<()>;
+
+    /// Whether the answers come from another machine (each one a round
+    /// trip that blocks the calling thread: async callers ask from a
+    /// blocking task).
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// Asks `host` everything a start of `spec` needs: the binary is

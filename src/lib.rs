@@ -91,7 +91,7 @@ pub use config::{
     DaemonConfig, Limit, Limits, LogsConfig, Readiness, RestartConfig, RestartPolicy, Scope,
     MAX_CONFIG_BYTES,
 };
-pub use error::{DaemonError, Result};
+pub use error::{DaemonError, RemoteProblem, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
 pub use launchd::{LaunchdBackend, PlistSpec};
 pub use manager::{BackendChoice, DaemonManager};

@@ -51,11 +51,13 @@ mod transient;
 mod unit;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
 use crate::config::{Readiness, Scope};
 use crate::error::{DaemonError, Result};
+use crate::host::SshHost;
 use crate::spec::ServiceSpec;
 use bus::{bounded, BUS_GRACE, QUERY_GRACE};
 use dbus::ManagerProxy;
@@ -77,6 +79,10 @@ pub struct SystemdBackend {
     /// Directories the manager sees under another path (it runs in another
     /// mount namespace): (our path, the manager's path).
     path_aliases: Vec<(PathBuf, PathBuf)>,
+    /// The machine the manager runs on, when it is another one (the bus
+    /// goes over its ssh connection, and so do host checks, unit file
+    /// writes and readiness probes).
+    remote: Option<Arc<SshHost>>,
 }
 
 impl SystemdBackend {
@@ -136,7 +142,32 @@ impl SystemdBackend {
             manager,
             scope,
             path_aliases: Vec::new(),
+            remote: None,
         })
+    }
+
+    /// Connects to the manager of `scope` on the machine behind `host`,
+    /// over its ssh connection (see [`crate::host::SshHost`]): checks that
+    /// `systemd-stdio-bridge` and the bus are there first. Every failure is
+    /// [`DaemonError::Remote`] naming the host.
+    pub async fn connect_remote(host: Arc<SshHost>, scope: Scope) -> Result<SystemdBackend> {
+        let conn = bus::connect_remote(&host, scope).await?;
+        let mut backend = Self::from_connection(conn, scope)
+            .await
+            .map_err(|e| match e {
+                DaemonError::BackendUnavailable { reason, .. } => host.remote(
+                    crate::error::RemoteProblem::Missing,
+                    format!("no systemd {scope} manager on the bus: {reason}"),
+                ),
+                other => other,
+            })?;
+        backend.remote = Some(host);
+        Ok(backend)
+    }
+
+    /// The remote machine this backend drives (`None`: this one).
+    pub fn host(&self) -> Option<&Arc<SshHost>> {
+        self.remote.as_ref()
     }
 
     /// The scope this backend manages.
@@ -167,6 +198,14 @@ impl SystemdBackend {
             }
         }
         p.to_owned()
+    }
+
+    /// Warns when the installed unit file differs from the config (a
+    /// file on this machine only).
+    fn warn_drift(&self, unit_spec: &UnitSpec, state: &UnitState) {
+        if self.remote.is_none() {
+            install::warn_drift(unit_spec, state, &self.local_path(&state.fragment_path));
+        }
     }
 
     /// The unit name alone (no rendering): what status, stop, kill, restart,
@@ -261,9 +300,13 @@ impl Backend for SystemdBackend {
                     report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
                 }
                 if !s.transient && s.load == "loaded" {
-                    report.drift = UnitSpec::from_spec(spec, self.scope)
-                        .ok()
-                        .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
+                    report.drift = match &self.remote {
+                        // The file is on the host: not read from here.
+                        Some(_) => None,
+                        None => UnitSpec::from_spec(spec, self.scope)
+                            .ok()
+                            .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path))),
+                    };
                 }
             }
             Ok(report)
@@ -333,5 +376,9 @@ impl Backend for SystemdBackend {
             self.owned_state(spec, &unit).await?;
             self.reset_failed(&unit).await
         })
+    }
+
+    fn remote_host(&self) -> Option<Arc<SshHost>> {
+        self.remote.clone()
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::bus::BUS_GRACE;
-use super::install::warn_drift;
 use super::ownership::check_owned;
 use super::state::Read;
 use super::SystemdBackend;
@@ -50,13 +49,13 @@ impl SystemdBackend {
         if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
             if !before.transient {
-                warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
+                self.warn_drift(&unit_spec, &before);
             }
             return Ok(before.main_pid);
         }
         let job_timeout = spec.startup_timeout + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
-            warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
+            self.warn_drift(&unit_spec, &before);
             if before.active == "failed" {
                 // As for a transient unit: a failed unit (start limit hit
                 // included) is reset, then started.

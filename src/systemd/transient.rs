@@ -57,6 +57,9 @@ impl SystemdBackend {
                         // At once, not after the job: a reload during a long
                         // start-up would read systemd's version of the file.
                         match self.fragment_path(unit).await {
+                            Ok(path) if self.remote.is_some() => {
+                                tracing::debug!(%unit, %path, "the transient unit file is on the remote host: left as systemd wrote it");
+                            }
                             Ok(path) => {
                                 make_transient_file_reload_safe(unit_spec, &self.local_path(&path))
                             }
