@@ -696,6 +696,65 @@ echo "ok $s $b""#
         Ok(ours)
     }
 
+    /// One attempt of a readiness probe, made on the host (where the
+    /// daemon's `127.0.0.1` is), bounded by `budget`: a command runs there
+    /// as given; a TCP probe connects from there (with bash's `/dev/tcp`,
+    /// else `nc -z`); an HTTP probe is a GET from there (`curl`, else
+    /// `wget`). `Err` says what went wrong, in words.
+    pub(crate) async fn probe_once(
+        &self,
+        probe: &crate::config::Readiness,
+        budget: Duration,
+    ) -> std::result::Result<(), String> {
+        use crate::config::Readiness;
+        let secs = budget.as_secs().max(1).to_string();
+        let (args, body, what): (Vec<Vec<u8>>, &str, String) = match probe {
+            Readiness::Notify => return Err("notify is not a probe".into()),
+            Readiness::Command { argv, .. } => (
+                argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                r#""$@" </dev/null >/dev/null 2>&1 || exit 1"#,
+                argv.first().cloned().unwrap_or_default(),
+            ),
+            Readiness::Tcp { address, .. } => {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("{address} is not host:port"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                (
+                    vec![host.into(), port.into(), secs.into_bytes()],
+                    r#"if command -v bash >/dev/null 2>&1; then
+  exec bash -c 'exec 3<>"/dev/tcp/$1/$2"' probe "$1" "$2" 2>/dev/null || exit 1
+elif command -v nc >/dev/null 2>&1; then
+  exec nc -z -w "$3" "$1" "$2" 2>/dev/null || exit 1
+fi
+exit 99"#,
+                    format!("connect {address}"),
+                )
+            }
+            Readiness::Http { url, .. } => (
+                vec![url.as_bytes().to_vec(), secs.into_bytes()],
+                r#"if command -v curl >/dev/null 2>&1; then
+  exec curl -fsS -o /dev/null --max-time "$2" -- "$1" 2>/dev/null || exit 1
+elif command -v wget >/dev/null 2>&1; then
+  exec wget -q -O /dev/null -T "$2" -- "$1" 2>/dev/null || exit 1
+fi
+exit 99"#,
+                format!("GET {url}"),
+            ),
+        };
+        let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let s = script("readiness", &arg_refs, body).map_err(|e| e.to_string())?;
+        match self.run_script_for(s, budget).await {
+            Ok(Output { code: Some(0), .. }) => Ok(()),
+            Ok(Output { code: Some(99), .. }) => Err(format!(
+                "{what} on {}: the host has none of the tools this probe uses (bash or nc; curl or wget)",
+                self.name
+            )),
+            Ok(Output { code, .. }) => Err(format!("{what} on {}: failed ({code:?})", self.name)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// What ssh said about the bridges, for an error message.
     pub(crate) fn bridge_log(&self) -> String {
         self.read_log("bridge.log")

@@ -132,7 +132,17 @@ impl SystemdBackend {
             }
         };
         let deadline = Instant::now() + timeout;
-        match readiness::wait_until_ready(probe, deadline, still_up).await {
+        // A remote daemon's `127.0.0.1` is the host's: its probes run there.
+        let outcome = match &self.remote {
+            Some(host) => {
+                readiness::wait_until_ready_with(probe, deadline, still_up, |p, budget| {
+                    host.probe_once(p, budget)
+                })
+                .await
+            }
+            None => readiness::wait_until_ready(probe, deadline, still_up).await,
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(ProbeError::Timeout { last }) => {
                 tracing::info!(%unit, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready in time");

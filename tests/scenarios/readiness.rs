@@ -148,7 +148,7 @@ async fn probe_readiness(ctx: Ctx, http: bool) {
     );
     ctx.check(
         "the port answers",
-        std::net::TcpStream::connect(&addr).is_ok(),
+        ctx.port_answers(&addr),
         true,
     );
     ctx.check(

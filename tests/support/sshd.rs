@@ -24,12 +24,19 @@ pub enum Variant {
     /// Every session runs with `PATH=/nowhere` (a `ForceCommand`): a login
     /// finds no `systemd-stdio-bridge`, as on a host without systemd.
     NoBridge,
+    /// No listener: each connection is an `sshd -i` (inetd mode) that the
+    /// client's `ProxyCommand` starts inside the manager's mount *and*
+    /// network namespaces, so the host's `127.0.0.1` is the daemons' (its
+    /// readiness probes reach them, as on a real remote machine).
+    InNetns,
 }
 
 /// One running sshd.
 pub struct Sshd {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// `InNetns`: the client's proxy command.
+    proxy: Option<String>,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     /// The alias the client config gives it (`host = "root@ALIAS"`).
@@ -102,6 +109,31 @@ impl Sshd {
             ),
         )
         .unwrap();
+        let alias = format!("dlhost{port}");
+        let hostkey = std::fs::read_to_string(d.join("hostkey.pub")).unwrap();
+        let hostkey: Vec<&str> = hostkey.split_whitespace().take(2).collect();
+        let known_as = match variant {
+            Variant::InNetns => alias.clone(),
+            _ => format!("[127.0.0.1]:{port}"),
+        };
+        std::fs::write(
+            d.join("known_hosts"),
+            format!("{known_as} {}\n", hostkey.join(" ")),
+        )
+        .unwrap();
+        if variant == Variant::InNetns {
+            let proxy = format!(
+                "/usr/bin/nsenter -m -n -t {init} -- /usr/sbin/sshd -i -e -f {}/sshd_config",
+                d.display()
+            );
+            return Some(Sshd {
+                child: None,
+                dir,
+                proxy: Some(proxy),
+                port: 0,
+                alias,
+            });
+        }
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let child = Command::new("/usr/bin/nsenter")
             .args([
@@ -120,17 +152,10 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .unwrap();
-        let alias = format!("dlhost{port}");
-        let hostkey = std::fs::read_to_string(d.join("hostkey.pub")).unwrap();
-        let hostkey: Vec<&str> = hostkey.split_whitespace().take(2).collect();
-        std::fs::write(
-            d.join("known_hosts"),
-            format!("[127.0.0.1]:{port} {}\n", hostkey.join(" ")),
-        )
-        .unwrap();
         let mut sshd = Sshd {
             child: Some(child),
             dir,
+            proxy: None,
             port,
             alias,
         };
@@ -155,12 +180,15 @@ impl Sshd {
     /// the client key and a known_hosts holding its host key.
     pub fn client_entry(&self) -> String {
         let d = self.dir.path().display();
+        let reach = match &self.proxy {
+            Some(proxy) => format!("ProxyCommand {proxy}"),
+            None => format!("HostName 127.0.0.1\n  Port {}", self.port),
+        };
         format!(
-            "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d}/userkey\n  \
+            "Host {alias}\n  {reach}\n  User root\n  IdentityFile {d}/userkey\n  \
              IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking yes\n  \
              LogLevel ERROR\n",
             alias = self.alias,
-            port = self.port
         )
     }
 
@@ -174,7 +202,7 @@ impl Sshd {
 
     /// sshd's PID (its sessions are its descendants).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.child.as_ref().expect("a listening sshd").id()
     }
 
     /// What sshd logged.
