@@ -76,6 +76,7 @@ mod backend;
 pub mod blocking;
 mod config;
 mod error;
+pub mod fleet;
 mod fork;
 mod fsutil;
 pub mod host;

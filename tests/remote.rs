@@ -15,7 +15,7 @@ use daemon_lifecycle::{
     BackendChoice, DaemonConfig, DaemonError, DaemonManager, DaemonStatus, Readiness,
     RemoteProblem, Scope,
 };
-use support::sshd::{our_ssh_clients, Sshd, Variant};
+use support::sshd::{ssh_clients_with, Sshd, Variant};
 use support::systemd::SystemManager;
 use support::Sandbox;
 
@@ -38,14 +38,25 @@ fn remote_config(sb: &Sandbox, sshd: &Sshd, extra: &[&str]) -> DaemonConfig {
     config
 }
 
-/// Waits (bounded) until no ssh client of ours is alive: what a dropped
-/// [`SshHost`] must leave.
-async fn no_ssh_left() -> Vec<u32> {
+/// Waits (bounded) until no ssh client of this test is alive (found by
+/// `needle` in its command line: its ssh config file, or `-p PORT`): what
+/// a dropped [`SshHost`] must leave. Other tests run ssh meanwhile.
+async fn no_ssh_left(needle: &str) -> Vec<u32> {
     poll_until(Duration::from_secs(5), || async {
-        our_ssh_clients().is_empty().then_some(())
+        ssh_clients_with(needle).is_empty().then_some(())
     })
     .await;
-    our_ssh_clients()
+    ssh_clients_with(needle)
+}
+
+/// The needle of [`no_ssh_left`] for an sshd's client config.
+fn needle(sshd: &Sshd) -> String {
+    sshd.client_config().to_str().unwrap().to_owned()
+}
+
+/// The needle of [`no_ssh_left`] for a port given in `host`.
+fn port_needle(port: u16) -> String {
+    format!("-p\0{port}\0")
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, at most `bound`.
@@ -106,7 +117,7 @@ async fn every_operation_works_over_ssh() {
     let logins = sshd.log().matches("Accepted publickey").count();
     assert_eq!(logins, 1, "{}", sshd.log());
     drop(m);
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
     assert!(manager.units_named(&sb.tag).await.is_empty());
 }
 
@@ -131,7 +142,7 @@ async fn auto_with_a_host_is_systemd_there_and_fork_or_launchd_are_refused() {
         "{e}"
     );
     assert!(sb.processes().is_empty());
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&port_needle(1)).await, Vec::<u32>::new());
 }
 
 #[test]
@@ -231,8 +242,22 @@ async fn host_checks_run_on_the_host_and_hostile_strings_stay_strings() {
         "{checks:?}"
     );
     assert!(!pwned.exists(), "a hostile string ran as a command");
+    let dir = h.control_dir().to_owned();
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    }
+    let master = h.master_pid().unwrap();
+    assert!(support::alive(master));
+    // The leak check sees a live connection (it is not vacuous).
+    assert_eq!(ssh_clients_with(&needle(&sshd)), vec![master]);
     drop(h);
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
+    assert!(!support::alive(master), "the ssh master outlived its host");
+    assert!(!dir.exists(), "the control directory is left");
 }
 
 /// A fault: the operation's error names the host and the problem, comes
@@ -241,6 +266,7 @@ async fn host_checks_run_on_the_host_and_hostile_strings_stay_strings() {
 async fn fault(
     config: DaemonConfig,
     opts: SshOptions,
+    needle: String,
     want: RemoteProblem,
     bound: Duration,
 ) -> String {
@@ -253,7 +279,7 @@ async fn fault(
     };
     assert_eq!(problem(&e), Some((host, want)), "{e}");
     drop(m);
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&needle).await, Vec::<u32>::new());
     e.to_string()
 }
 
@@ -266,6 +292,7 @@ async fn a_refused_key_is_auth_refused() {
     let said = fault(
         remote_config(&sb, &sshd, &[]),
         ssh_options(&sshd),
+        needle(&sshd),
         RemoteProblem::AuthRefused,
         Duration::from_secs(10),
     )
@@ -284,6 +311,7 @@ async fn a_port_that_never_answers_is_a_connect_timeout() {
     fault(
         config,
         opts,
+        port_needle(port),
         RemoteProblem::ConnectTimeout,
         Duration::from_secs(10),
     )
@@ -300,6 +328,7 @@ async fn a_host_without_the_bridge_is_missing_it() {
     let said = fault(
         remote_config(&sb, &sshd, &[]),
         ssh_options(&sshd),
+        needle(&sshd),
         RemoteProblem::Missing,
         Duration::from_secs(10),
     )
@@ -349,15 +378,173 @@ async fn a_bridge_that_dies_during_a_start_is_connection_lost() {
         "{e}"
     );
     drop(m);
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
     // The unit it started is still there: stopped through a new connection.
     let m = DaemonManager::new(config).with_ssh_options(ssh_options(&sshd));
     m.stop().await.unwrap();
     drop(m);
-    assert_eq!(no_ssh_left().await, Vec::<u32>::new());
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
     poll_until(Duration::from_secs(5), || async {
         manager.units_named(&sb.tag).await.is_empty().then_some(())
     })
     .await;
     assert!(manager.units_named(&sb.tag).await.is_empty());
+}
+
+/// An ssh config with the entries of all `hosts`.
+fn fleet_config(dir: &std::path::Path, hosts: &[&Sshd]) -> PathBuf {
+    let path = dir.join("ssh_config");
+    let text: String = hosts.iter().map(|h| h.client_entry()).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_runs_everywhere_at_once_and_a_hanging_host_delays_no_other() {
+    // Two hosts: two private system managers, each with its own sshd.
+    let Some((manager_a, sshd_a)) = host(Variant::Plain) else {
+        return;
+    };
+    let Some((manager_b, sshd_b)) = host(Variant::Plain) else {
+        return;
+    };
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_host = format!("root@127.0.0.1:{}", hang.local_addr().unwrap().port());
+    let sb = Sandbox::new("remote-fleet");
+    let ssh_config = fleet_config(sb.dir.path(), &[&sshd_a, &sshd_b]);
+    let (a, b) = (
+        format!("root@{}", sshd_a.alias),
+        format!("root@{}", sshd_b.alias),
+    );
+    let mut config = sb.config(&[]);
+    config.scope = Some(Scope::System);
+    let opts = SshOptions::default()
+        .with_config_file(&ssh_config)
+        .with_connect_timeout(Duration::from_secs(3));
+    // The hanging host is listed before b: b's result still comes first.
+    let hosts = vec![a.clone(), hang_host.clone(), b.clone()];
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        daemon_lifecycle::fleet::run(
+            &config,
+            &hosts,
+            daemon_lifecycle::fleet::Operation::Start,
+            16,
+            BackendChoice::Auto,
+            &opts,
+        ),
+    )
+    .await
+    .expect("the fleet did not finish");
+    let order: Vec<&str> = results.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(order.len(), 3);
+    assert_eq!(
+        order[2], hang_host,
+        "the hanging host is not last: {order:?}"
+    );
+    for r in &results[..2] {
+        assert!(
+            matches!(r.result, Ok(daemon_lifecycle::fleet::Outcome::Pid(_))),
+            "{}: {:?}",
+            r.host,
+            r.result
+        );
+        assert!(r.finished_after < results[2].finished_after);
+    }
+    assert_eq!(
+        results[2].result.as_ref().err().and_then(problem),
+        Some((hang_host.clone(), RemoteProblem::ConnectTimeout))
+    );
+    let unit = format!("{}.service", sb.tag);
+    assert_eq!(manager_a.units_named(&sb.tag).await, vec![unit.clone()]);
+    assert_eq!(manager_b.units_named(&sb.tag).await, vec![unit.clone()]);
+    assert_eq!(
+        no_ssh_left(ssh_config.to_str().unwrap()).await,
+        Vec::<u32>::new()
+    );
+
+    // The CLI: one JSON object per host; exit 0 only if all succeeded.
+    let toml = sb.write_toml(&config);
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(support::daemonctl());
+        cmd.arg("--ssh-config")
+            .arg(&ssh_config)
+            .args(["--connect-timeout", "3"])
+            .args(args)
+            .arg(&toml)
+            .stdin(std::process::Stdio::null());
+        support::output_within(&mut cmd, 60)
+    };
+    let out = cli(&["--hosts", &format!("{a},{b}"), "status", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(out.status.code(), Some(0), "{lines:?}");
+    let mut seen: Vec<&str> = lines.iter().map(|l| l["host"].as_str().unwrap()).collect();
+    seen.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(seen, want);
+    for l in &lines {
+        assert_eq!(l["ok"], true, "{l}");
+        assert_eq!(l["status"]["state"], "running", "{l}");
+    }
+    let out = cli(&["--hosts", &format!("{a},{hang_host},{b}"), "stop", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[2]["host"], hang_host.as_str(), "{text}");
+    assert_eq!(lines[2]["problem"], "connect-timeout", "{text}");
+    assert!(lines[..2].iter().all(|l| l["ok"] == true), "{text}");
+    // The table, in the order given.
+    let out = cli(&["--hosts", &format!("{b},{a}"), "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stopped everywhere: not all running"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("HOST"), "{text}");
+    assert!(rows[1].starts_with(&b) && rows[2].starts_with(&a), "{text}");
+    assert!(rows[1].contains("stopped"), "{text}");
+    // One host, --host.
+    let out = cli(&["--host", &a, "start"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = cli(&["--host", &a, "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("running (PID {pid})")));
+    let out = cli(&["--host", &a, "--backend", "fork", "status"]);
+    assert_eq!(out.status.code(), Some(4), "status's code for an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the systemd backend"));
+    let out = cli(&["--host", &a, "stop"]);
+    assert!(out.status.success());
+    let needle = ssh_config.to_str().unwrap();
+    assert_eq!(
+        support::sshd::ssh_clients_with(needle),
+        Vec::<u32>::new(),
+        "a daemonctl left ssh behind"
+    );
+    drop(hang);
+    assert_eq!(
+        no_ssh_left(ssh_config.to_str().unwrap()).await,
+        Vec::<u32>::new()
+    );
+    assert!(manager_a.units_named(&sb.tag).await.is_empty());
+    assert!(manager_b.units_named(&sb.tag).await.is_empty());
 }

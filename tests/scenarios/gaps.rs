@@ -251,7 +251,8 @@ pub fn not_run_row(n: &NotRun) -> String {
 pub fn readme_row(gap: &Gap) -> String {
     let on: Vec<&str> = gap.on.iter().map(|t| t.name()).collect();
     let on = if gap.on == SYSTEMD {
-        "systemd (all five: user and system, transient and unit file, and system over ssh)".to_owned()
+        "systemd (all five: user and system, transient and unit file, and system over ssh)"
+            .to_owned()
     } else {
         on.join("; ")
     };

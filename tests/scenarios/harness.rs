@@ -16,8 +16,8 @@ use daemon_lifecycle::{
 use super::gaps::{KNOWN_GAPS, NOT_RUN};
 use crate::support::sshd::{Sshd, Variant};
 use crate::support::systemd::{self, SystemManager, UserManager};
-use daemon_lifecycle::host::{SshDestination, SshHost, SshOptions};
 use crate::support::{self, Sandbox};
+use daemon_lifecycle::host::{SshDestination, SshHost, SshOptions};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -249,6 +249,25 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Every live `ssh` client process, anywhere, whose command line holds
+/// `needle` (an ssh config file of one test): what a `daemonctl` child
+/// may have left (its orphans are not our descendants).
+pub fn ssh_clients_with(needle: &str) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            comm.trim() == "ssh"
+                && !super::is_zombie(*p)
+                && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
 /// Every live `ssh` client process that is our descendant (masters and
 /// sessions; zombies are not alive).
 pub fn our_ssh_clients() -> Vec<u32> {
