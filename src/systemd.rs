@@ -40,6 +40,7 @@ mod bus;
 pub(crate) mod dbus;
 mod errors;
 mod escape;
+mod files;
 mod install;
 mod job;
 mod list;
@@ -62,7 +63,6 @@ use crate::spec::ServiceSpec;
 use bus::{bounded, BUS_GRACE, QUERY_GRACE};
 use dbus::ManagerProxy;
 use errors::{bus_error, is_no_such_unit};
-use install::drift;
 use state::{Read, UnitState};
 
 pub use bus::BusTarget;
@@ -200,11 +200,14 @@ impl SystemdBackend {
         p.to_owned()
     }
 
-    /// Warns when the installed unit file differs from the config (a
-    /// file on this machine only).
-    fn warn_drift(&self, unit_spec: &UnitSpec, state: &UnitState) {
-        if self.remote.is_none() {
-            install::warn_drift(unit_spec, state, &self.local_path(&state.fragment_path));
+    /// Warns when the installed unit file differs from the config.
+    async fn warn_drift(&self, unit_spec: &UnitSpec, state: &UnitState) {
+        if self.drift_of(unit_spec, state).await == Some(true) {
+            tracing::warn!(
+                unit = %unit_spec.unit,
+                path = %state.fragment_path,
+                "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
+            );
         }
     }
 
@@ -300,12 +303,9 @@ impl Backend for SystemdBackend {
                     report.status_text = Some(s.status_text.clone()).filter(|t| !t.is_empty());
                 }
                 if !s.transient && s.load == "loaded" {
-                    report.drift = match &self.remote {
-                        // The file is on the host: not read from here.
-                        Some(_) => None,
-                        None => UnitSpec::from_spec(spec, self.scope)
-                            .ok()
-                            .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path))),
+                    report.drift = match UnitSpec::from_spec(spec, self.scope) {
+                        Ok(unit_spec) => self.drift_of(&unit_spec, s).await,
+                        Err(_) => None,
                     };
                 }
             }

@@ -548,3 +548,163 @@ async fn a_fleet_runs_everywhere_at_once_and_a_hanging_host_delays_no_other() {
     assert!(manager_a.units_named(&sb.tag).await.is_empty());
     assert!(manager_b.units_named(&sb.tag).await.is_empty());
 }
+
+async fn remote_backend(sshd: &Sshd) -> daemon_lifecycle::SystemdBackend {
+    let dest = SshDestination::parse(&format!("root@{}", sshd.alias)).unwrap();
+    let host = SshHost::connect(&dest, ssh_options(sshd)).await.unwrap();
+    daemon_lifecycle::SystemdBackend::connect_remote(std::sync::Arc::new(host), Scope::System)
+        .await
+        .unwrap()
+}
+
+/// Issue 8 over ssh: the transient file on the remote host is rewritten
+/// there, so argv and environment survive a daemon-reload byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_transient_unit_survives_daemon_reload() {
+    let Some((manager, sshd)) = host(Variant::Plain) else {
+        return;
+    };
+    let sb = Sandbox::new("remote-reload");
+    let dump = sb.path("dump.json");
+    let mut config = remote_config(&sb, &sshd, &["--dump", dump.to_str().unwrap(), "--"]);
+    config
+        .args
+        .extend(["$HOME ${HOME} $$", ";", "a;b", "100% %n", "q\"uote\\'s"].map(String::from));
+    config = config.with_env("HOSTILE", "v$1 ${X} %n \"q\" ; '");
+    config.restart.policy = daemon_lifecycle::RestartPolicy::Always;
+    config.restart.delay_ms = 100;
+    let unit = daemon_lifecycle::UnitSpec::from_config(&config, Scope::System)
+        .unwrap()
+        .unit;
+    let backend = remote_backend(&sshd).await;
+    let m = DaemonManager::with_backend(config.clone(), std::sync::Arc::new(backend));
+    let pid = m.start().await.unwrap();
+    let read = || async {
+        let text = poll_until(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&dump).ok()
+        })
+        .await
+        .expect("no dump");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let check = |v: &serde_json::Value, how: &str| {
+        let argv: Vec<String> = serde_json::from_value(v["argv"].clone()).unwrap();
+        assert_eq!(argv[1..], config.args[..], "{how}: argv differs");
+        assert_eq!(
+            v["env"]["HOSTILE"], config.env["HOSTILE"],
+            "{how}: env differs"
+        );
+    };
+    check(&read().await, "before the reload");
+    std::fs::remove_file(&dump).unwrap();
+    manager.manager_call("Reload", &()).await;
+    manager
+        .manager_call("KillUnit", &(unit.as_str(), "main", 9i32))
+        .await;
+    let new = poll_until(Duration::from_secs(20), || async {
+        match m.status().await {
+            Ok(DaemonStatus::Running(p)) if p != pid => Some(p),
+            _ => None,
+        }
+    })
+    .await
+    .expect("not restarted");
+    assert_ne!(new, pid);
+    check(&read().await, "restarted after the reload");
+    m.stop().await.unwrap();
+    drop(m);
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
+    sb.assert_no_leaks();
+}
+
+/// install writes the unit on the host (atomically, never through a
+/// link), reloads and enables there; drift reads the host's file;
+/// uninstall takes it all back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_and_uninstall_on_a_remote_host() {
+    let Some((manager, sshd)) = host(Variant::Plain) else {
+        return;
+    };
+    let sb = Sandbox::new("remote-install");
+    let config = remote_config(&sb, &sshd, &[]);
+    let spec = daemon_lifecycle::ServiceSpec::from_config(&config).unwrap();
+    let unit = format!("{}.service", sb.tag);
+    let backend = std::sync::Arc::new(remote_backend(&sshd).await);
+    // The host's /etc/systemd/system is the harness's unit_dir here.
+    assert!(backend.install(&spec, None, true).await.unwrap());
+    let file = manager.unit_dir.join(&unit);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("X-DaemonLifecycle="), "{text}");
+    assert!(manager
+        .unit_dir
+        .join("multi-user.target.wants")
+        .join(&unit)
+        .symlink_metadata()
+        .is_ok());
+    // Unchanged: nothing written.
+    assert!(!backend.install(&spec, None, true).await.unwrap());
+    let m = DaemonManager::with_backend(config.clone(), backend.clone());
+    let pid = m.start().await.unwrap();
+    let report = m.status_report().await.unwrap();
+    assert_eq!(report.status, DaemonStatus::Running(pid));
+    assert_eq!(report.drift, Some(false));
+    let changed = config
+        .clone()
+        .with_args(["--tag", sb.tag.as_str(), "--other"]);
+    let m2 = DaemonManager::with_backend(changed, backend.clone());
+    assert_eq!(m2.status_report().await.unwrap().drift, Some(true));
+    // A symlink where the unit would go is an alias: refused, untouched.
+    let alias_config = remote_config(&sb, &sshd, &[]).with_name(format!("{}-alias", sb.tag));
+    let alias_spec = daemon_lifecycle::ServiceSpec::from_config(&alias_config).unwrap();
+    let alias = manager.unit_dir.join(format!("{}-alias.service", sb.tag));
+    std::os::unix::fs::symlink(&file, &alias).unwrap();
+    match backend.install(&alias_spec, None, false).await {
+        Err(DaemonError::NotOwned { reason, .. }) => {
+            assert!(reason.contains("symlink"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(std::fs::symlink_metadata(&alias).unwrap().is_symlink());
+    std::fs::remove_file(&alias).unwrap();
+    // A unit file that is not ours is refused.
+    let foreign_config = remote_config(&sb, &sshd, &[]).with_name(format!("{}-foreign", sb.tag));
+    let foreign_spec = daemon_lifecycle::ServiceSpec::from_config(&foreign_config).unwrap();
+    let foreign = manager.unit_dir.join(format!("{}-foreign.service", sb.tag));
+    std::fs::write(&foreign, "[Service]\nExecStart=/bin/true\n").unwrap();
+    assert!(matches!(
+        backend.install(&foreign_spec, None, false).await,
+        Err(DaemonError::NotOwned { .. })
+    ));
+    assert!(matches!(
+        backend.uninstall(&foreign_spec, None).await,
+        Err(DaemonError::NotOwned { .. })
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "[Service]\nExecStart=/bin/true\n"
+    );
+    std::fs::remove_file(&foreign).unwrap();
+    // A hostile unit_dir is one path, not a command.
+    let pwned = sb.path("pwned");
+    let hostile = PathBuf::from(format!("/nonexistent'; touch {}; '", pwned.display()));
+    assert!(backend.install(&spec, Some(&hostile), false).await.is_err());
+    assert!(!pwned.exists());
+    // Uninstall: stopped, disabled, removed.
+    assert!(backend.uninstall(&spec, None).await.unwrap());
+    assert!(!file.exists());
+    assert!(manager
+        .unit_dir
+        .join("multi-user.target.wants")
+        .join(&unit)
+        .symlink_metadata()
+        .is_err());
+    assert!(!backend.uninstall(&spec, None).await.unwrap());
+    assert!(sb.processes().is_empty());
+    drop((m, m2, backend));
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
+    poll_until(Duration::from_secs(5), || async {
+        manager.units_named(&sb.tag).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(manager.units_named(&sb.tag).await.is_empty());
+}

@@ -256,6 +256,24 @@ fn script(field: &str, args: &[&[u8]], body: &str) -> Result<Vec<u8>> {
     Ok(s)
 }
 
+/// A file on a remote host, as [`SshHost::read_file`] found it.
+#[derive(Debug)]
+pub(crate) enum RemoteFile {
+    /// Nothing there.
+    Absent,
+    /// A symlink, and where it points.
+    Link(String),
+    /// Not a regular file, or too big.
+    Other,
+    /// A regular file: its owner and content.
+    Regular {
+        /// Its owner's UID there.
+        uid: u32,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+}
+
 /// What a command on the host left.
 #[derive(Debug)]
 pub(crate) struct Output {
@@ -752,6 +770,151 @@ exit 99"#,
             )),
             Ok(Output { code, .. }) => Err(format!("{what} on {}: failed ({code:?})", self.name)),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A file on the host as we may trust it: read only when it is a
+    /// regular file (a link is reported, never followed), at most `max`
+    /// bytes, with its owner.
+    pub(crate) async fn read_file(&self, path: &Path, max: u64) -> Result<RemoteFile> {
+        let s = script(
+            "unit_dir",
+            &[path.as_os_str().as_bytes(), max.to_string().as_bytes()],
+            r#"if [ -L "$1" ]; then printf 'link\n'; exec readlink -- "$1"; fi
+[ -e "$1" ] || { printf 'absent\n'; exit 0; }
+[ -f "$1" ] || { printf 'other\n'; exit 0; }
+[ "$(wc -c <"$1")" -le "$2" ] || { printf 'big\n'; exit 0; }
+printf 'file %s\n' "$(stat -c %u -- "$1")"
+exec cat -- "$1""#,
+        )?;
+        let out = self.run_script(s).await?;
+        let text = out.stdout;
+        let (head, rest) = match text.iter().position(|b| *b == b'\n') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (&text[..], &[][..]),
+        };
+        let head = String::from_utf8_lossy(head);
+        let words: Vec<&str> = head.split(' ').collect();
+        Ok(match words.as_slice() {
+            ["absent"] => RemoteFile::Absent,
+            ["link"] => RemoteFile::Link(
+                String::from_utf8_lossy(rest)
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            ),
+            ["other"] | ["big"] => RemoteFile::Other,
+            ["file", uid] if out.code == Some(0) => match uid.parse() {
+                Ok(uid) => RemoteFile::Regular {
+                    uid,
+                    bytes: rest.to_vec(),
+                },
+                Err(_) => return Err(self.unexpected("stat", out.code)),
+            },
+            _ => return Err(self.unexpected("reading a file", out.code)),
+        })
+    }
+
+    /// Writes `bytes` as `dir/name` on the host atomically: a temporary
+    /// file in `dir` (0644), then `mv -T` over the name, which is refused
+    /// when it is a symlink (an alias) or `dir` is one. `keep_mtime`: the
+    /// new file takes the old one's modification time. `dir` is created
+    /// (0755) when missing.
+    pub(crate) async fn write_into_dir(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        keep_mtime: bool,
+    ) -> Result<()> {
+        let s = script(
+            "unit_dir",
+            &[
+                dir.as_os_str().as_bytes(),
+                name.as_bytes(),
+                bytes,
+                if keep_mtime { b"keep" } else { b"new" },
+            ],
+            r#"[ -L "$1" ] && exit 3
+[ -d "$1" ] || mkdir -p -m 0755 -- "$1" || exit 3
+[ -d "$1" ] && [ ! -L "$1" ] || exit 3
+[ -L "$1/$2" ] && exit 4
+t=$(mktemp "$1/.daemon-lifecycle-XXXXXX") || exit 5
+if printf '%s' "$3" >"$t" && chmod 0644 "$t" &&
+   { [ "$4" != keep ] || [ ! -e "$1/$2" ] || touch -r "$1/$2" "$t"; } &&
+   mv -T -f -- "$t" "$1/$2"; then
+  exit 0
+fi
+rm -f -- "$t"
+exit 6"#,
+        )?;
+        let path = dir.join(name);
+        match self.run_script(s).await?.code {
+            Some(0) => Ok(()),
+            Some(3) => Err(DaemonError::invalid(
+                "unit_dir",
+                format!(
+                    "{} on {} is not a directory (or is a link)",
+                    dir.display(),
+                    self.name
+                ),
+            )),
+            Some(4) => Err(DaemonError::NotOwned {
+                unit: name.to_owned(),
+                reason: format!(
+                    "{} on {} is a symlink (an alias of another unit)",
+                    path.display(),
+                    self.name
+                ),
+            }),
+            code => Err(DaemonError::io(
+                format!("write {} on {}", path.display(), self.name),
+                std::io::Error::other(format!("the write exited {code:?}")),
+            )),
+        }
+    }
+
+    /// Removes the regular file `path` on the host (never a link); whether
+    /// there was one.
+    pub(crate) async fn remove_file(&self, path: &Path) -> Result<bool> {
+        let s = script(
+            "unit_dir",
+            &[path.as_os_str().as_bytes()],
+            r#"[ -L "$1" ] && exit 4
+[ -e "$1" ] || exit 3
+[ -f "$1" ] || exit 5
+rm -f -- "$1""#,
+        )?;
+        match self.run_script(s).await?.code {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            code => Err(DaemonError::io(
+                format!("remove {} on {}", path.display(), self.name),
+                std::io::Error::other(format!("not a regular file (exit {code:?})")),
+            )),
+        }
+    }
+
+    /// Where the login user's user units go on the host:
+    /// `${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user`.
+    pub(crate) async fn user_unit_dir(&self) -> Result<PathBuf> {
+        let s = script(
+            "scope",
+            &[],
+            r#"c=${XDG_CONFIG_HOME:-$HOME/.config}
+case $c in /*) printf '%s/systemd/user' "$c";; *) exit 3;; esac"#,
+        )?;
+        let out = self.run_script(s).await?;
+        match out.code {
+            Some(0) if !out.stdout.is_empty() => {
+                Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&out.stdout)))
+            }
+            _ => Err(DaemonError::invalid(
+                "scope",
+                format!(
+                    "neither XDG_CONFIG_HOME nor HOME is set on {}: pass a unit directory",
+                    self.name
+                ),
+            )),
         }
     }
 

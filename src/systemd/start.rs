@@ -49,13 +49,13 @@ impl SystemdBackend {
         if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
             if !before.transient {
-                self.warn_drift(&unit_spec, &before);
+                self.warn_drift(&unit_spec, &before).await;
             }
             return Ok(before.main_pid);
         }
         let job_timeout = spec.startup_timeout + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
-            self.warn_drift(&unit_spec, &before);
+            self.warn_drift(&unit_spec, &before).await;
             if before.active == "failed" {
                 // As for a transient unit: a failed unit (start limit hit
                 // included) is reset, then started.

@@ -58,7 +58,13 @@ impl SystemdBackend {
                         // start-up would read systemd's version of the file.
                         match self.fragment_path(unit).await {
                             Ok(path) if self.remote.is_some() => {
-                                tracing::debug!(%unit, %path, "the transient unit file is on the remote host: left as systemd wrote it");
+                                let host = self.remote_files().expect("remote");
+                                make_remote_transient_file_reload_safe(
+                                    host,
+                                    unit_spec,
+                                    Path::new(&path),
+                                )
+                                .await;
                             }
                             Ok(path) => {
                                 make_transient_file_reload_safe(unit_spec, &self.local_path(&path))
@@ -115,13 +121,7 @@ fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
         // `transient` directory, reached without `..`, a regular file owned
         // by the manager's user (root, or us for a user manager), read
         // without following a link.
-        if path
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-            || path.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("transient"))
-        {
-            return Err("not in the manager's transient directory".into());
-        }
+        in_transient_dir(path)?;
         let (bytes, meta) = crate::fsutil::read_regular(path, 1 << 20)
             .map_err(|e| e.to_string())?
             .ok_or("the file is gone")?;
@@ -131,19 +131,9 @@ fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
                 return Err(format!("owned by UID {}, not the manager's", meta.uid()));
             }
         }
-        let text = String::from_utf8(bytes).map_err(|_| "not text".to_string())?;
-        if !text.starts_with(TRANSIENT_HEADER) {
-            return Err("not systemd's transient unit file".into());
-        }
-        if !text.contains(&format!("Documentation={OWNERSHIP_MARK}")) {
-            return Err("not our unit's file".into());
-        }
-        let new = unit_spec
-            .render_transient_file()
-            .map_err(|e| e.to_string())?;
-        if new == text {
+        let Some(new) = rewritten(unit_spec, bytes)? else {
             return Ok(());
-        }
+        };
         let mtime = meta.modified().map_err(|e| e.to_string())?;
         // Atomic, but no fsync: the file lives in the manager's runtime
         // directory and is gone at reboot anyway.
@@ -169,6 +159,86 @@ fn make_transient_file_reload_safe(unit_spec: &UnitSpec, path: &Path) {
         Err(why) => tracing::warn!(
             unit = %unit_spec.unit,
             path = %path.display(),
+            %why,
+            "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
+        ),
+    }
+}
+
+/// The path is the manager's answer: it must be a file in a `transient`
+/// directory, reached without `..`.
+fn in_transient_dir(path: &Path) -> std::result::Result<(), String> {
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+        || path.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("transient"))
+    {
+        return Err("not in the manager's transient directory".into());
+    }
+    Ok(())
+}
+
+/// What the transient file `bytes` must become (`None`: it is right
+/// already); refused unless it is systemd's transient file of our unit.
+fn rewritten(unit_spec: &UnitSpec, bytes: Vec<u8>) -> std::result::Result<Option<String>, String> {
+    let text = String::from_utf8(bytes).map_err(|_| "not text".to_string())?;
+    if !text.starts_with(TRANSIENT_HEADER) {
+        return Err("not systemd's transient unit file".into());
+    }
+    if !text.contains(&format!("Documentation={OWNERSHIP_MARK}")) {
+        return Err("not our unit's file".into());
+    }
+    let new = unit_spec
+        .render_transient_file()
+        .map_err(|e| e.to_string())?;
+    Ok((new != text).then_some(new))
+}
+
+/// [`make_transient_file_reload_safe`] on a remote host: the same checks
+/// on what the host's read gives (a regular file, never a link, owned by
+/// root, or for a user manager by the UID of its `/run/user/UID`), then an
+/// atomic write there that keeps the file's mtime.
+async fn make_remote_transient_file_reload_safe(
+    host: &crate::host::SshHost,
+    unit_spec: &UnitSpec,
+    path: &Path,
+) {
+    use crate::host::ssh::RemoteFile;
+    let rewrite = async {
+        in_transient_dir(path)?;
+        let (uid, bytes) = match host.read_file(path, 1 << 20).await {
+            Ok(RemoteFile::Regular { uid, bytes }) => (uid, bytes),
+            Ok(other) => return Err(format!("not a regular file ({other:?})")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let users = path
+            .strip_prefix("/run/user")
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+        if uid != 0 && Some(uid) != users {
+            return Err(format!("owned by UID {uid}, not the manager's"));
+        }
+        let Some(new) = rewritten(unit_spec, bytes)? else {
+            return Ok(());
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("no file name")?;
+        host.write_into_dir(dir, name, new.as_bytes(), true)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match rewrite.await {
+        Ok(()) => {
+            tracing::debug!(unit = %unit_spec.unit, path = %path.display(), host = host.name(), "transient unit file is reload-safe")
+        }
+        Err(why) => tracing::warn!(
+            unit = %unit_spec.unit,
+            path = %path.display(),
+            host = host.name(),
             %why,
             "cannot make the transient unit file reload-safe: after a daemon-reload, arguments with '$' or ';' may change"
         ),
