@@ -244,7 +244,34 @@ impl DaemonManager {
             // The same for a plist (a name that is no label, ...).
             crate::launchd::PlistSpec::from_spec(spec, spec.scope)?;
         }
-        Ok((spec, self.backend().await?))
+        let backend = self.backend().await?;
+        if let Some(dest) = &spec.host {
+            // A backend given to the manager must drive that very host:
+            // never the daemon of another machine, never this one.
+            match backend.remote_host() {
+                Some(h) if h.destination() == dest => {}
+                Some(h) => {
+                    return Err(DaemonError::invalid(
+                        "host",
+                        format!(
+                            "the config names host {dest}, but the backend drives {}",
+                            h.name()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(DaemonError::Unsupported {
+                        backend: backend.kind(),
+                        operation: "host",
+                        reason: format!(
+                            "the config names host {dest}, but this backend drives this machine \
+                             (a remote host needs SystemdBackend::connect_remote)"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok((spec, backend))
     }
 
     /// [`Self::ready`] plus the host checks a start needs.

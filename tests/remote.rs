@@ -132,6 +132,13 @@ async fn auto_with_a_host_is_systemd_there_and_fork_or_launchd_are_refused() {
             other => panic!("{choice}: {other:?}"),
         }
     }
+    // A backend handed over must drive the config's host: a local one is refused.
+    let m =
+        DaemonManager::with_backend(config.clone(), std::sync::Arc::new(support::fork_backend()));
+    match m.start().await {
+        Err(DaemonError::Unsupported { operation, .. }) => assert_eq!(operation, "host"),
+        other => panic!("{other:?}"),
+    }
     // auto: an unreachable host is an error naming it, not the fork backend.
     let m = DaemonManager::new(config)
         .with_ssh_options(SshOptions::default().with_connect_timeout(Duration::from_secs(2)));
@@ -707,4 +714,40 @@ async fn install_and_uninstall_on_a_remote_host() {
     })
     .await;
     assert!(manager.units_named(&sb.tag).await.is_empty());
+}
+
+/// ssh expands `%` in ControlPath and splits options at blanks: a private
+/// directory under such a path still works (a `daemonctl` child, whose
+/// `$XDG_RUNTIME_DIR` is odd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odd_runtime_directory_still_holds_the_control_socket() {
+    let Some((_manager, sshd)) = host(Variant::Plain) else {
+        return;
+    };
+    let sb = Sandbox::new("remote-odd");
+    let odd = sb.path("a %h %% b");
+    std::fs::create_dir(&odd).unwrap();
+    let config = remote_config(&sb, &sshd, &[]);
+    let toml = sb.write_toml(&config);
+    let out = support::output_within(
+        std::process::Command::new(support::daemonctl())
+            .arg("--ssh-config")
+            .arg(sshd.client_config())
+            .arg("status")
+            .arg(&toml)
+            .env("XDG_RUNTIME_DIR", &odd)
+            .stdin(std::process::Stdio::null()),
+        30,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stopped [systemd]"), "{stdout}");
+    // Its private directory was there, and is gone.
+    assert_eq!(std::fs::read_dir(&odd).unwrap().count(), 0);
+    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
 }

@@ -431,8 +431,19 @@ impl SshHost {
         if let Some(config) = &self.opts.config_file {
             cmd.arg("-F").arg(config);
         }
-        let mut control = OsString::from("ControlPath=");
-        control.push(self.control_path());
+        // ssh expands `%` tokens in ControlPath and splits an option at
+        // blanks: `%` doubled, the path quoted (private_dir refuses `"`).
+        let mut control = OsString::from("ControlPath=\"");
+        control.push(std::ffi::OsStr::from_bytes(
+            &self
+                .control_path()
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .flat_map(|&b| if b == b'%' { vec![b'%', b'%'] } else { vec![b] })
+                .collect::<Vec<u8>>(),
+        ));
+        control.push("\"");
         cmd.args(["-o", "BatchMode=yes"])
             .arg("-o")
             .arg(format!(
@@ -962,6 +973,15 @@ fn private_dir() -> Result<tempfile::TempDir> {
             dir.path(),
             Some(meta.uid()),
             "the ssh control directory is not a private directory of ours",
+        ));
+    }
+    if dir.path().as_os_str().as_bytes().contains(&b'"') {
+        return Err(DaemonError::invalid(
+            "host",
+            format!(
+                "the temp directory {} holds a '\"', which ssh's ControlPath cannot carry: set TMPDIR",
+                base.display()
+            ),
         ));
     }
     // A socket path is at most about 100 bytes.
