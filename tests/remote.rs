@@ -677,7 +677,7 @@ async fn install_and_uninstall_on_a_remote_host() {
     let foreign_config = remote_config(&sb, &sshd, &[]).with_name(format!("{}-foreign", sb.tag));
     let foreign_spec = daemon_lifecycle::ServiceSpec::from_config(&foreign_config).unwrap();
     let foreign = manager.unit_dir.join(format!("{}-foreign.service", sb.tag));
-    std::fs::write(&foreign, "[Service]\nExecStart=/bin/true\n").unwrap();
+    std::fs::write(&foreign, "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
     assert!(matches!(
         backend.install(&foreign_spec, None, false).await,
         Err(DaemonError::NotOwned { .. })
@@ -686,9 +686,34 @@ async fn install_and_uninstall_on_a_remote_host() {
         backend.uninstall(&foreign_spec, None).await,
         Err(DaemonError::NotOwned { .. })
     ));
+    // The unit it defines is not ours either: running, it is not started,
+    // stopped or killed over ssh (the ownership checks hold remotely).
+    let foreign_unit = format!("{}-foreign.service", sb.tag);
+    manager
+        .manager_call("StartUnit", &(foreign_unit.as_str(), "replace"))
+        .await;
+    let foreign_m = DaemonManager::with_backend(foreign_config.clone(), backend.clone());
+    for (op, r) in [
+        ("start", foreign_m.start().await.map(drop)),
+        ("stop", foreign_m.stop().await),
+        ("kill", foreign_m.kill().await),
+    ] {
+        assert!(
+            matches!(r, Err(DaemonError::NotOwned { .. })),
+            "{op}: {r:?}"
+        );
+    }
+    assert_eq!(
+        manager.units_named(&format!("{}-foreign", sb.tag)).await,
+        vec![foreign_unit.clone()]
+    );
+    drop(foreign_m);
+    manager
+        .manager_call("StopUnit", &(foreign_unit.as_str(), "replace"))
+        .await;
     assert_eq!(
         std::fs::read_to_string(&foreign).unwrap(),
-        "[Service]\nExecStart=/bin/true\n"
+        "[Service]\nExecStart=/bin/sleep 1000\n"
     );
     std::fs::remove_file(&foreign).unwrap();
     // A hostile unit_dir is one path, not a command.
