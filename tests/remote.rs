@@ -465,6 +465,19 @@ async fn a_fleet_runs_everywhere_at_once_and_a_hanging_host_delays_no_other() {
     let unit = format!("{}.service", sb.tag);
     assert_eq!(manager_a.units_named(&sb.tag).await, vec![unit.clone()]);
     assert_eq!(manager_b.units_named(&sb.tag).await, vec![unit.clone()]);
+    // The bound holds: one at a time, b waits for the hanging host.
+    let results = daemon_lifecycle::fleet::run(
+        &config,
+        &hosts,
+        daemon_lifecycle::fleet::Operation::Status,
+        1,
+        BackendChoice::Auto,
+        &opts,
+    )
+    .await;
+    let order: Vec<&str> = results.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(order, [a.as_str(), hang_host.as_str(), b.as_str()]);
+    assert!(results[0].succeeded() && !results[1].succeeded() && results[2].succeeded());
     assert_eq!(
         no_ssh_left(ssh_config.to_str().unwrap()).await,
         Vec::<u32>::new()
