@@ -827,9 +827,9 @@ exec cat -- "$1""#,
 
     /// Writes `bytes` as `dir/name` on the host atomically: a temporary
     /// file in `dir` (0644), then `mv -T` over the name, which is refused
-    /// when it is a symlink (an alias) or `dir` is one. `keep_mtime`: the
-    /// new file takes the old one's modification time. `dir` is created
-    /// (0755) when missing.
+    /// when it is a symlink (an alias) or `dir` is one. `keep_mtime`: only
+    /// an existing file is replaced, and the new one takes its
+    /// modification time. `dir` is created (0755) when missing.
     pub(crate) async fn write_into_dir(
         &self,
         dir: &Path,
@@ -851,9 +851,11 @@ exec cat -- "$1""#,
 [ -L "$1/$2" ] && exit 4
 t=$(mktemp "$1/.daemon-lifecycle-XXXXXX") || exit 5
 if printf '%s' "$3" >"$t" && chmod 0644 "$t" &&
-   { [ "$4" != keep ] || [ ! -e "$1/$2" ] || touch -r "$1/$2" "$t"; } &&
-   mv -T -f -- "$t" "$1/$2"; then
-  exit 0
+   { [ "$4" != keep ] || touch -r "$1/$2" "$t"; }; then
+  # keep: only a file still there is replaced (the manager may have
+  # removed it meanwhile, with its unit).
+  if [ "$4" = keep ] && [ ! -f "$1/$2" ]; then rm -f -- "$t"; exit 7; fi
+  mv -T -f -- "$t" "$1/$2" && exit 0
 fi
 rm -f -- "$t"
 exit 6"#,
@@ -868,6 +870,10 @@ exit 6"#,
                     dir.display(),
                     self.name
                 ),
+            )),
+            Some(7) => Err(DaemonError::io(
+                format!("replace {} on {}", path.display(), self.name),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
             )),
             Some(4) => Err(DaemonError::NotOwned {
                 unit: name.to_owned(),
