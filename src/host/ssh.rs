@@ -1100,10 +1100,6 @@ exit 0"#,
         }
         self.check_account("group", "group", group)
     }
-
-    fn is_remote(&self) -> bool {
-        true
-    }
 }
 
 impl SshHost {
