@@ -792,3 +792,26 @@ async fn an_odd_runtime_directory_still_holds_the_control_socket() {
     assert_eq!(std::fs::read_dir(&odd).unwrap().count(), 0);
     assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
 }
+
+/// A host with the bridge but no systemd (sshd in this machine's own
+/// namespaces, where no manager and no system bus run): `Missing`, naming
+/// the bus, within the bound, nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_systemd_is_missing_it() {
+    let Some((_manager, sshd)) = host(Variant::NoSystemd) else {
+        return;
+    };
+    let sb = Sandbox::new("remote-nosystemd");
+    let said = fault(
+        remote_config(&sb, &sshd, &[]),
+        ssh_options(&sshd),
+        needle(&sshd),
+        RemoteProblem::Missing,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        said.contains("system bus") || said.contains("systemd system manager"),
+        "{said}"
+    );
+}

@@ -29,6 +29,10 @@ pub enum Variant {
     /// network namespaces, so the host's `127.0.0.1` is the daemons' (its
     /// readiness probes reach them, as on a real remote machine).
     InNetns,
+    /// sshd in this machine's own namespaces, not the manager's: the
+    /// bridge is installed, but no systemd (and no system bus) runs here,
+    /// as on a host without systemd.
+    NoSystemd,
 }
 
 /// One running sshd.
@@ -37,6 +41,8 @@ pub struct Sshd {
     dir: tempfile::TempDir,
     /// `InNetns`: the client's proxy command.
     proxy: Option<String>,
+    /// `NoSystemd`: the host's `/run/sshd` we made (removed on drop).
+    made_run_sshd: bool,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     /// The alias the client config gives it (`host = "root@ALIAS"`).
@@ -71,20 +77,18 @@ impl Sshd {
             _ => "userkey.pub",
         };
         std::fs::copy(d.join(authorized), d.join("authorized_keys")).unwrap();
-        // In the namespace, sshd wants its privilege-separation directory.
-        let st = Command::new("/usr/bin/nsenter")
-            .args([
-                "-m",
-                "-t",
-                &init.to_string(),
-                "--",
-                "mkdir",
-                "-p",
-                "/run/sshd",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mkdir /run/sshd in the namespace");
+        // sshd wants its privilege-separation directory (in the namespace).
+        let mut made_run_sshd = false;
+        if variant == Variant::NoSystemd {
+            made_run_sshd = std::fs::create_dir("/run/sshd").is_ok();
+        } else {
+            let st = Command::new("/usr/bin/nsenter")
+                .args(["-m", "-t", &init.to_string(), "--"])
+                .args(["mkdir", "-p", "/run/sshd"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "mkdir /run/sshd in the namespace");
+        }
         let force = match variant {
             Variant::NoBridge => {
                 "ForceCommand /usr/bin/env PATH=/nowhere /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n"
@@ -130,22 +134,22 @@ impl Sshd {
                 child: None,
                 dir,
                 proxy: Some(proxy),
+                made_run_sshd,
                 port: 0,
                 alias,
             });
         }
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new("/usr/bin/nsenter")
-            .args([
-                "-m",
-                "-t",
-                &init.to_string(),
-                "--",
-                "/usr/sbin/sshd",
-                "-D",
-                "-e",
-                "-f",
-            ])
+        let mut cmd = match variant {
+            Variant::NoSystemd => Command::new("/usr/sbin/sshd"),
+            _ => {
+                let mut c = Command::new("/usr/bin/nsenter");
+                c.args(["-m", "-t", &init.to_string(), "--", "/usr/sbin/sshd"]);
+                c
+            }
+        };
+        let child = cmd
+            .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -156,6 +160,7 @@ impl Sshd {
             child: Some(child),
             dir,
             proxy: None,
+            made_run_sshd,
             port,
             alias,
         };
@@ -286,6 +291,9 @@ pub fn our_ssh_clients() -> Vec<u32> {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        if self.made_run_sshd {
+            let _ = std::fs::remove_dir("/run/sshd");
+        }
         if let Some(mut child) = self.child.take() {
             let sessions = descendants(child.id());
             let _ = child.kill();
