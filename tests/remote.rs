@@ -759,7 +759,8 @@ async fn install_and_uninstall_on_a_remote_host() {
 
 /// ssh expands `%` in ControlPath and splits options at blanks: a private
 /// directory under such a path still works (a `daemonctl` child, whose
-/// `$XDG_RUNTIME_DIR` is odd).
+/// `$XDG_RUNTIME_DIR` is odd). And a user's ssh config that sets a
+/// `RemoteCommand`, a forwarding and agent forwarding changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_odd_runtime_directory_still_holds_the_control_socket() {
     let Some((_manager, sshd)) = host(Variant::Plain) else {
@@ -770,10 +771,24 @@ async fn an_odd_runtime_directory_still_holds_the_control_socket() {
     std::fs::create_dir(&odd).unwrap();
     let config = remote_config(&sb, &sshd, &[]);
     let toml = sb.write_toml(&config);
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let user_config = sb.path("user_ssh_config");
+    std::fs::write(
+        &user_config,
+        format!(
+            "{}  RemoteCommand echo hijacked\n  ForwardAgent yes\n  LocalForward 127.0.0.1:{free} 127.0.0.1:9\n",
+            sshd.client_entry()
+        ),
+    )
+    .unwrap();
     let out = support::output_within(
         std::process::Command::new(support::daemonctl())
             .arg("--ssh-config")
-            .arg(sshd.client_config())
+            .arg(&user_config)
             .arg("status")
             .arg(&toml)
             .env("XDG_RUNTIME_DIR", &odd)
@@ -790,7 +805,10 @@ async fn an_odd_runtime_directory_still_holds_the_control_socket() {
     assert!(stdout.contains("stopped [systemd]"), "{stdout}");
     // Its private directory was there, and is gone.
     assert_eq!(std::fs::read_dir(&odd).unwrap().count(), 0);
-    assert_eq!(no_ssh_left(&needle(&sshd)).await, Vec::<u32>::new());
+    assert_eq!(
+        no_ssh_left(user_config.to_str().unwrap()).await,
+        Vec::<u32>::new()
+    );
 }
 
 /// A host with the bridge but no systemd (sshd in this machine's own

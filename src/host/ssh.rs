@@ -453,6 +453,17 @@ impl SshHost {
             // A host that goes silent breaks the connection within about
             // 15 s rather than never.
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+            // Whatever the user's ssh config says: no agent or X11 handed
+            // to the host, no forwardings opened, no local command, no
+            // RemoteCommand in place of ours.
+            .args(["-o", "ForwardAgent=no", "-o", "ForwardX11=no"])
+            .args([
+                "-o",
+                "ClearAllForwardings=yes",
+                "-o",
+                "PermitLocalCommand=no",
+            ])
+            .args(["-o", "RemoteCommand=none"])
             .arg("-o")
             .arg(control)
             .env_remove("SSH_ASKPASS")
