@@ -833,3 +833,50 @@ async fn a_host_without_systemd_is_missing_it() {
         "{said}"
     );
 }
+
+/// A `daemonctl` killed with SIGKILL while its start waits for `READY=1`
+/// leaves no ssh behind (the master and the bridge die with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_caller_leaves_no_ssh_behind() {
+    let Some((manager, sshd)) = host(Variant::Plain) else {
+        return;
+    };
+    let sb = Sandbox::new("remote-killed");
+    let mut config = remote_config(&sb, &sshd, &["--ready-after", "30000"]);
+    config.readiness = Some(Readiness::Notify);
+    let toml = sb.write_toml(&config);
+    let ssh_config = sshd.client_config();
+    let mut child = std::process::Command::new(support::daemonctl())
+        .arg("--ssh-config")
+        .arg(&ssh_config)
+        .arg("start")
+        .arg(&toml)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = poll_until(Duration::from_secs(20), || async {
+        (manager.units_named(&sb.tag).await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the unit never appeared");
+    let needle = ssh_config.to_str().unwrap();
+    assert!(
+        ssh_clients_with(needle).len() >= 2,
+        "no master and bridge to kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(no_ssh_left(needle).await, Vec::<u32>::new());
+    // The unit it left starting is stopped over a new connection.
+    let m = DaemonManager::new(config).with_ssh_options(ssh_options(&sshd));
+    m.stop().await.unwrap();
+    drop(m);
+    assert_eq!(no_ssh_left(needle).await, Vec::<u32>::new());
+    poll_until(Duration::from_secs(5), || async {
+        manager.units_named(&sb.tag).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(manager.units_named(&sb.tag).await.is_empty());
+}
