@@ -835,7 +835,10 @@ async fn a_host_without_systemd_is_missing_it() {
 }
 
 /// A `daemonctl` killed with SIGKILL while its start waits for `READY=1`
-/// leaves no ssh behind (the master and the bridge die with it).
+/// leaves no ssh behind (the master and the bridge die with it). What it
+/// cannot remove is its private directory, with the dead control socket
+/// (as any temp directory of a killed process): its `$XDG_RUNTIME_DIR` is
+/// the sandbox's here, so that goes with the sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_caller_leaves_no_ssh_behind() {
     let Some((manager, sshd)) = host(Variant::Plain) else {
@@ -846,11 +849,14 @@ async fn a_killed_caller_leaves_no_ssh_behind() {
     config.readiness = Some(Readiness::Notify);
     let toml = sb.write_toml(&config);
     let ssh_config = sshd.client_config();
+    let runtime = sb.path("runtime");
+    std::fs::create_dir(&runtime).unwrap();
     let mut child = std::process::Command::new(support::daemonctl())
         .arg("--ssh-config")
         .arg(&ssh_config)
         .arg("start")
         .arg(&toml)
+        .env("XDG_RUNTIME_DIR", &runtime)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -869,6 +875,9 @@ async fn a_killed_caller_leaves_no_ssh_behind() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(no_ssh_left(needle).await, Vec::<u32>::new());
+    let left: Vec<_> = std::fs::read_dir(&runtime).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1, "its private directory");
+    assert!(left[0].file_name().to_string_lossy().starts_with("dl-ssh-"));
     // The unit it left starting is stopped over a new connection.
     let m = DaemonManager::new(config).with_ssh_options(ssh_options(&sshd));
     m.stop().await.unwrap();
