@@ -347,4 +347,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Clears a stale or failed record (PID file and identity record, or a
     /// failed unit); leaves a running or stopped daemon alone.
     fn cleanup_stale<'a>(&'a self, spec: &'a ServiceSpec) -> BoxFuture<'a, Result<()>>;
+
+    /// The machine this backend runs daemons on, when it is not this one
+    /// (a systemd backend over ssh): the manager asks it the host checks.
+    fn remote_host(&self) -> Option<std::sync::Arc<crate::host::SshHost>> {
+        None
+    }
 }

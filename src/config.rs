@@ -141,6 +141,15 @@ pub struct DaemonConfig {
     /// [`DaemonConfig::with_instance`]) rather than in the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+
+    /// systemd only: run the daemon on another machine, `user@hostname[:port]`
+    /// (user and port optional: ssh's config decides), driving its systemd
+    /// over `ssh` and `systemd-stdio-bridge`, as `systemctl -H` does. The
+    /// fork and launchd backends refuse it; `auto` means systemd there.
+    /// Host checks, readiness probes and unit files are the remote
+    /// machine's. See [`crate::host::SshHost`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Which systemd manager runs the unit. Also a [`clap::ValueEnum`]
@@ -539,6 +548,7 @@ impl Default for DaemonConfig {
             group: None,
             adopt: false,
             instance: None,
+            host: None,
         }
     }
 }
@@ -652,6 +662,12 @@ impl DaemonConfig {
     /// Sets the instance of a template config (see [`DaemonConfig::instance`]).
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
+        self
+    }
+
+    /// Runs the daemon on another machine (see [`DaemonConfig::host`]).
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
         self
     }
 

@@ -240,6 +240,56 @@ pub enum DaemonError {
         /// Why it is not ours (no marker, an alias of another unit, ...).
         reason: String,
     },
+
+    /// A remote host (`host = "user@hostname"`) could not be used: ssh could
+    /// not reach it or was refused, it lacks what we need there, or the
+    /// connection broke. Always names the host, so a fleet's results say
+    /// which one.
+    #[error("host {host}: {problem}: {reason}")]
+    Remote {
+        /// The host as the config or `--host` gave it (`user@hostname:port`).
+        host: String,
+        /// What kind of failure, to match on.
+        problem: RemoteProblem,
+        /// Details in words (ssh's own message, the missing program).
+        reason: String,
+    },
+}
+
+/// What went wrong with a remote host ([`DaemonError::Remote`]). New kinds
+/// may be added (hence `#[non_exhaustive]`): match with a `_` arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteProblem {
+    /// ssh could not connect (no route, connection refused, bad host name).
+    Unreachable,
+    /// The host refused our key (or any other authentication).
+    AuthRefused,
+    /// Nothing answered within the connection timeout (a port that accepts
+    /// and never speaks SSH, a host that dropped off).
+    ConnectTimeout,
+    /// Something the host must offer is not there (`systemd-stdio-bridge`,
+    /// the bus socket): the host has no usable systemd.
+    Missing,
+    /// The connection (or the bus bridge on the host) broke during an
+    /// operation.
+    ConnectionLost,
+    /// A command on the host (a host check, a probe, a file write) did not
+    /// finish within its bound.
+    CommandTimeout,
+}
+
+impl std::fmt::Display for RemoteProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteProblem::Unreachable => "unreachable",
+            RemoteProblem::AuthRefused => "authentication refused",
+            RemoteProblem::ConnectTimeout => "no answer within the connection timeout",
+            RemoteProblem::Missing => "missing on the host",
+            RemoteProblem::ConnectionLost => "connection lost",
+            RemoteProblem::CommandTimeout => "command on the host timed out",
+        })
+    }
 }
 
 impl DaemonError {

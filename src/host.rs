@@ -1,8 +1,7 @@
 //! Host checks: facts about the machine that will run the daemon, as
 //! opposed to the pure well-formedness checks of the config
-//! (`config::validate`). [`Host`] is what such a machine answers (today
-//! always [`LocalHost`], this machine; a remote host is a second
-//! implementation); [`check`] is the one list of questions asked before a
+//! (`config::validate`). [`Host`] is what such a machine answers
+//! ([`LocalHost`], this machine, or [`SshHost`], another one over ssh); [`check`] is the one list of questions asked before a
 //! start. Rendering a unit asks none of them.
 //!
 //! Account lookups live here too, so the fork backend's credentials and the
@@ -17,8 +16,14 @@ use nix::unistd::{Gid, Group, Uid, User};
 use crate::error::{DaemonError, Result};
 use crate::spec::ServiceSpec;
 
+pub mod ssh;
+
+pub use ssh::{SshDestination, SshHost, SshOptions};
+
 /// What a host that runs daemons can be asked before a start. Each method
 /// answers for one path or name, with the typed error a caller reports.
+/// The answers may take a round trip to another machine ([`SshHost`]):
+/// async callers ask from a blocking task.
 pub trait Host: Send + Sync + fmt::Debug {
     /// `path` is a regular file this caller may execute there:
     /// [`DaemonError::BinaryNotFound`] or

@@ -76,6 +76,7 @@ mod backend;
 pub mod blocking;
 mod config;
 mod error;
+pub mod fleet;
 mod fork;
 mod fsutil;
 pub mod host;
@@ -91,7 +92,7 @@ pub use config::{
     DaemonConfig, Limit, Limits, Liveness, LogsConfig, Readiness, ReloadConfig, RestartConfig,
     RestartPolicy, Scope, MAX_CONFIG_BYTES,
 };
-pub use error::{DaemonError, Result};
+pub use error::{DaemonError, RemoteProblem, Result};
 pub use fork::{ForkBackend, SupervisorProgram, PORTABLE_ENV, SUPERVISOR_PATH_ENV};
 pub use launchd::{LaunchdBackend, PlistSpec};
 pub use manager::{BackendChoice, DaemonManager};

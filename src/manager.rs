@@ -11,9 +11,10 @@ use tokio::sync::OnceCell;
 
 use crate::backend::{Backend, BackendKind, DaemonStatus, StatusReport};
 use crate::config::DaemonConfig;
+use crate::error::DaemonError;
 use crate::error::Result;
 use crate::fork::ForkBackend;
-use crate::host::{self, Host, LocalHost};
+use crate::host::{self, Host, LocalHost, SshHost, SshOptions};
 use crate::launchd::LaunchdBackend;
 use crate::spec::ServiceSpec;
 use crate::systemd::SystemdBackend;
@@ -93,6 +94,8 @@ pub struct DaemonManager {
     /// The config resolved, built at the first operation.
     spec: std::sync::OnceLock<ServiceSpec>,
     host: Arc<dyn Host>,
+    /// How a config with `host` reaches it.
+    ssh: SshOptions,
 }
 
 impl DaemonManager {
@@ -110,7 +113,15 @@ impl DaemonManager {
             backend: OnceCell::new(),
             spec: std::sync::OnceLock::new(),
             host: Arc::new(LocalHost),
+            ssh: SshOptions::from_env(),
         }
+    }
+
+    /// How a config with [`DaemonConfig::host`] reaches the host (default:
+    /// [`SshOptions::from_env`]).
+    pub fn with_ssh_options(mut self, options: SshOptions) -> Self {
+        self.ssh = options;
+        self
     }
 
     /// A manager for `config` on a backend value you built (for example a
@@ -127,6 +138,7 @@ impl DaemonManager {
             backend: OnceCell::new_with(Some(backend)),
             spec: std::sync::OnceLock::new(),
             host: Arc::new(LocalHost),
+            ssh: SshOptions::from_env(),
         }
     }
 
@@ -153,8 +165,12 @@ impl DaemonManager {
 
     async fn backend(&self) -> Result<&Arc<dyn Backend>> {
         let scope = self.spec()?.scope;
+        let remote = self.spec()?.host.clone();
         self.backend
             .get_or_try_init(|| async {
+                if let Some(dest) = remote {
+                    return self.remote_backend(&dest, scope).await;
+                }
                 let backend: Arc<dyn Backend> = match self.choice {
                     BackendChoice::Fork => Arc::new(ForkBackend::new()),
                     BackendChoice::Systemd => Arc::new(SystemdBackend::connect(scope).await?),
@@ -173,13 +189,53 @@ impl DaemonManager {
             .await
     }
 
+    /// The backend for a config with `host`: systemd on that machine, or an
+    /// error; never the fork backend (`auto` included) and never launchd.
+    async fn remote_backend(
+        &self,
+        dest: &host::SshDestination,
+        scope: crate::config::Scope,
+    ) -> Result<Arc<dyn Backend>> {
+        let refuse = |backend| DaemonError::Unsupported {
+            backend,
+            operation: "host",
+            reason: format!(
+                "`host = \"{dest}\"` runs the daemon on another machine, which only the \
+                 systemd backend does (over ssh); use --backend systemd or auto"
+            ),
+        };
+        match self.choice {
+            BackendChoice::Fork => return Err(refuse(BackendKind::Fork)),
+            BackendChoice::Launchd => return Err(refuse(BackendKind::Launchd)),
+            _ => {}
+        }
+        let host = Arc::new(SshHost::connect(dest, self.ssh.clone()).await?);
+        let backend = SystemdBackend::connect_remote(host, scope).await?;
+        tracing::debug!(host = %dest, "systemd backend over ssh");
+        Ok(Arc::new(backend))
+    }
+
+    /// An error of an operation on a remote host, naming the host: the
+    /// manager not answering there is the connection's failure as much as
+    /// the manager's.
+    fn on_host<T>(&self, backend: &Arc<dyn Backend>, result: Result<T>) -> Result<T> {
+        match (result, backend.remote_host()) {
+            (Err(DaemonError::BackendUnavailable { reason, .. }), Some(host)) => {
+                Err(host.remote(crate::error::RemoteProblem::ConnectionLost, reason))
+            }
+            (result, _) => result,
+        }
+    }
+
     /// The spec and the backend, for an operation that does not start
     /// anything (no host checks: a daemon whose binary is gone can still be
     /// stopped).
     async fn ready(&self) -> Result<(&ServiceSpec, &Arc<dyn Backend>)> {
         let spec = self.spec()?;
         spec.runnable()?;
-        if self.choice == BackendChoice::Systemd && self.backend.get().is_none() {
+        if (self.choice == BackendChoice::Systemd || spec.host.is_some())
+            && self.backend.get().is_none()
+        {
             // What systemd cannot express for this scope (`user` in a user
             // unit, ...) is a config error, even where no bus answers.
             crate::systemd::UnitSpec::from_spec(spec, spec.scope)?;
@@ -188,14 +244,55 @@ impl DaemonManager {
             // The same for a plist (a name that is no label, ...).
             crate::launchd::PlistSpec::from_spec(spec, spec.scope)?;
         }
-        Ok((spec, self.backend().await?))
+        let backend = self.backend().await?;
+        if let Some(dest) = &spec.host {
+            // A backend given to the manager must drive that very host:
+            // never the daemon of another machine, never this one.
+            match backend.remote_host() {
+                Some(h) if h.destination() == dest => {}
+                Some(h) => {
+                    return Err(DaemonError::invalid(
+                        "host",
+                        format!(
+                            "the config names host {dest}, but the backend drives {}",
+                            h.name()
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(DaemonError::Unsupported {
+                        backend: backend.kind(),
+                        operation: "host",
+                        reason: format!(
+                            "the config names host {dest}, but this backend drives this machine \
+                             (a remote host needs SystemdBackend::connect_remote)"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok((spec, backend))
     }
 
     /// [`Self::ready`] plus the host checks a start needs.
     async fn ready_to_start(&self) -> Result<(&ServiceSpec, &Arc<dyn Backend>)> {
         let spec = self.spec()?;
-        host::check(self.host.as_ref(), spec)?;
-        self.ready().await
+        if spec.host.is_none() && self.backend.get().is_none_or(|b| b.remote_host().is_none()) {
+            host::check(self.host.as_ref(), spec)?;
+            return self.ready().await;
+        }
+        // Asked on the remote machine: each answer is an ssh round trip,
+        // so off the async threads (a fleet's other hosts go on meanwhile).
+        let (spec, backend) = self.ready().await?;
+        let Some(host) = backend.remote_host() else {
+            host::check(self.host.as_ref(), spec)?;
+            return Ok((spec, backend));
+        };
+        let owned = spec.clone();
+        tokio::task::spawn_blocking(move || host::check(host.as_ref(), &owned))
+            .await
+            .map_err(|e| DaemonError::io("host checks", std::io::Error::other(e.to_string())))??;
+        Ok((spec, backend))
     }
 
     /// Starts the daemon and returns its PID; if it already runs, returns the
@@ -203,7 +300,7 @@ impl DaemonManager {
     pub async fn start(&self) -> Result<u32> {
         let t = Instant::now();
         let (spec, backend) = self.ready_to_start().await?;
-        let result = backend.start(spec).await;
+        let result = self.on_host(backend, backend.start(spec).await);
         self.log("start", t, &result);
         result
     }
@@ -213,7 +310,7 @@ impl DaemonManager {
     pub async fn stop(&self) -> Result<()> {
         let t = Instant::now();
         let (spec, backend) = self.ready().await?;
-        let result = backend.stop(spec).await;
+        let result = self.on_host(backend, backend.stop(spec).await);
         self.log("stop", t, &result);
         result
     }
@@ -222,7 +319,7 @@ impl DaemonManager {
     pub async fn kill(&self) -> Result<()> {
         let t = Instant::now();
         let (spec, backend) = self.ready().await?;
-        let result = backend.kill(spec).await;
+        let result = self.on_host(backend, backend.kill(spec).await);
         self.log("kill", t, &result);
         result
     }
@@ -236,7 +333,7 @@ impl DaemonManager {
     pub async fn status_report(&self) -> Result<StatusReport> {
         let t = Instant::now();
         let (spec, backend) = self.ready().await?;
-        let result = backend.status(spec).await;
+        let result = self.on_host(backend, backend.status(spec).await);
         if let Ok(report) = &result {
             tracing::debug!(name = %report.name, status = %report.status, elapsed_ms = t.elapsed().as_millis() as u64, "status");
         }
@@ -247,7 +344,7 @@ impl DaemonManager {
     pub async fn restart(&self) -> Result<u32> {
         let t = Instant::now();
         let (spec, backend) = self.ready_to_start().await?;
-        let result = backend.restart(spec).await;
+        let result = self.on_host(backend, backend.restart(spec).await);
         self.log("restart", t, &result);
         result
     }
@@ -268,7 +365,7 @@ impl DaemonManager {
     pub async fn reload(&self) -> Result<()> {
         let t = Instant::now();
         let (spec, backend) = self.ready().await?;
-        let result = backend.reload(spec).await;
+        let result = self.on_host(backend, backend.reload(spec).await);
         self.log("reload", t, &result);
         result
     }
@@ -280,7 +377,7 @@ impl DaemonManager {
         let (spec, backend) = self.ready().await?;
         // Clamped like the config's timeouts: `Instant + u64::MAX s` would panic.
         let timeout = Duration::from_secs(timeout_secs.min(crate::config::MAX_TIMEOUT_SECS));
-        let result = backend.wait_ready(spec, timeout).await;
+        let result = self.on_host(backend, backend.wait_ready(spec, timeout).await);
         self.log("wait_ready", t, &result);
         result
     }
@@ -308,7 +405,7 @@ impl DaemonManager {
     pub async fn cleanup_stale(&self) -> Result<()> {
         let t = Instant::now();
         let (spec, backend) = self.ready().await?;
-        let result = backend.cleanup_stale(spec).await;
+        let result = self.on_host(backend, backend.cleanup_stale(spec).await);
         self.log("cleanup_stale", t, &result);
         result
     }

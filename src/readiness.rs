@@ -40,11 +40,28 @@ const MAX_ATTEMPT: Duration = Duration::from_secs(5);
 pub(crate) async fn wait_until_ready<F, Fut>(
     probe: &Readiness,
     deadline: Instant,
-    mut still_alive: F,
+    still_alive: F,
 ) -> Result<(), ProbeError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
+{
+    wait_until_ready_with(probe, deadline, still_alive, probe_once).await
+}
+
+/// [`wait_until_ready`] with each attempt made by `attempt` (a probe run
+/// elsewhere: on a remote host, over ssh).
+pub(crate) async fn wait_until_ready_with<'p, F, Fut, A, AFut>(
+    probe: &'p Readiness,
+    deadline: Instant,
+    mut still_alive: F,
+    attempt: A,
+) -> Result<(), ProbeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    A: Fn(&'p Readiness, Duration) -> AFut,
+    AFut: std::future::Future<Output = Result<(), String>>,
 {
     if matches!(probe, Readiness::Notify) {
         return Err(ProbeError::NotAProbe);
@@ -57,7 +74,7 @@ where
             return Err(ProbeError::Timeout { last });
         }
         let budget = (deadline - now).min(MAX_ATTEMPT);
-        match probe_once(probe, budget).await {
+        match attempt(probe, budget).await {
             Ok(()) => {
                 tracing::debug!(%probe, "readiness probe succeeded");
                 return Ok(());

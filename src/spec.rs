@@ -78,6 +78,8 @@ pub struct ServiceSpec {
     /// The instance of a template config this spec runs, with every
     /// `{instance}` already replaced (see [`DaemonConfig::instance`]).
     pub instance: Option<String>,
+    /// The machine that runs it (`None`: this one): systemd over ssh.
+    pub host: Option<crate::host::SshDestination>,
     /// A template without an instance: it can be rendered (as systemd's
     /// `NAME@.service`), not run.
     template: bool,
@@ -242,6 +244,10 @@ impl ServiceSpec {
             },
             adopt: config.adopt,
             instance: config.instance.clone(),
+            host: match &config.host {
+                Some(h) => Some(crate::host::SshDestination::parse(h)?),
+                None => None,
+            },
             template,
             pid_file_is_default: config.pid_file.as_os_str().is_empty(),
         })

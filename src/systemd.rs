@@ -40,6 +40,7 @@ mod bus;
 pub(crate) mod dbus;
 mod errors;
 mod escape;
+mod files;
 mod install;
 mod job;
 mod list;
@@ -53,16 +54,17 @@ mod transient;
 mod unit;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
 use crate::config::{Readiness, Scope};
 use crate::error::{DaemonError, Result};
+use crate::host::SshHost;
 use crate::spec::ServiceSpec;
 use bus::{bounded, BUS_GRACE, QUERY_GRACE};
 use dbus::ManagerProxy;
 use errors::{bus_error, is_no_such_unit};
-use install::drift;
 use state::{Read, UnitState};
 
 pub use bus::BusTarget;
@@ -83,6 +85,10 @@ pub struct SystemdBackend {
     path_aliases: Vec<(PathBuf, PathBuf)>,
     /// The liveness probe helper program (see [`SystemdBackend::with_probe_helper`]).
     probe_helper: Option<PathBuf>,
+    /// The machine the manager runs on, when it is another one (the bus
+    /// goes over its ssh connection, and so do host checks, unit file
+    /// writes and readiness probes).
+    remote: Option<Arc<SshHost>>,
 }
 
 impl SystemdBackend {
@@ -143,7 +149,32 @@ impl SystemdBackend {
             scope,
             path_aliases: Vec::new(),
             probe_helper: None,
+            remote: None,
         })
+    }
+
+    /// Connects to the manager of `scope` on the machine behind `host`,
+    /// over its ssh connection (see [`crate::host::SshHost`]): checks that
+    /// `systemd-stdio-bridge` and the bus are there first. Every failure is
+    /// [`DaemonError::Remote`] naming the host.
+    pub async fn connect_remote(host: Arc<SshHost>, scope: Scope) -> Result<SystemdBackend> {
+        let conn = bus::connect_remote(&host, scope).await?;
+        let mut backend = Self::from_connection(conn, scope)
+            .await
+            .map_err(|e| match e {
+                DaemonError::BackendUnavailable { reason, .. } => host.remote(
+                    crate::error::RemoteProblem::Missing,
+                    format!("no systemd {scope} manager on the bus: {reason}"),
+                ),
+                other => other,
+            })?;
+        backend.remote = Some(host);
+        Ok(backend)
+    }
+
+    /// The remote machine this backend drives (`None`: this one).
+    pub fn host(&self) -> Option<&Arc<SshHost>> {
+        self.remote.as_ref()
     }
 
     /// The scope this backend manages.
@@ -184,6 +215,17 @@ impl SystemdBackend {
             }
         }
         p.to_owned()
+    }
+
+    /// Warns when the installed unit file differs from the config.
+    async fn warn_drift(&self, unit_spec: &UnitSpec, state: &UnitState) {
+        if self.drift_of(unit_spec, state).await == Some(true) {
+            tracing::warn!(
+                unit = %unit_spec.unit,
+                path = %state.fragment_path,
+                "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
+            );
+        }
     }
 
     /// The unit name alone (no rendering): what status, stop, kill, restart,
@@ -283,10 +325,10 @@ impl Backend for SystemdBackend {
                         Some(s.watchdog_usec / 1000).filter(|ms| *ms > 0);
                 }
                 if !s.transient && s.load == "loaded" {
-                    report.drift = self
-                        .unit_spec(spec)
-                        .ok()
-                        .and_then(|spec| drift(&spec, s, &self.local_path(&s.fragment_path)));
+                    report.drift = match self.unit_spec(spec) {
+                        Ok(unit_spec) => self.drift_of(&unit_spec, s).await,
+                        Err(_) => None,
+                    };
                 }
             }
             Ok(report)
@@ -367,5 +409,9 @@ impl Backend for SystemdBackend {
             self.owned_state(spec, &unit).await?;
             self.reset_failed(&unit).await
         })
+    }
+
+    fn remote_host(&self) -> Option<Arc<SshHost>> {
+        self.remote.clone()
     }
 }

@@ -1,6 +1,8 @@
 //! `daemonctl`: start, stop, kill, restart, check and clean up a daemon
 //! described by a TOML file. Also the fork backend's supervisor program.
 
+#[path = "daemonctl/fleet.rs"]
+mod fleet;
 #[path = "daemonctl/list.rs"]
 mod list;
 #[path = "daemonctl/logs.rs"]
@@ -42,6 +44,33 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     instance: Option<String>,
 
+    /// Run the daemon on this machine over ssh, `user@hostname[:port]`
+    /// (overrides the config's `host`; systemd only).
+    #[arg(long, global = true, value_name = "HOST", conflicts_with = "hosts")]
+    host: Option<String>,
+
+    /// Run the command on each of these hosts at once (comma-separated
+    /// `user@hostname[:port]`): one result per host, a table (or with
+    /// --json one JSON object per line); exit 0 only if every host
+    /// succeeded. start, stop, kill, restart, status, wait-ready, cleanup.
+    #[arg(long, global = true, value_name = "HOST,...", value_delimiter = ',')]
+    hosts: Vec<String>,
+
+    /// With --hosts: how many hosts are worked on at once.
+    #[arg(long, global = true, value_name = "N", default_value_t = daemon_lifecycle::fleet::DEFAULT_PARALLEL)]
+    parallel: usize,
+
+    /// The ssh config file for remote hosts (`ssh -F FILE`; default: ssh's
+    /// own, or $DAEMON_LIFECYCLE_SSH_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+
+    /// Seconds that reaching and logging in to a remote host may take
+    /// (ssh's ConnectTimeout and our bound on the login; apart from the
+    /// operation's own timeouts).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
+
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -60,21 +89,33 @@ enum Command {
     /// Returns once it is ready (readiness in the config), printing only
     /// the PID on stdout.
     Start {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Stop it: SIGTERM, then SIGKILL after shutdown_timeout_secs.
     Stop {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// SIGKILL all its processes at once.
     Kill {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Stop it if running, start it again, print the new PID.
     Restart {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
@@ -85,6 +126,9 @@ enum Command {
     /// sends READY=1 again. Re-reads nothing itself: the daemon re-reads its
     /// own files. A daemon that is not running: exit 7.
     Reload {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
@@ -104,11 +148,17 @@ enum Command {
         /// Seconds to wait (default: the config's startup_timeout_secs).
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Remove a stale PID file and identity record, or clear a failed state.
     Cleanup {
+        /// With --hosts: one JSON object per host instead of a table.
+        #[arg(long)]
+        json: bool,
         #[arg(help = CONFIG_HELP)]
         config: PathBuf,
     },
@@ -256,14 +306,14 @@ impl Command {
     /// need none (completions, man).
     fn config(&self) -> Option<&Path> {
         Some(match self {
-            Command::Start { config }
-            | Command::Stop { config }
-            | Command::Kill { config }
-            | Command::Restart { config }
-            | Command::Reload { config }
+            Command::Start { config, .. }
+            | Command::Stop { config, .. }
+            | Command::Kill { config, .. }
+            | Command::Restart { config, .. }
+            | Command::Reload { config, .. }
             | Command::Status { config, .. }
             | Command::WaitReady { config, .. }
-            | Command::Cleanup { config }
+            | Command::Cleanup { config, .. }
             | Command::Run { config }
             | Command::Install { config, .. }
             | Command::Uninstall { config, .. }
@@ -453,6 +503,22 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     if let Some(instance) = &cli.instance {
         config.instance = Some(instance.clone());
     }
+    let ssh = ssh_options(&cli);
+    if !cli.hosts.is_empty() {
+        return fleet::run(
+            config,
+            config_path,
+            &cli.command,
+            &cli.hosts,
+            cli.parallel,
+            choice,
+            &ssh,
+        )
+        .await;
+    }
+    if let Some(host) = &cli.host {
+        config.host = Some(host.clone());
+    }
     // Checked before connecting, so a bad config is reported as such even
     // where no bus answers. Only the pure checks: rendering, uninstalling
     // and stopping need no installed binary.
@@ -460,6 +526,25 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
     let scope = spec.scope;
     // Named in the header of a rendered or installed unit file.
     let source = config_path.display().to_string();
+    if let Some(dest) = &spec.host {
+        // Only systemd drives another machine; `run` supervises here.
+        let refused = match (&cli.command, choice) {
+            (Command::Render { .. }, _) => None,
+            (Command::Run { .. }, _) | (_, BackendChoice::Fork) => Some(BackendKind::Fork),
+            (_, BackendChoice::Launchd) => Some(BackendKind::Launchd),
+            _ => None,
+        };
+        if let Some(backend) = refused {
+            return Err(DaemonError::Unsupported {
+                backend,
+                operation: "host",
+                reason: format!(
+                    "`host = \"{dest}\"` runs the daemon on another machine, which only the \
+                     systemd backend does (over ssh); use --backend systemd or auto"
+                ),
+            });
+        }
+    }
     match &cli.command {
         Command::Render {
             format: RenderFormat::Systemd,
@@ -526,10 +611,13 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
             enable, unit_dir, ..
         } => {
             refuse_on_fork(choice, "install")?;
-            // Installing is for this host: its host checks first.
-            host::check(&LocalHost, &spec)?;
+            if spec.host.is_none() {
+                // Installing is for this host: its host checks first (a
+                // remote host's are asked there, by the install).
+                host::check(&LocalHost, &spec)?;
+            }
             UnitSpec::from_spec(&spec, scope)?;
-            let systemd = SystemdBackend::connect(scope).await?;
+            let systemd = systemd_for(&spec, &ssh).await?;
             let changed = systemd
                 .install_from(&spec, Some(&source), unit_dir.as_deref(), *enable)
                 .await?;
@@ -539,7 +627,7 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         Command::Uninstall { unit_dir, .. } => {
             refuse_on_fork(choice, "uninstall")?;
             let unit = UnitSpec::from_spec(&spec, scope)?.unit;
-            let systemd = SystemdBackend::connect(scope).await?;
+            let systemd = systemd_for(&spec, &ssh).await?;
             if !systemd.uninstall(&spec, unit_dir.as_deref()).await? {
                 let dir = match unit_dir {
                     Some(d) => d.clone(),
@@ -580,7 +668,18 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
         _ => {}
     }
-    let manager = DaemonManager::with_choice(config, choice);
+    if spec.host.is_some() {
+        if let Command::Logs { .. } = &cli.command {
+            return Err(DaemonError::Unsupported {
+                backend: BackendKind::Systemd,
+                operation: "logs",
+                reason: "the logs of a daemon on another host are its journal there \
+                         (there is no journalctl -H): run `ssh HOST journalctl -u UNIT`"
+                    .into(),
+            });
+        }
+    }
+    let manager = DaemonManager::with_choice(config, choice).with_ssh_options(ssh.clone());
     if let Command::Logs { follow, lines, .. } = &cli.command {
         // Log files need no backend; without them, which one runs it decides.
         let kind = match choice {
@@ -680,6 +779,32 @@ async fn run(cli: Cli) -> Result<u8, DaemonError> {
         }
     }
     Ok(0)
+}
+
+/// How remote hosts are reached: `$DAEMON_LIFECYCLE_SSH{,_CONFIG}`, then
+/// `--ssh-config` and `--connect-timeout`.
+fn ssh_options(cli: &Cli) -> daemon_lifecycle::host::SshOptions {
+    let mut opts = daemon_lifecycle::host::SshOptions::from_env()
+        .with_connect_timeout(std::time::Duration::from_secs(cli.connect_timeout));
+    if let Some(file) = &cli.ssh_config {
+        opts = opts.with_config_file(file);
+    }
+    opts
+}
+
+/// The systemd backend of the config's host: this machine's manager, or
+/// the remote one over ssh.
+async fn systemd_for(
+    spec: &ServiceSpec,
+    ssh: &daemon_lifecycle::host::SshOptions,
+) -> Result<SystemdBackend, DaemonError> {
+    match &spec.host {
+        None => SystemdBackend::connect(spec.scope).await,
+        Some(dest) => {
+            let host = daemon_lifecycle::host::SshHost::connect(dest, ssh.clone()).await?;
+            SystemdBackend::connect_remote(std::sync::Arc::new(host), spec.scope).await
+        }
+    }
 }
 
 /// `install` and `uninstall` write and remove a persistent systemd unit:

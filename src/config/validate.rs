@@ -30,6 +30,9 @@ pub(crate) fn well_formed(config: &DaemonConfig) -> Result<()> {
     if let Some(instance) = &config.instance {
         validate_instance(config, instance)?;
     }
+    if let Some(host) = &config.host {
+        crate::host::SshDestination::parse(host)?;
+    }
     program_path(&config.binary_path)?;
     validate_name(config)?;
     for (i, arg) in config.args.iter().enumerate() {

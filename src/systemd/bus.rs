@@ -85,6 +85,54 @@ impl BusTarget {
     }
 }
 
+/// Connects to the systemd manager of `scope` on another machine, as
+/// `systemctl -H` does: checks that the host has `systemd-stdio-bridge` and
+/// the bus socket (a clear [`DaemonError::Remote`] naming what is missing,
+/// instead of a hang), then runs the bridge with the bus path given
+/// explicitly (`-p unix:path=…`; `--user` can silently serve the system
+/// bus) as a session on the host's ssh master, its stdio a socket pair
+/// whose other end is this connection. Bounded like [`BusTarget::connect`];
+/// the ssh login itself was bounded by [`crate::host::SshOptions::connect_timeout`].
+pub(crate) async fn connect_remote(
+    host: &crate::host::SshHost,
+    scope: Scope,
+) -> Result<zbus::Connection> {
+    use crate::error::RemoteProblem;
+    let (bridge, socket) = host.bridge_command(scope).await?;
+    let stream = host.open_bridge(&bridge, &socket)?;
+    let lost = |reason: String| {
+        let said = host.bridge_log();
+        host.remote(
+            RemoteProblem::ConnectionLost,
+            if said.is_empty() {
+                reason
+            } else {
+                format!("{reason} ({said})")
+            },
+        )
+    };
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| DaemonError::io("set the bridge socket non-blocking", e))?;
+    let stream = tokio::net::UnixStream::from_std(stream)
+        .map_err(|e| DaemonError::io("register the bridge socket", e))?;
+    match tokio::time::timeout(
+        BUS_GRACE,
+        zbus::connection::Builder::unix_stream(stream).build(),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(lost(format!(
+            "the bus bridge {bridge} -p unix:path={socket} did not give a bus: {e}"
+        ))),
+        Err(_) => Err(lost(format!(
+            "the bus bridge {bridge} did not answer within {}",
+            crate::text::duration(BUS_GRACE)
+        ))),
+    }
+}
+
 /// Runs one bus call with a deadline. The outer error is the manager not
 /// answering within `bound`, or the connection to it breaking (both
 /// `BackendUnavailable`, naming the call); the inner one is the manager's

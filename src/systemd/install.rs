@@ -34,7 +34,14 @@ impl SystemdBackend {
                 names.push(trim(&managers.join(rest)));
             }
         }
-        let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        // A remote host's directories are compared by path only (their
+        // identity is not ours to stat).
+        let local = self.remote.is_none();
+        let id = |p: &Path| {
+            local
+                .then(|| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+                .flatten()
+        };
         let dir_id = id(dir);
         let loaded = unit_path.iter().any(|entry| {
             let entry = Path::new(entry);
@@ -112,18 +119,16 @@ impl SystemdBackend {
                 "a template is not enabled itself: install it, then enable an instance (systemctl enable NAME@INSTANCE.service)",
             ));
         }
-        crate::host::check(&crate::host::LocalHost, spec)?;
+        self.check_host(spec).await?;
         let mut unit_spec = self.unit_spec(spec)?;
+        self.check_probe_helper(&unit_spec).await?;
         unit_spec.source = source.map(str::to_owned);
         let text = unit_spec.render()?;
-        let dir = match unit_dir {
-            Some(d) => d.to_owned(),
-            None => Self::default_unit_dir(self.scope)?,
-        };
+        let dir = self.unit_dir_or_default(unit_dir).await?;
         self.check_unit_dir(&dir).await?;
         let path = dir.join(&unit_spec.unit);
-        refuse_alias_link(spec, &unit_spec.unit, &path)?;
-        let existing = read_unit_file(&path)?;
+        self.refuse_alias_link(spec, &unit_spec.unit, &path).await?;
+        let existing = self.read_unit_file(&path).await?;
         match &existing {
             // A file we wrote: whatever the manager loaded under that name
             // came from it (or is the same unit name, not yet reloaded).
@@ -149,7 +154,7 @@ impl SystemdBackend {
         }
         let changed = existing.as_deref() != Some(text.as_str());
         if changed {
-            crate::fsutil::write_into_dir(&dir, &unit_spec.unit, text.as_bytes(), "unit file")?;
+            self.write_unit_file(&dir, &unit_spec.unit, &text).await?;
             self.reload().await?;
             tracing::info!(unit = %unit_spec.unit, path = %path.display(), "unit file written, manager reloaded");
         } else {
@@ -178,10 +183,8 @@ impl SystemdBackend {
                     // Leave nothing written: the old file back, or none.
                     if changed {
                         let undo = match &existing {
-                            Some(old) => crate::fsutil::write_atomic(&path, old.as_bytes()),
-                            None => std::fs::remove_file(&path).map_err(|e| {
-                                DaemonError::io(format!("remove {}", path.display()), e)
-                            }),
+                            Some(old) => self.write_unit_file(&dir, &unit_spec.unit, old).await,
+                            None => self.remove_unit_file(&path).await,
                         };
                         if let Err(undo) = undo {
                             tracing::warn!(path = %path.display(), %undo, "cannot undo the unit file write");
@@ -204,13 +207,10 @@ impl SystemdBackend {
     /// `unit_dir`), which is refused naming it.
     pub async fn uninstall(&self, spec: &ServiceSpec, unit_dir: Option<&Path>) -> Result<bool> {
         let unit_spec = self.unit_spec(spec)?;
-        let dir = match unit_dir {
-            Some(d) => d.to_owned(),
-            None => Self::default_unit_dir(self.scope)?,
-        };
+        let dir = self.unit_dir_or_default(unit_dir).await?;
         let path = dir.join(&unit_spec.unit);
-        refuse_alias_link(spec, &unit_spec.unit, &path)?;
-        let existing = match read_unit_file(&path)? {
+        self.refuse_alias_link(spec, &unit_spec.unit, &path).await?;
+        let existing = match self.read_unit_file(&path).await? {
             Some(text) => text,
             None if unit_spec.template => return Ok(false),
             None => {
@@ -273,8 +273,8 @@ impl SystemdBackend {
         }
         // The stop and the disable took a while: the file must still be the
         // one we checked (ours, not a link) when it is removed.
-        refuse_alias_link(spec, &unit_spec.unit, &path)?;
-        match read_unit_file(&path)? {
+        self.refuse_alias_link(spec, &unit_spec.unit, &path).await?;
+        match self.read_unit_file(&path).await? {
             Some(now) if !spec.adopt && !unit::text_is_ours(&now) => {
                 return Err(DaemonError::NotOwned {
                     unit: unit_spec.unit.clone(),
@@ -284,8 +284,7 @@ impl SystemdBackend {
                     ),
                 })
             }
-            Some(_) => std::fs::remove_file(&path)
-                .map_err(|e| DaemonError::io(format!("remove {}", path.display()), e))?,
+            Some(_) => self.remove_unit_file(&path).await?,
             None => {}
         }
         self.reload().await?;
@@ -322,7 +321,7 @@ impl SystemdBackend {
 /// A unit file that is a symlink is an alias (or a linked unit) of another
 /// unit: writing or removing it would act on that one. Refused unless
 /// adopted.
-fn refuse_alias_link(spec: &ServiceSpec, unit: &str, path: &Path) -> Result<()> {
+pub(super) fn refuse_alias_link(spec: &ServiceSpec, unit: &str, path: &Path) -> Result<()> {
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     if !is_link || spec.adopt {
         return Ok(());
@@ -355,16 +354,25 @@ pub(super) fn read_unit_file(path: &Path) -> Result<Option<String>> {
 /// An instance started from an installed template is not compared: the
 /// template's text holds `%I` where the instance's rendering holds the name.
 pub(super) fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Option<bool> {
-    if state.transient
-        || state.load != "loaded"
-        || state.fragment_path.is_empty()
-        || (unit_spec.unit.contains('@') && !unit_spec.template)
-    {
+    if !may_drift(unit_spec, state) {
         return None;
     }
     // The path is the manager's answer: read without following links,
     // only a regular file, bounded.
     let installed = read_unit_file(file).ok()??;
+    differs(unit_spec, &installed)
+}
+
+/// Whether a unit in `state` has an installed file to compare at all.
+pub(super) fn may_drift(unit_spec: &UnitSpec, state: &UnitState) -> bool {
+    !(state.transient
+        || state.load != "loaded"
+        || state.fragment_path.is_empty()
+        || (unit_spec.unit.contains('@') && !unit_spec.template))
+}
+
+/// Whether the installed text differs from what `unit_spec` renders.
+pub(super) fn differs(unit_spec: &UnitSpec, installed: &str) -> Option<bool> {
     // Comments (the header names the generator's version and the config
     // file) are not the unit.
     let directives = |text: &str| {
@@ -373,17 +381,7 @@ pub(super) fn drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) -> Opt
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    Some(directives(&unit_spec.render().ok()?) != directives(&installed))
-}
-
-pub(super) fn warn_drift(unit_spec: &UnitSpec, state: &UnitState, file: &Path) {
-    if drift(unit_spec, state, file) == Some(true) {
-        tracing::warn!(
-            unit = %unit_spec.unit,
-            path = %file.display(),
-            "the installed unit file differs from the config: run `daemonctl install` to update it; starting the installed unit"
-        );
-    }
+    Some(directives(&unit_spec.render().ok()?) != directives(installed))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! restart.
 
 use super::bus::BUS_GRACE;
-use super::install::{drift, read_unit_file};
 use super::state::UnitState;
 use super::unit;
 use super::SystemdBackend;
@@ -66,11 +65,16 @@ impl SystemdBackend {
         let Ok(unit_spec) = self.unit_spec(spec) else {
             return Ok(());
         };
-        let path = self.local_path(&state.fragment_path);
-        if drift(&unit_spec, state, &path) != Some(true) {
+        if self.drift_of(&unit_spec, state).await != Some(true) {
             return Ok(());
         }
-        let ours = read_unit_file(&path)?.is_some_and(|t| unit::text_is_ours(&t));
+        // Read and written where the manager is (this machine, or the
+        // remote host over ssh: see files.rs), never through a link.
+        let path = self.unit_file_path(state);
+        let ours = self
+            .read_unit_file(&path)
+            .await?
+            .is_some_and(|t| unit::text_is_ours(&t));
         let (Some(dir), Some(file)) = (path.parent(), path.file_name().and_then(|f| f.to_str()))
         else {
             return Ok(());
@@ -80,7 +84,7 @@ impl SystemdBackend {
             return Ok(());
         }
         let text = unit_spec.render()?;
-        crate::fsutil::write_into_dir(dir, file, text.as_bytes(), "unit file")?;
+        self.write_unit_file(dir, file, &text).await?;
         self.reload().await?;
         tracing::info!(unit = %unit_spec.unit, path = %path.display(), "unit file rewritten from the config before the restart, manager reloaded");
         Ok(())

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::bus::BUS_GRACE;
-use super::install::warn_drift;
 use super::ownership::check_owned;
 use super::state::Read;
 use super::SystemdBackend;
@@ -19,6 +18,7 @@ use crate::spec::ServiceSpec;
 impl SystemdBackend {
     pub(super) async fn start_unit(&self, spec: &ServiceSpec) -> Result<u32> {
         let unit_spec = self.unit_spec(spec)?;
+        self.check_probe_helper(&unit_spec).await?;
         let unit = unit_spec.unit.clone();
         let name = spec.name.clone();
         // A start during a stop waits for the stop, then starts: a
@@ -50,13 +50,13 @@ impl SystemdBackend {
         if before.is_running() && before.main_pid != 0 {
             tracing::info!(%unit, pid = before.main_pid, "already running");
             if !before.transient {
-                warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
+                self.warn_drift(&unit_spec, &before).await;
             }
             return Ok(before.main_pid);
         }
         let job_timeout = spec.startup_timeout + BUS_GRACE;
         let result = if before.load == "loaded" && !before.transient {
-            warn_drift(&unit_spec, &before, &self.local_path(&before.fragment_path));
+            self.warn_drift(&unit_spec, &before).await;
             if before.active == "failed" {
                 // As for a transient unit: a failed unit (start limit hit
                 // included) is reset, then started.
@@ -133,7 +133,17 @@ impl SystemdBackend {
             }
         };
         let deadline = Instant::now() + timeout;
-        match readiness::wait_until_ready(probe, deadline, still_up).await {
+        // A remote daemon's `127.0.0.1` is the host's: its probes run there.
+        let outcome = match &self.remote {
+            Some(host) => {
+                readiness::wait_until_ready_with(probe, deadline, still_up, |p, budget| {
+                    host.probe_once(p, budget)
+                })
+                .await
+            }
+            None => readiness::wait_until_ready(probe, deadline, still_up).await,
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(ProbeError::Timeout { last }) => {
                 tracing::info!(%unit, last = %last.as_deref().unwrap_or("no attempt finished"), "not ready in time");

@@ -31,6 +31,7 @@ const SYSTEMD: &[Target] = &[
     Target::UserUnit,
     Target::SystemTransient,
     Target::SystemUnit,
+    Target::SystemRemote,
 ];
 
 /// The table.
@@ -46,7 +47,11 @@ pub const KNOWN_GAPS: &[Gap] = &[
     Gap {
         scenario: "stop_escalates_to_sigkill",
         check: "after stop: left behind",
-        on: &[Target::UserTransient, Target::SystemTransient],
+        on: &[
+            Target::UserTransient,
+            Target::SystemTransient,
+            Target::SystemRemote,
+        ],
         says: "unit NAME.service",
         expected: "nothing",
         why: "systemd leaves the unit `failed` (`Result=timeout`) when its stop needed SIGKILL; the backend reads that as stopped, with the SIGKILL as last exit, and the unit stays loaded until cleanup or the next start",
@@ -92,6 +97,7 @@ pub const KNOWN_GAPS: &[Gap] = &[
             Target::SystemTransient,
             Target::SystemUnit,
             Target::Launchd,
+            Target::SystemRemote,
         ],
         says: "stopped (reason: -; last exit: -)",
         expected: "failed (reason: not ready within 1 s; last exit: -)",
@@ -295,7 +301,8 @@ pub fn not_run_row(n: &NotRun) -> String {
 pub fn readme_row(gap: &Gap) -> String {
     let on: Vec<&str> = gap.on.iter().map(|t| t.name()).collect();
     let on = if gap.on == SYSTEMD {
-        "systemd (all four: user and system, transient and unit file)".to_owned()
+        "systemd (all five: user and system, transient and unit file, and system over ssh)"
+            .to_owned()
     } else {
         on.join("; ")
     };

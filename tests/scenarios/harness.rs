@@ -14,8 +14,10 @@ use daemon_lifecycle::{
 };
 
 use super::gaps::{KNOWN_GAPS, NOT_RUN};
+use crate::support::sshd::{Sshd, Variant};
 use crate::support::systemd::{self, SystemManager, UserManager};
 use crate::support::{self, Sandbox};
+use daemon_lifecycle::host::{SshDestination, SshHost, SshOptions};
 
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,17 +35,22 @@ pub enum Target {
     /// An agent (`gui/UID`) on the launchctl simulator
     /// (`examples/launchctl_sim.rs`), one per run.
     Launchd,
+    /// A transient unit on the private system-mode systemd, driven as a
+    /// remote host: over ssh to an sshd inside its mount namespace
+    /// (`tests/support/sshd.rs`), its own connection per run.
+    SystemRemote,
 }
 
 impl Target {
     /// Every target, in the order results are reported.
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 7] = [
         Target::Fork,
         Target::UserTransient,
         Target::UserUnit,
         Target::SystemTransient,
         Target::SystemUnit,
         Target::Launchd,
+        Target::SystemRemote,
     ];
 
     /// The name the README's table uses.
@@ -55,6 +62,7 @@ impl Target {
             Target::SystemTransient => "systemd system, transient",
             Target::SystemUnit => "systemd system, unit file",
             Target::Launchd => "launchd (simulated)",
+            Target::SystemRemote => "systemd system, remote (ssh)",
         }
     }
 
@@ -66,6 +74,7 @@ impl Target {
             Target::SystemTransient => "st",
             Target::SystemUnit => "su",
             Target::Launchd => "ld",
+            Target::SystemRemote => "sr",
         }
     }
 
@@ -94,6 +103,8 @@ struct Bus {
     transient_dir: PathBuf,
     /// The system manager's `/run` (it runs in its own mount namespace).
     run_dir: Option<PathBuf>,
+    /// For the remote target: `host` and the ssh config that reaches it.
+    remote: Option<(String, PathBuf)>,
 }
 
 /// The managers every scenario of this test process shares: `Ok(None)`
@@ -101,18 +112,24 @@ struct Bus {
 struct Shared {
     user: Result<Option<Bus>, String>,
     system: Result<Option<Bus>, String>,
+    /// The system manager again, reached over ssh.
+    remote: Result<Option<Bus>, String>,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
 /// The managers themselves, stopped when the test process exits (statics
 /// are never dropped: an `atexit` handler drops them).
-static OWNED: Mutex<(Option<UserManager>, Option<SystemManager>)> = Mutex::new((None, None));
+#[allow(clippy::type_complexity)]
+static OWNED: Mutex<(Option<UserManager>, Option<SystemManager>, Option<Sshd>)> =
+    Mutex::new((None, None, None));
 
 extern "C" fn stop_shared_managers() {
-    let (user, system) = match OWNED.lock() {
+    let (user, system, sshd) = match OWNED.lock() {
         Ok(mut owned) => std::mem::take(&mut *owned),
         Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
+    // The ssh host first: its sessions are in the system manager's namespace.
+    drop(sshd);
     // Both stop at once: each takes a moment to shut its units down.
     let system = std::thread::spawn(move || drop(system));
     drop(user);
@@ -151,6 +168,7 @@ fn shared() -> &'static Shared {
                     unit_dir: um.unit_dir(),
                     transient_dir: um.transient_dir(),
                     run_dir: None,
+                    remote: None,
                 };
                 eprintln!("shared systemd --user up in {:?}", um.startup);
                 OWNED.lock().unwrap().0 = Some(um);
@@ -159,6 +177,7 @@ fn shared() -> &'static Shared {
             Ok(None) => Ok(None),
             Err(payload) => Err(panic_text(&*payload)),
         };
+        let mut remote = Ok(None);
         let system = match system.join() {
             Ok(Some(sm)) => {
                 let bus = Bus {
@@ -167,6 +186,19 @@ fn shared() -> &'static Shared {
                     unit_dir: sm.unit_dir.clone(),
                     transient_dir: sm.transient_dir(),
                     run_dir: Some(sm.run_dir.clone()),
+                    remote: None,
+                };
+                remote = match std::panic::catch_unwind(|| Sshd::start(&sm, Variant::InNetns)) {
+                    Ok(Some(sshd)) => {
+                        let remote = Bus {
+                            remote: Some((format!("root@{}", sshd.alias), sshd.client_config())),
+                            ..bus.clone()
+                        };
+                        OWNED.lock().unwrap().2 = Some(sshd);
+                        Ok(Some(remote))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(payload) => Err(panic_text(&*payload)),
                 };
                 OWNED.lock().unwrap().1 = Some(sm);
                 Ok(Some(bus))
@@ -174,7 +206,11 @@ fn shared() -> &'static Shared {
             Ok(None) => Ok(None),
             Err(payload) => Err(panic_text(&*payload)),
         };
-        Shared { user, system }
+        Shared {
+            user,
+            system,
+            remote,
+        }
     })
 }
 
@@ -241,6 +277,9 @@ impl Ctx {
             Target::Launchd => Some(Scope::User),
             _ => self.inner.bus.as_ref().map(|b| b.scope),
         };
+        if let Some((host, _)) = self.inner.bus.as_ref().and_then(|b| b.remote.as_ref()) {
+            config.host = Some(host.clone());
+        }
         config
     }
 
@@ -254,6 +293,26 @@ impl Ctx {
             .to_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Whether a TCP connect to `addr` succeeds where the daemon runs:
+    /// here, or for the remote target on the host (over ssh).
+    pub fn port_answers(&self, addr: &str) -> bool {
+        let Some((host, ssh_config)) = self.inner.bus.as_ref().and_then(|b| b.remote.as_ref())
+        else {
+            return std::net::TcpStream::connect(addr).is_ok();
+        };
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        let out = support::output_within(
+            std::process::Command::new("ssh")
+                .arg("-F")
+                .arg(ssh_config)
+                .args(["-o", "BatchMode=yes", host, "bash", "-c"])
+                .arg(format!("'exec 3<>/dev/tcp/{ip}/{port}'"))
+                .stdin(std::process::Stdio::null()),
+            10,
+        );
+        out.status.success()
     }
 
     /// The sandbox directory (the PID file's).
@@ -271,6 +330,19 @@ impl Ctx {
 
     async fn connect(&self) -> SystemdBackend {
         let bus = self.inner.bus.as_ref().expect("a systemd target");
+        if let Some((host, ssh_config)) = &bus.remote {
+            let dest = SshDestination::parse(host).unwrap();
+            let opts = SshOptions::default().with_config_file(ssh_config);
+            let host = SshHost::connect(&dest, opts)
+                .await
+                .unwrap_or_else(|e| panic!("ssh to {host}: {e}"));
+            // The host shares this machine's files: the same daemonctl
+            // is the probe helper there.
+            return SystemdBackend::connect_remote(Arc::new(host), bus.scope)
+                .await
+                .unwrap_or_else(|e| panic!("systemd over ssh: {e}"))
+                .with_probe_helper(support::daemonctl());
+        }
         let backend =
             SystemdBackend::connect_to(&BusTarget::Address(bus.address.clone()), bus.scope)
                 .await
@@ -784,7 +856,7 @@ fn manager_of(target: Target) -> Option<usize> {
     match target {
         Target::Fork | Target::Launchd => None,
         Target::UserTransient | Target::UserUnit => Some(0),
-        Target::SystemTransient | Target::SystemUnit => Some(1),
+        Target::SystemTransient | Target::SystemUnit | Target::SystemRemote => Some(1),
     }
 }
 
@@ -811,6 +883,7 @@ where
             Target::Fork | Target::Launchd => ("", Ok(None)),
             Target::UserTransient | Target::UserUnit => ("user", shared.user.clone()),
             Target::SystemTransient | Target::SystemUnit => ("system", shared.system.clone()),
+            Target::SystemRemote => ("remote system", shared.remote.clone()),
         };
         let bus = match (target, bus) {
             (Target::Fork | Target::Launchd, _) => None,

@@ -146,11 +146,7 @@ async fn probe_readiness(ctx: Ctx, http: bool) {
         stamp(&ready).is_some_and(|t| t <= returned),
         true,
     );
-    ctx.check(
-        "the port answers",
-        std::net::TcpStream::connect(&addr).is_ok(),
-        true,
-    );
+    ctx.check("the port answers", ctx.port_answers(&addr), true);
     ctx.check(
         "status after start",
         m.status().await.unwrap(),

@@ -211,6 +211,7 @@ pub async fn read_pid_file(path: &Path) -> u32 {
 }
 
 pub mod launchd;
+pub mod sshd;
 pub mod systemd;
 
 impl Sandbox {

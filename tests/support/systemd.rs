@@ -530,6 +530,23 @@ impl SystemManager {
         units_named(&self.bus_address, prefix).await
     }
 
+    /// The host PID of its systemd (PID 1 inside): `nsenter -t` enters its
+    /// namespaces through it.
+    pub fn init_pid(&self) -> u32 {
+        let out = Command::new("bash")
+            .arg(harness_script())
+            .args(["status", &self.name])
+            .env("SYSH_BASE", self.base.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the system harness");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("host-pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("harness status: {text}"))
+    }
+
     /// Where this manager keeps its transient unit files (host path).
     pub fn transient_dir(&self) -> PathBuf {
         self.run_dir.join("systemd/transient")
