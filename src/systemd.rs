@@ -44,6 +44,7 @@ mod install;
 mod job;
 mod list;
 mod ownership;
+mod private;
 mod start;
 mod state;
 mod stop;
@@ -51,6 +52,7 @@ mod transient;
 mod unit;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
@@ -77,6 +79,9 @@ pub struct SystemdBackend {
     /// Directories the manager sees under another path (it runs in another
     /// mount namespace): (our path, the manager's path).
     path_aliases: Vec<(PathBuf, PathBuf)>,
+    /// On a bus: the unique name owning `org.freedesktop.systemd1`, the only
+    /// sender whose job signals count (`job.rs`). Unused peer to peer.
+    owner: Arc<Mutex<Option<zbus::names::OwnedUniqueName>>>,
 }
 
 impl SystemdBackend {
@@ -119,23 +124,60 @@ impl SystemdBackend {
             backend: "systemd",
             reason,
         };
-        match tokio::time::timeout(BUS_GRACE, manager.version()).await {
-            Ok(Ok(version)) => tracing::debug!(%version, %scope, "systemd manager answers"),
-            Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "the systemd manager did not answer Get Version within {}",
-                    crate::text::duration(BUS_GRACE)
-                )))
+        let owner = Arc::new(Mutex::new(None));
+        if conn.is_bus() {
+            // Three questions sent together (one round trip): does a manager
+            // answer, who is it on this bus, and its job signals for us.
+            let dbus = zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| bus_error("connect", e))?;
+            let name =
+                zbus::names::WellKnownName::from_static_str_unchecked("org.freedesktop.systemd1");
+            let (version, subscribed, name_owner) = match tokio::time::timeout(
+                BUS_GRACE,
+                futures_util::future::join3(
+                    manager.version(),
+                    manager.subscribe(),
+                    dbus.get_name_owner(name.into()),
+                ),
+            )
+            .await
+            {
+                Ok(answers) => answers,
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "the systemd manager did not answer Get Version within {}",
+                        crate::text::duration(BUS_GRACE)
+                    )))
+                }
+            };
+            match version {
+                Ok(version) => tracing::debug!(%version, %scope, "systemd manager answers"),
+                Err(e) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
             }
-        }
-        bounded("Subscribe", QUERY_GRACE, manager.subscribe())
+            subscribed.map_err(|e| bus_error("Subscribe", e))?;
+            *owner.lock().unwrap() = name_owner.ok();
+        } else {
+            // Peer to peer: the peer is the manager (the private socket, see
+            // bus.rs, or a connection the caller made), and answers or not
+            // at the first call. systemd sends its signals to every private
+            // connection unasked (252 does); Subscribe is sent all the same,
+            // for a manager that would want it, without waiting for the
+            // answer: it is on the wire before any job call, and the manager
+            // handles a connection's calls in order.
+            bounded(
+                "Subscribe",
+                QUERY_GRACE,
+                manager.inner().call_noreply("Subscribe", &()),
+            )
             .await?
             .map_err(|e| bus_error("Subscribe", e))?;
+        }
         Ok(SystemdBackend {
             manager,
             scope,
             path_aliases: Vec::new(),
+            owner,
         })
     }
 

@@ -2,8 +2,14 @@
 //! a connection is made) and the deadlines every bus call runs under
 //! ([`bounded`] and the graces), so a manager that stops answering is an
 //! error, not a hang.
+//!
+//! Like `systemctl`, the usual buses of a manager are reached through its
+//! private socket when we may ([`private_socket`]): peer to peer, with no
+//! bus daemon relaying every message (half the hops, no `Hello`, no
+//! `AddMatch`); the bus stays the way when the socket is absent or not the
+//! manager's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Scope;
@@ -54,8 +60,18 @@ impl BusTarget {
         }
     }
 
-    /// Connects (bounded by a few seconds).
+    /// Connects (bounded by a few seconds): to the manager's private socket
+    /// when [`private_socket`] names one that answers as the manager, else
+    /// to the bus.
     pub(crate) async fn connect(&self) -> Result<zbus::Connection> {
+        if let Some((path, owner)) = private_socket(self) {
+            match super::private::connect(&path, owner).await {
+                Ok(conn) => return Ok(conn),
+                Err(why) => {
+                    tracing::debug!(path = %path.display(), %why, "private socket not used: connecting to the bus")
+                }
+            }
+        }
         let unavailable = |reason: String| DaemonError::BackendUnavailable {
             backend: "systemd",
             reason: format!("cannot connect to {}: {reason}", self.describe()),
@@ -82,6 +98,48 @@ impl BusTarget {
                 BUS_GRACE.as_secs()
             ))),
         }
+    }
+}
+
+/// Set to `0` to always connect through the bus, never to the manager's
+/// private socket (to compare the two, or where a socket at the private
+/// path is not to be used).
+pub const PRIVATE_SOCKET_ENV: &str = "DAEMON_LIFECYCLE_PRIVATE_SOCKET";
+
+/// The manager's private socket for `target`, and the UID that must own it
+/// and serve it: `/run/systemd/private` (root only, as systemd makes it) for
+/// the system bus, `$XDG_RUNTIME_DIR/systemd/private` for the session bus.
+/// Only where `target` is that manager's usual bus: a bus address set in the
+/// environment to something else means another manager, so no private
+/// socket then (nor for an explicit [`BusTarget::Address`]).
+pub(super) fn private_socket(target: &BusTarget) -> Option<(PathBuf, u32)> {
+    if !cfg!(target_os = "linux") || std::env::var(PRIVATE_SOCKET_ENV).is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let euid = nix::unistd::Uid::effective().as_raw();
+    let address_is = |var: &str, usual: &[String]| match std::env::var(var) {
+        Ok(a) if !a.is_empty() => usual.contains(&a),
+        _ => true,
+    };
+    match target {
+        BusTarget::System => {
+            let usual = [
+                "unix:path=/run/dbus/system_bus_socket".to_owned(),
+                "unix:path=/var/run/dbus/system_bus_socket".to_owned(),
+            ];
+            (euid == 0 && address_is("DBUS_SYSTEM_BUS_ADDRESS", &usual))
+                .then(|| (PathBuf::from("/run/systemd/private"), 0))
+        }
+        BusTarget::Session => {
+            let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+            if !dir.is_absolute() {
+                return None;
+            }
+            let usual = [format!("unix:path={}/bus", dir.display())];
+            address_is("DBUS_SESSION_BUS_ADDRESS", &usual)
+                .then(|| (dir.join("systemd/private"), euid))
+        }
+        _ => None,
     }
 }
 
