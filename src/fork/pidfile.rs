@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::proc::ProcRef;
 use crate::backend::ExitInfo;
 use crate::error::{DaemonError, Result};
-pub(crate) use crate::fsutil::{check_ours, trusted_uid, untrusted, write_atomic};
+pub(crate) use crate::fsutil::{check_ours, trusted_uid, untrusted};
 
 /// The paths derived from one PID file path. Every path we create or
 /// remove comes from here (that is, from the config), never from a record.
@@ -225,7 +225,7 @@ pub(crate) fn read_pid(path: &Path) -> Result<Option<u32>> {
 
 /// Writes the PID file atomically.
 pub(crate) fn write_pid(path: &Path, pid: u32) -> Result<()> {
-    write_atomic(path, format!("{pid}\n").as_bytes())
+    crate::fsutil::write_atomic_runtime(path, format!("{pid}\n").as_bytes())
 }
 
 /// Reads the identity record; `Ok(None)` when absent. A record that does not
@@ -243,7 +243,7 @@ pub(crate) fn read_record(path: &Path) -> Result<Option<Record>> {
 pub(crate) fn write_record(path: &Path, record: &Record) -> Result<()> {
     let mut json = serde_json::to_vec(record).expect("a Record always serializes");
     json.push(b'\n');
-    write_atomic(path, &json)
+    crate::fsutil::write_atomic_runtime(path, &json)
 }
 
 /// Removes one of our files; a missing file is fine. A file that is not ours
@@ -511,7 +511,7 @@ mod tests {
             let record = record.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                write_atomic(&record, b"{}").unwrap();
+                crate::fsutil::write_atomic(&record, b"{}").unwrap();
             })
         };
         tokio::time::timeout(

@@ -244,23 +244,13 @@ impl UnitState {
     }
 }
 
-/// The Unit properties we read. Each is one `Get`, all sent together and
-/// answered in order: one round trip, and a few hundred bytes to decode
-/// where a `GetAll` of the Unit and Service interfaces is 14 KB and over a
-/// million instructions (most of a `daemonctl status`).
-const UNIT_PROPS: &[&str] = &[
-    "Id",
-    "Documentation",
-    "FragmentPath",
-    "Job",
-    "ActiveState",
-    "SubState",
-    "LoadState",
-    "Transient",
-    "StartLimitBurst",
-];
-
-/// The Service properties we read (see [`UNIT_PROPS`]).
+/// The Service properties we read, one `Get` each. The Unit interface is
+/// read with one `GetAll` (a hundred small properties, 3.5 KB); the
+/// Service's `GetAll` would be 10 KB of exec lines and sandboxing to build
+/// and decode for these nine. All are sent together and answered in order:
+/// one round trip. (Measured on systemd 252 against 18 single `Get`s and
+/// two `GetAll`s: the fewest messages for what we need is the quickest, the
+/// manager's time per message being most of a status.)
 const SERVICE_PROPS: &[&str] = &[
     "MainPID",
     "Result",
@@ -271,18 +261,6 @@ const SERVICE_PROPS: &[&str] = &[
     "Restart",
     "TimeoutStartUSec",
     "ExecMainStartTimestamp",
-];
-
-/// What a stop needs, and a start that went well: the unit's identity and
-/// state, and the main PID.
-const LEAN_UNIT_PROPS: &[&str] = &[
-    "Id",
-    "Documentation",
-    "Job",
-    "ActiveState",
-    "SubState",
-    "LoadState",
-    "Transient",
 ];
 
 /// Whether a `Get` failed only because the object has no such property
@@ -347,60 +325,67 @@ impl SystemdBackend {
         String::try_from(value).map_err(|e| bus_error(what, e.into()))
     }
 
-    /// Reads the unit's properties as `read` says: one `Get` each, all sent
-    /// before the first answer is awaited (one round trip).
+    /// Reads the unit's properties as `read` says: `GetAll` of the Unit
+    /// interface and a `Get` per Service property, all sent before the first
+    /// answer is awaited (one round trip).
     async fn state_at(&self, unit: &str, read: Read) -> Result<UnitState> {
         type Props = HashMap<String, OwnedValue>;
-        const UNIT: &str = "org.freedesktop.systemd1.Unit";
+        const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+        const DEST: &str = "org.freedesktop.systemd1";
         const SERVICE: &str = "org.freedesktop.systemd1.Service";
         let object = unit_object_path(unit);
-        let conn = self.manager.inner().connection();
-        let (unit_props, service_props): (&[&str], &[&str]) = match read {
-            Read::All | Read::Load => (UNIT_PROPS, SERVICE_PROPS),
-            Read::Lean => (LEAN_UNIT_PROPS, &["MainPID"]),
-        };
-        let wanted: Vec<(&str, &str)> = unit_props
-            .iter()
-            .map(|p| (UNIT, *p))
-            .chain(service_props.iter().map(|p| (SERVICE, *p)))
-            .collect();
-        let what = format!("properties of {unit}");
         let object = object.as_str();
-        let calls = wanted.iter().map(|pair| {
-            conn.call_method(
-                Some("org.freedesktop.systemd1"),
-                object,
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                pair,
-            )
-        });
-        let replies = bounded(&what, QUERY_GRACE, async {
-            Ok(futures_util::future::join_all(calls).await)
+        let conn = self.manager.inner().connection();
+        let service_props: &[&str] = match read {
+            Read::All | Read::Load => SERVICE_PROPS,
+            Read::Lean => &["MainPID"],
+        };
+        let what = format!("properties of {unit}");
+        let went_away = |e: &std::sync::Arc<std::io::Error>| DaemonError::BackendUnavailable {
+            backend: "systemd",
+            reason: format!("the systemd manager went away during {what} ({e})"),
+        };
+        let pairs: Vec<(&str, &str)> = service_props.iter().map(|p| (SERVICE, *p)).collect();
+        let unit_all = conn.call_method(
+            Some(DEST),
+            object,
+            Some(PROPERTIES),
+            "GetAll",
+            &("org.freedesktop.systemd1.Unit",),
+        );
+        let gets = futures_util::future::join_all(
+            pairs
+                .iter()
+                .map(|pair| conn.call_method(Some(DEST), object, Some(PROPERTIES), "Get", pair)),
+        );
+        let (unit_all, replies) = bounded(&what, QUERY_GRACE, async {
+            Ok(futures_util::future::join(unit_all, gets).await)
         })
         .await?
         .map_err(|e: zbus::Error| bus_error(what.clone(), e))?;
-        let (mut u, mut s) = (Props::new(), Props::new());
-        for ((iface, prop), reply) in wanted.iter().zip(replies) {
+        let u: Props = match unit_all {
+            Ok(reply) => reply
+                .body()
+                .deserialize()
+                .map_err(|e| bus_error(what.clone(), e))?,
+            Err(zbus::Error::InputOutput(e)) => return Err(went_away(&e)),
+            Err(e) => return Err(bus_error(format!("GetAll of {unit}"), e)),
+        };
+        let mut s = Props::new();
+        for ((_, prop), reply) in pairs.iter().zip(replies) {
             let reply = match reply {
                 Ok(r) => r,
                 // A property this manager does not have (an older one): as
                 // if empty, as a GetAll would have left it out.
                 Err(e) if is_missing_property(&e) => continue,
-                Err(zbus::Error::InputOutput(e)) => {
-                    return Err(DaemonError::BackendUnavailable {
-                        backend: "systemd",
-                        reason: format!("the systemd manager went away during {what} ({e})"),
-                    })
-                }
+                Err(zbus::Error::InputOutput(e)) => return Err(went_away(&e)),
                 Err(e) => return Err(bus_error(format!("Get {prop} of {unit}"), e)),
             };
             let value: OwnedValue = reply
                 .body()
                 .deserialize()
                 .map_err(|e| bus_error(what.clone(), e))?;
-            let into = if *iface == UNIT { &mut u } else { &mut s };
-            into.insert((*prop).to_owned(), value);
+            s.insert((*prop).to_owned(), value);
         }
         let mut state = UnitState::from_unit_props(&u);
         state.add_service_props(&s);
