@@ -182,10 +182,12 @@ fn open_ours(path: &Path, options: &mut OpenOptions) -> Result<Option<(File, fs:
 /// `Ok(None)` when it does not exist.
 pub(crate) fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let Some((file, _)) = open_ours(path, OpenOptions::new().read(true))? else {
+    let Some((file, meta)) = open_ours(path, OpenOptions::new().read(true))? else {
         return Ok(None);
     };
-    let mut bytes = Vec::new();
+    // Sized from fstat: one read and the one that sees the end, where an
+    // empty buffer grows through six (these files are read at every look).
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize + 1);
     file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| DaemonError::pid_file(path, e))?;
