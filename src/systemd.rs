@@ -72,6 +72,37 @@ pub use unit::{spec_unit_name, unit_name, UnitSpec, OWNERSHIP_KEY, OWNERSHIP_MAR
 pub use zbus;
 
 /// The systemd backend: one bus connection, one scope.
+///
+/// One backend serves many daemons at once — this is the batch API: share
+/// it (`Arc`) among managers built with [`DaemonManager::with_backend`]
+/// and run their operations concurrently. They share the one connection
+/// (the manager's private socket where we may use it, see [`BusTarget`]):
+/// their calls are pipelined on it, and each start or stop waits for its
+/// own job's `JobRemoved`.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use daemon_lifecycle::{Backend, DaemonConfig, DaemonManager, Scope, SystemdBackend};
+///
+/// # async fn demo() -> daemon_lifecycle::Result<()> {
+/// let backend: Arc<dyn Backend> = Arc::new(SystemdBackend::connect(Scope::User).await?);
+/// let workers: Vec<DaemonManager> = (0..100)
+///     .map(|i| {
+///         let config = DaemonConfig::new("/usr/bin/worker", "/run/unused.pid")
+///             .with_name(format!("worker-{i}"));
+///         DaemonManager::with_backend(config, backend.clone())
+///     })
+///     .collect();
+/// // Started together: one connection, a hundred jobs in flight.
+/// for pid in futures_util::future::join_all(workers.iter().map(|m| m.start())).await {
+///     println!("started {}", pid?);
+/// }
+/// let states = futures_util::future::join_all(workers.iter().map(|m| m.status())).await;
+/// # let _ = states;
+/// # Ok(()) }
+/// ```
+///
+/// [`DaemonManager::with_backend`]: crate::DaemonManager::with_backend
 #[derive(Debug, Clone)]
 pub struct SystemdBackend {
     manager: ManagerProxy<'static>,

@@ -308,6 +308,41 @@ mod tests {
         );
     }
 
+    /// A socket that is not the manager's is not connected to: a link to
+    /// one, another user's, one in a directory others may write to.
+    #[tokio::test]
+    async fn only_the_managers_socket_is_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = nix::unistd::Uid::effective().as_raw();
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("systemd");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = sub.join("private");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let link = sub.join("link");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        let err = connect(&link, me).await.unwrap_err();
+        assert!(err.contains("not a socket"), "{err}");
+        let file = sub.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(connect(&file, me)
+            .await
+            .unwrap_err()
+            .contains("not a socket"));
+        if me == 0 {
+            // Another user's socket (only root can make one to test with).
+            let other = sub.join("other");
+            let _l2 = std::os::unix::net::UnixListener::bind(&other).unwrap();
+            nix::unistd::chown(&other, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            let err = connect(&other, 4343).await.unwrap_err();
+            assert!(err.contains("not a socket of UID 4343"), "{err}");
+        }
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = connect(&sock, me).await.unwrap_err();
+        assert!(err.contains("writable by others"), "{err}");
+    }
+
     #[test]
     fn other_senders_and_broken_headers_are_left_alone() {
         let msg = zbus::Message::method_call("/org/freedesktop/systemd1", "GetUnit")
