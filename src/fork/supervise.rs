@@ -110,7 +110,12 @@ pub(crate) fn main() -> ! {
         answer(r);
         if r.is_final() {
             detach_stdio();
-            trim_resident_code();
+            // A moment later, once the event loop waits for the next event
+            // (the code that got it there is then resident too).
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                trim_resident_code();
+            });
         }
     }));
     std::process::exit(code);
