@@ -21,7 +21,9 @@ use crate::error::{DaemonError, Result};
 pub(super) enum Read {
     /// Everything [`UnitState`] holds.
     All,
-    /// As `All`, for a unit that may not be loaded yet (a start's first look).
+    /// A start's (or an install's) first look, at a unit that may not be
+    /// loaded yet: as `Lean` (running already? which file? ours?); a start
+    /// that fails reads `All` to explain.
     Load,
     /// The unit's identity and state and the service's `MainPID`: all a
     /// stop needs, and a start that went well.
@@ -337,8 +339,10 @@ impl SystemdBackend {
         let object = object.as_str();
         let conn = self.manager.inner().connection();
         let service_props: &[&str] = match read {
-            Read::All | Read::Load => SERVICE_PROPS,
-            Read::Lean => &["MainPID"],
+            Read::All => SERVICE_PROPS,
+            // Two messages, not ten: the manager handles each in turn, and
+            // its time per message is most of a read.
+            Read::Load | Read::Lean => &["MainPID"],
         };
         let what = format!("properties of {unit}");
         let went_away = |e: &std::sync::Arc<std::io::Error>| DaemonError::BackendUnavailable {
