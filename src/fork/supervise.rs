@@ -201,34 +201,51 @@ fn answer(response: &Response) {
 fn trim_resident_code() {
     #[cfg(target_os = "linux")]
     {
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        // smaps, not maps: a mapping is dropped only if none of its pages
+        // was ever written in this process (`Anonymous: 0 kB`: a written
+        // page of a private file mapping is a private, anonymous copy).
+        // Code written to (text relocations of an old library, a debugger's
+        // breakpoints) would otherwise be read back from the file as it was.
+        // (`Private_Dirty` would not do: a binary just installed is dirty
+        // in the page cache until written back, unwritten by us.)
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
             return;
         };
-        for line in maps.lines() {
+        let mut candidate: Option<(usize, usize)> = None;
+        for line in smaps.lines() {
             let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let path = fields.nth(3).unwrap_or("");
-            // Code of a file (not [vdso], [vsyscall] or anonymous memory).
-            if perms != "r-xp" || !path.starts_with('/') {
+            let Some(first) = fields.next() else { continue };
+            if let Some((start, end)) = first.split_once('-') {
+                // A mapping's header line: `start-end perms offset dev inode path`.
+                let perms = fields.next().unwrap_or("");
+                let path = fields.nth(3).unwrap_or("");
+                candidate = match (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    // Code of a file (not [vdso], [vsyscall] or anonymous memory).
+                    (Ok(start), Ok(end)) if perms == "r-xp" && path.starts_with('/') => {
+                        Some((start, end))
+                    }
+                    _ => None,
+                };
                 continue;
             }
-            let Some((start, end)) = range.split_once('-') else {
+            if first != "Anonymous:" {
                 continue;
-            };
-            let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) else {
-                continue;
-            };
-            // SAFETY: a read-only, executable private mapping of a file is
-            // never written, so dropping its pages loses nothing: the next
-            // access reads them back from the file (a running executable
-            // cannot be written to: ETXTBSY).
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+            if let Some((start, end)) = candidate.take() {
+                if fields.next() != Some("0") {
+                    continue;
+                }
+                // SAFETY: a read-only, executable private mapping of a file
+                // with no page ever written holds exactly the file's bytes:
+                // dropping its pages loses nothing, the next access reads
+                // them back (a running executable cannot be written to:
+                // ETXTBSY).
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
             }
         }
     }
