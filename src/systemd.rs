@@ -47,6 +47,7 @@ mod list;
 mod ownership;
 pub(crate) mod probe_helper;
 mod reload;
+mod private;
 mod start;
 mod state;
 mod stop;
@@ -54,7 +55,7 @@ mod transient;
 mod unit;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{Backend, BackendKind, BoxFuture, DaemonStatus, StatusReport};
@@ -76,6 +77,37 @@ pub use unit::{
 pub use zbus;
 
 /// The systemd backend: one bus connection, one scope.
+///
+/// One backend serves many daemons at once — this is the batch API: share
+/// it (`Arc`) among managers built with [`DaemonManager::with_backend`]
+/// and run their operations concurrently. They share the one connection
+/// (the manager's private socket where we may use it, see [`BusTarget`]):
+/// their calls are pipelined on it, and each start or stop waits for its
+/// own job's `JobRemoved`.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use daemon_lifecycle::{Backend, DaemonConfig, DaemonManager, Scope, SystemdBackend};
+///
+/// # async fn demo() -> daemon_lifecycle::Result<()> {
+/// let backend: Arc<dyn Backend> = Arc::new(SystemdBackend::connect(Scope::User).await?);
+/// let workers: Vec<DaemonManager> = (0..100)
+///     .map(|i| {
+///         let config = DaemonConfig::new("/usr/bin/worker", "/run/unused.pid")
+///             .with_name(format!("worker-{i}"));
+///         DaemonManager::with_backend(config, backend.clone())
+///     })
+///     .collect();
+/// // Started together: one connection, a hundred jobs in flight.
+/// for pid in futures_util::future::join_all(workers.iter().map(|m| m.start())).await {
+///     println!("started {}", pid?);
+/// }
+/// let states = futures_util::future::join_all(workers.iter().map(|m| m.status())).await;
+/// # let _ = states;
+/// # Ok(()) }
+/// ```
+///
+/// [`DaemonManager::with_backend`]: crate::DaemonManager::with_backend
 #[derive(Debug, Clone)]
 pub struct SystemdBackend {
     manager: ManagerProxy<'static>,
@@ -89,6 +121,9 @@ pub struct SystemdBackend {
     /// goes over its ssh connection, and so do host checks, unit file
     /// writes and readiness probes).
     remote: Option<Arc<SshHost>>,
+    /// On a bus: the unique name owning `org.freedesktop.systemd1`, the only
+    /// sender whose job signals count (`job.rs`). Unused peer to peer.
+    owner: Arc<Mutex<Option<zbus::names::OwnedUniqueName>>>,
 }
 
 impl SystemdBackend {
@@ -131,25 +166,62 @@ impl SystemdBackend {
             backend: "systemd",
             reason,
         };
-        match tokio::time::timeout(BUS_GRACE, manager.version()).await {
-            Ok(Ok(version)) => tracing::debug!(%version, %scope, "systemd manager answers"),
-            Ok(Err(e)) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
-            Err(_) => {
-                return Err(unavailable(format!(
-                    "the systemd manager did not answer Get Version within {}",
-                    crate::text::duration(BUS_GRACE)
-                )))
+        let owner = Arc::new(Mutex::new(None));
+        if conn.is_bus() {
+            // Three questions sent together (one round trip): does a manager
+            // answer, who is it on this bus, and its job signals for us.
+            let dbus = zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| bus_error("connect", e))?;
+            let name =
+                zbus::names::WellKnownName::from_static_str_unchecked("org.freedesktop.systemd1");
+            let (version, subscribed, name_owner) = match tokio::time::timeout(
+                BUS_GRACE,
+                futures_util::future::join3(
+                    manager.version(),
+                    manager.subscribe(),
+                    dbus.get_name_owner(name.into()),
+                ),
+            )
+            .await
+            {
+                Ok(answers) => answers,
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "the systemd manager did not answer Get Version within {}",
+                        crate::text::duration(BUS_GRACE)
+                    )))
+                }
+            };
+            match version {
+                Ok(version) => tracing::debug!(%version, %scope, "systemd manager answers"),
+                Err(e) => return Err(unavailable(format!("no systemd manager answers: {e}"))),
             }
-        }
-        bounded("Subscribe", QUERY_GRACE, manager.subscribe())
+            subscribed.map_err(|e| bus_error("Subscribe", e))?;
+            *owner.lock().unwrap() = name_owner.ok();
+        } else {
+            // Peer to peer: the peer is the manager (the private socket, see
+            // bus.rs, or a connection the caller made), and answers or not
+            // at the first call. systemd sends its signals to every private
+            // connection unasked (252 does); Subscribe is sent all the same,
+            // for a manager that would want it, without waiting for the
+            // answer: it is on the wire before any job call, and the manager
+            // handles a connection's calls in order.
+            bounded(
+                "Subscribe",
+                QUERY_GRACE,
+                manager.inner().call_noreply("Subscribe", &()),
+            )
             .await?
             .map_err(|e| bus_error("Subscribe", e))?;
+        }
         Ok(SystemdBackend {
             manager,
             scope,
             path_aliases: Vec::new(),
             probe_helper: None,
             remote: None,
+            owner,
         })
     }
 

@@ -57,12 +57,12 @@ async fn a_frozen_manager_gives_errors_naming_the_call_within_the_bound() {
     // would never return (`within` turns that into a failure). Queries are
     // bounded by the fixed grace (5 s).
     let frozen = Frozen::new(um.manager_pid());
-    unavailable_naming(
-        within(15, m.status_report()).await,
-        &format!("GetUnit {unit}"),
-    );
-    unavailable_naming(within(15, m.stop()).await, &format!("GetUnit {unit}"));
-    unavailable_naming(within(15, m.start()).await, &format!("LoadUnit {unit}"));
+    // Every operation's first call is the read of the unit's properties
+    // (one round trip at the unit's object path).
+    let read = format!("properties of {unit}");
+    unavailable_naming(within(15, m.status_report()).await, &read);
+    unavailable_naming(within(15, m.stop()).await, &read);
+    unavailable_naming(within(15, m.start()).await, &read);
     // A new connection: Version() is bounded too.
     let err = within(
         15,

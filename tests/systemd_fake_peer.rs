@@ -27,8 +27,8 @@ enum OnStart {
     JobResult(&'static str),
     /// Refuse as polkit would.
     Deny,
-    /// Hang up on GetUnit (the manager goes away mid-call).
-    VanishOnGetUnit,
+    /// Hang up on reading the unit's state (the manager goes away mid-call).
+    VanishOnStatus,
 }
 
 struct FakeManager {
@@ -40,26 +40,12 @@ struct FakeManager {
 impl FakeManager {
     async fn subscribe(&self) {}
 
-    async fn get_unit(
-        &self,
-        name: &str,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> Result<OwnedObjectPath, SystemdError> {
-        if let OnStart::VanishOnGetUnit = self.on_start {
-            // Close the socket under the pending call, never reply.
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let _ = conn.close().await;
-            });
-            std::future::pending::<()>().await;
-        }
+    async fn get_unit(&self, name: &str) -> Result<OwnedObjectPath, SystemdError> {
         Err(SystemdError::NoSuchUnit(format!("Unit {name} not loaded.")))
     }
 
     async fn load_unit(&self, _name: &str) -> OwnedObjectPath {
-        ObjectPath::try_from("/org/freedesktop/systemd1/unit/fake")
-            .unwrap()
-            .into()
+        ObjectPath::try_from(FAKE_UNIT_PATH).unwrap().into()
     }
 
     async fn start_transient_unit(
@@ -85,7 +71,7 @@ impl FakeManager {
             OnStart::Deny => Err(zbus::fdo::Error::AccessDenied(
                 "Interactive authentication required.".into(),
             )),
-            OnStart::VanishOnGetUnit => unreachable!("status only"),
+            OnStart::VanishOnStatus => unreachable!("status only"),
         }
     }
 
@@ -104,8 +90,14 @@ impl FakeManager {
     }
 }
 
-/// The unit object LoadUnit points at: not installed.
-struct FakeUnit;
+/// The unit object of `fake-daemon.service` (at the path derived from its
+/// name, where the backend reads it): not installed.
+struct FakeUnit {
+    on_start: OnStart,
+}
+
+/// `/org/freedesktop/systemd1/unit/` and `fake-daemon.service` escaped.
+const FAKE_UNIT_PATH: &str = "/org/freedesktop/systemd1/unit/fake_2ddaemon_2eservice";
 
 #[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
 impl FakeUnit {
@@ -114,7 +106,15 @@ impl FakeUnit {
         "not-found".into()
     }
     #[zbus(property)]
-    async fn active_state(&self) -> String {
+    async fn active_state(&self, #[zbus(connection)] conn: &zbus::Connection) -> String {
+        if let OnStart::VanishOnStatus = self.on_start {
+            // Close the socket under the pending call, never reply.
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = conn.close().await;
+            });
+            std::future::pending::<()>().await;
+        }
         "inactive".into()
     }
     #[zbus(property)]
@@ -149,14 +149,14 @@ async fn fake(on_start: OnStart) -> (SystemdBackend, Arc<Mutex<Vec<String>>>, zb
         .serve_at(
             "/org/freedesktop/systemd1",
             FakeManager {
-                on_start,
+                on_start: on_start.clone(),
                 calls: calls.clone(),
             },
         )
         .unwrap()
-        .serve_at("/org/freedesktop/systemd1/unit/fake", FakeUnit)
+        .serve_at(FAKE_UNIT_PATH, FakeUnit { on_start })
         .unwrap()
-        .serve_at("/org/freedesktop/systemd1/unit/fake", FakeService)
+        .serve_at(FAKE_UNIT_PATH, FakeService)
         .unwrap()
         .build();
     let client = zbus::connection::Builder::unix_stream(b).p2p().build();
@@ -241,12 +241,12 @@ async fn access_denied_is_permission_denied_naming_the_action() {
 /// what happened; the manager vanishing mid-call names the call.
 #[tokio::test]
 async fn a_manager_that_goes_away_mid_call_is_named() {
-    let (backend, _, _server) = fake(OnStart::VanishOnGetUnit).await;
+    let (backend, _, _server) = fake(OnStart::VanishOnStatus).await;
     let m = DaemonManager::with_backend(config(), Arc::new(backend));
     let err = support::within(10, m.status()).await.unwrap_err();
     match err {
         DaemonError::BackendUnavailable { reason, .. } => assert!(
-            reason.contains("went away during GetUnit fake-daemon.service"),
+            reason.contains("went away during properties of fake-daemon.service"),
             "{reason}"
         ),
         other => panic!("expected BackendUnavailable, got {other:?}"),

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::proc::ProcRef;
 use crate::backend::ExitInfo;
 use crate::error::{DaemonError, Result};
-pub(crate) use crate::fsutil::{check_ours, trusted_uid, untrusted, write_atomic};
+pub(crate) use crate::fsutil::{check_ours, trusted_uid, untrusted};
 
 /// The paths derived from one PID file path. Every path we create or
 /// remove comes from here (that is, from the config), never from a record.
@@ -192,10 +192,12 @@ fn open_ours(path: &Path, options: &mut OpenOptions) -> Result<Option<(File, fs:
 /// `Ok(None)` when it does not exist.
 pub(crate) fn read_ours(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let Some((file, _)) = open_ours(path, OpenOptions::new().read(true))? else {
+    let Some((file, meta)) = open_ours(path, OpenOptions::new().read(true))? else {
         return Ok(None);
     };
-    let mut bytes = Vec::new();
+    // Sized from fstat: one read and the one that sees the end, where an
+    // empty buffer grows through six (these files are read at every look).
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize + 1);
     file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| DaemonError::pid_file(path, e))?;
@@ -235,7 +237,7 @@ pub(crate) fn read_pid(path: &Path) -> Result<Option<u32>> {
 
 /// Writes the PID file atomically.
 pub(crate) fn write_pid(path: &Path, pid: u32) -> Result<()> {
-    write_atomic(path, format!("{pid}\n").as_bytes())
+    crate::fsutil::write_atomic_runtime(path, format!("{pid}\n").as_bytes())
 }
 
 /// Reads the identity record; `Ok(None)` when absent. A record that does not
@@ -253,7 +255,7 @@ pub(crate) fn read_record(path: &Path) -> Result<Option<Record>> {
 pub(crate) fn write_record(path: &Path, record: &Record) -> Result<()> {
     let mut json = serde_json::to_vec(record).expect("a Record always serializes");
     json.push(b'\n');
-    write_atomic(path, &json)
+    crate::fsutil::write_atomic_runtime(path, &json)
 }
 
 /// Removes one of our files; a missing file is fine. A file that is not ours
@@ -521,7 +523,7 @@ mod tests {
             let record = record.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));
-                write_atomic(&record, b"{}").unwrap();
+                crate::fsutil::write_atomic(&record, b"{}").unwrap();
             })
         };
         tokio::time::timeout(

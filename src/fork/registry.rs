@@ -141,7 +141,8 @@ pub(crate) fn register(spec: &ServiceSpec) {
             {
                 return Ok(());
             }
-            pidfile::write_atomic(&path, &json)
+            // A list of what runs: no fsync (see write_atomic_runtime).
+            crate::fsutil::write_atomic_runtime(&path, &json)
         }
         None => Ok(()),
     });

@@ -448,8 +448,27 @@ mod tests {
     fn script(dir: &Path, body: &str) -> Launchctl {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("launchctl");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n[ \"$1\" = --probe ] && exit 0\n{body}\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A child another test thread forks while the file is open for
+        // writing holds that descriptor until it execs: running the script
+        // meanwhile fails with ETXTBSY. Wait that moment out (harmlessly:
+        // `--probe` does nothing), so the test sees launchctl's answers.
+        for _ in 0..200 {
+            match std::process::Command::new(&path).arg("--probe").status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => {
+                    assert!(other.unwrap().success());
+                    break;
+                }
+            }
+        }
         Launchctl::new(path)
     }
 

@@ -2,8 +2,14 @@
 //! a connection is made) and the deadlines every bus call runs under
 //! ([`bounded`] and the graces), so a manager that stops answering is an
 //! error, not a hang.
+//!
+//! Like `systemctl`, the usual buses of a manager are reached through its
+//! private socket when we may ([`private_socket`]): peer to peer, with no
+//! bus daemon relaying every message (half the hops, no `Hello`, no
+//! `AddMatch`); the bus stays the way when the socket is absent or not the
+//! manager's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Scope;
@@ -25,6 +31,12 @@ pub(super) const RELOAD_GRACE: Duration = Duration::from_secs(30);
 /// Where the systemd manager's bus is. The one place a connection is made,
 /// so other transports (for example systemd's stdio bridge over SSH, as
 /// `systemctl -H` uses) are a new variant here and nothing else changes.
+///
+/// [`BusTarget::System`] (as root) and [`BusTarget::Session`] reach the
+/// manager through its private socket when it is there and is the
+/// manager's (`/run/systemd/private`, `$XDG_RUNTIME_DIR/systemd/private`),
+/// as `systemctl` does: no bus daemon between us, half the hops per call.
+/// Otherwise, or with `DAEMON_LIFECYCLE_PRIVATE_SOCKET=0`, the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BusTarget {
@@ -54,8 +66,18 @@ impl BusTarget {
         }
     }
 
-    /// Connects (bounded by a few seconds).
+    /// Connects (bounded by a few seconds): to the manager's private socket
+    /// when [`private_socket`] names one that answers as the manager, else
+    /// to the bus.
     pub(crate) async fn connect(&self) -> Result<zbus::Connection> {
+        if let Some((path, owner)) = private_socket(self) {
+            match super::private::connect(&path, owner).await {
+                Ok(conn) => return Ok(conn),
+                Err(why) => {
+                    tracing::debug!(path = %path.display(), %why, "private socket not used: connecting to the bus")
+                }
+            }
+        }
         let unavailable = |reason: String| DaemonError::BackendUnavailable {
             backend: "systemd",
             reason: format!("cannot connect to {}: {reason}", self.describe()),
@@ -133,6 +155,61 @@ pub(crate) async fn connect_remote(
     }
 }
 
+/// Set to `0` to always connect through the bus, never to the manager's
+/// private socket (to compare the two, or where a socket at the private
+/// path is not to be used).
+pub(super) const PRIVATE_SOCKET_ENV: &str = "DAEMON_LIFECYCLE_PRIVATE_SOCKET";
+
+/// The manager's private socket for `target`, and the UID that must own it
+/// and serve it: `/run/systemd/private` (root only, as systemd makes it) for
+/// the system bus, `$XDG_RUNTIME_DIR/systemd/private` for the session bus.
+/// Only where `target` is that manager's usual bus: a bus address set in the
+/// environment to something else means another manager, so no private
+/// socket then (nor for an explicit [`BusTarget::Address`]).
+pub(super) fn private_socket(target: &BusTarget) -> Option<(PathBuf, u32)> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    private_socket_for(target, nix::unistd::Uid::effective().as_raw(), &|k| {
+        std::env::var(k).ok()
+    })
+}
+
+/// [`private_socket`] for a caller of UID `euid` whose environment `env` reads.
+fn private_socket_for(
+    target: &BusTarget,
+    euid: u32,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<(PathBuf, u32)> {
+    if env(PRIVATE_SOCKET_ENV).as_deref() == Some("0") {
+        return None;
+    }
+    let address_is = |var: &str, usual: &[String]| match env(var) {
+        Some(a) if !a.is_empty() => usual.contains(&a),
+        _ => true,
+    };
+    match target {
+        BusTarget::System => {
+            let usual = [
+                "unix:path=/run/dbus/system_bus_socket".to_owned(),
+                "unix:path=/var/run/dbus/system_bus_socket".to_owned(),
+            ];
+            (euid == 0 && address_is("DBUS_SYSTEM_BUS_ADDRESS", &usual))
+                .then(|| (PathBuf::from("/run/systemd/private"), 0))
+        }
+        BusTarget::Session => {
+            let dir = PathBuf::from(env("XDG_RUNTIME_DIR").filter(|d| !d.is_empty())?);
+            if !dir.is_absolute() {
+                return None;
+            }
+            let usual = [format!("unix:path={}/bus", dir.display())];
+            address_is("DBUS_SESSION_BUS_ADDRESS", &usual)
+                .then(|| (dir.join("systemd/private"), euid))
+        }
+        _ => None,
+    }
+}
+
 /// Runs one bus call with a deadline. The outer error is the manager not
 /// answering within `bound`, or the connection to it breaking (both
 /// `BackendUnavailable`, naming the call); the inner one is the manager's
@@ -169,6 +246,75 @@ mod tests {
         assert_eq!(
             BusTarget::Address("unix:path=/x".into()).describe(),
             "bus unix:path=/x"
+        );
+    }
+
+    #[test]
+    fn the_private_socket_only_for_the_managers_usual_bus() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let run = "/run/user/1000";
+        let private = |owner| Some((PathBuf::from(format!("{run}/systemd/private")), owner));
+        let user =
+            |e: &dyn Fn(&str) -> Option<String>| private_socket_for(&BusTarget::Session, 1000, e);
+        assert_eq!(
+            user(&env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            private(1000)
+        );
+        assert_eq!(
+            user(&env(&[
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus"),
+            ])),
+            private(1000)
+        );
+        // Another bus than XDG_RUNTIME_DIR's: another manager, so the bus.
+        assert_eq!(
+            user(&env(&[
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/tmp/other/bus"),
+            ])),
+            None
+        );
+        assert_eq!(user(&env(&[("XDG_RUNTIME_DIR", "relative")])), None);
+        assert_eq!(user(&env(&[])), None);
+        assert_eq!(
+            user(&env(&[
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+                ("DAEMON_LIFECYCLE_PRIVATE_SOCKET", "0"),
+            ])),
+            None
+        );
+        let system = |euid, e: &dyn Fn(&str) -> Option<String>| {
+            private_socket_for(&BusTarget::System, euid, e)
+        };
+        let root = Some((PathBuf::from("/run/systemd/private"), 0));
+        assert_eq!(system(0, &env(&[])), root);
+        assert_eq!(
+            system(
+                0,
+                &env(&[(
+                    "DBUS_SYSTEM_BUS_ADDRESS",
+                    "unix:path=/run/dbus/system_bus_socket"
+                )])
+            ),
+            root
+        );
+        assert_eq!(system(1000, &env(&[])), None, "root only");
+        assert_eq!(
+            system(0, &env(&[("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/tmp/b")])),
+            None
+        );
+        let address = BusTarget::Address("unix:path=/run/user/1000/bus".into());
+        assert_eq!(
+            private_socket_for(&address, 0, &env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            None
         );
     }
 

@@ -50,13 +50,19 @@ impl SystemdBackend {
                     format!("StartTransientUnit {unit}"),
                     timeout,
                     || async {
-                        let job = self
-                            .manager
-                            .start_transient_unit(unit, "fail", &props, &aux)
-                            .await?;
-                        // At once, not after the job: a reload during a long
-                        // start-up would read systemd's version of the file.
-                        let safe = match self.fragment_path(unit).await {
+                        // The unit's file is asked for at once, in the same
+                        // round trip (the manager answers in order, so the
+                        // unit exists by then), not after the job: a reload
+                        // during a long start-up would read systemd's
+                        // version of the file.
+                        let (job, path) = futures_util::future::join(
+                            self.manager
+                                .start_transient_unit(unit, "fail", &props, &aux),
+                            self.fragment_path(unit),
+                        )
+                        .await;
+                        let job = job?;
+                        let safe = match path {
                             Ok(path) if self.remote.is_some() => {
                                 let host = self.remote_files().expect("remote");
                                 make_remote_transient_file_reload_safe(
