@@ -121,12 +121,6 @@ pub(crate) fn main() -> ! {
         answer(r);
         if r.is_final() {
             detach_stdio();
-            // A moment later, once the event loop waits for the next event
-            // (the code that got it there is then resident too).
-            tokio::spawn(async {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                trim_resident_code();
-            });
         }
     }));
     std::process::exit(code);
@@ -199,67 +193,6 @@ fn answer(response: &Response) {
     let mut out = std::io::stdout().lock();
     // The caller may be gone already; the daemon runs on regardless.
     let _ = out.write_all(&line).and_then(|_| out.flush());
-}
-
-/// Once started, the supervisor idles for the daemon's lifetime, but the
-/// code it ran to get there (the program's and libc's, faulted in with the
-/// kernel's fault-around) stays counted in its RSS: 2 of its 3.4 MB. Those
-/// pages are dropped from this process (`MADV_DONTNEED` on its executable,
-/// file-backed mappings: never written, so the page cache holds exactly
-/// what the file says; a later event faults back what it runs, from the
-/// cache). Data mappings are left alone: their pages may be relocated or
-/// written. Linux only (elsewhere nothing is done).
-fn trim_resident_code() {
-    #[cfg(target_os = "linux")]
-    {
-        // smaps, not maps: a mapping is dropped only if none of its pages
-        // was ever written in this process (`Anonymous: 0 kB`: a written
-        // page of a private file mapping is a private, anonymous copy).
-        // Code written to (text relocations of an old library, a debugger's
-        // breakpoints) would otherwise be read back from the file as it was.
-        // (`Private_Dirty` would not do: a binary just installed is dirty
-        // in the page cache until written back, unwritten by us.)
-        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-            return;
-        };
-        let mut candidate: Option<(usize, usize)> = None;
-        for line in smaps.lines() {
-            let mut fields = line.split_whitespace();
-            let Some(first) = fields.next() else { continue };
-            if let Some((start, end)) = first.split_once('-') {
-                // A mapping's header line: `start-end perms offset dev inode path`.
-                let perms = fields.next().unwrap_or("");
-                let path = fields.nth(3).unwrap_or("");
-                candidate = match (
-                    usize::from_str_radix(start, 16),
-                    usize::from_str_radix(end, 16),
-                ) {
-                    // Code of a file (not [vdso], [vsyscall] or anonymous memory).
-                    (Ok(start), Ok(end)) if perms == "r-xp" && path.starts_with('/') => {
-                        Some((start, end))
-                    }
-                    _ => None,
-                };
-                continue;
-            }
-            if first != "Anonymous:" {
-                continue;
-            }
-            if let Some((start, end)) = candidate.take() {
-                if fields.next() != Some("0") {
-                    continue;
-                }
-                // SAFETY: a read-only, executable private mapping of a file
-                // with no page ever written holds exactly the file's bytes:
-                // dropping its pages loses nothing, the next access reads
-                // them back (a running executable cannot be written to:
-                // ETXTBSY).
-                unsafe {
-                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-                }
-            }
-        }
-    }
 }
 
 /// After answering, stdio must not keep the caller's pipes open (it waits for
