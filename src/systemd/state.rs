@@ -270,7 +270,7 @@ impl UnitState {
 /// The Service properties we read, one `Get` each. The Unit interface is
 /// read with one `GetAll` (a hundred small properties, 3.5 KB); the
 /// Service's `GetAll` would be 10 KB of exec lines and sandboxing to build
-/// and decode for these nine. All are sent together and answered in order:
+/// and decode for these ten. All are sent together and answered in order:
 /// one round trip. (Measured on systemd 252 against 18 single `Get`s and
 /// two `GetAll`s: the fewest messages for what we need is the quickest, the
 /// manager's time per message being most of a status.)
@@ -284,6 +284,7 @@ const SERVICE_PROPS: &[&str] = &[
     "Restart",
     "TimeoutStartUSec",
     "ExecMainStartTimestamp",
+    "WatchdogTimestamp",
 ];
 
 /// Whether a `Get` failed only because the object has no such property
