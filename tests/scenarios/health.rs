@@ -221,12 +221,14 @@ scenario!(liveness_failures_restart_the_daemon, |ctx| {
     let (starts, health) = (&h.starts, &h.health);
     let m = ctx.manager(&h.config).await;
     let r = within(30, m.start()).await;
-    if !ctx.check_outcome("start", &r, "ok") || !then_fail(&ctx, &h, 1_000_000).await {
+    // Exactly three 500s, then good answers again: the run that answered
+    // them is stopped (3 failures in a row) and the next one stays up.
+    // (Resetting the count only once the next run started raced with that
+    // run's own first probes.)
+    if !ctx.check_outcome("start", &r, "ok") || !then_fail(&ctx, &h, 3).await {
         return;
     }
     ctx.check("runs", wait_lines(starts, 2, 30).await >= 2, true);
-    // The next run answers well again.
-    std::fs::write(&h.fail, "0\n").unwrap();
     let first = lines(starts)[0]
         .split_whitespace()
         .next()
@@ -381,43 +383,50 @@ scenario!(a_hanging_liveness_command_times_out, |ctx| {
     );
 });
 
-scenario!(reload_sends_sighup_once_and_waits_for_ready, |ctx| {
-    let log = ctx.out("reloads");
-    // On SIGHUP: RELOADING=1, 500 ms of work, the line, then READY=1.
-    let mut config = ctx.config(&[
-        "--ready-after",
-        "100",
-        "--reload-log",
-        &log,
-        "--reload-ms",
-        "500",
-    ]);
-    config.readiness = Some(Readiness::Notify);
-    let m = ctx.manager(&config).await;
-    let r = within(30, m.start()).await;
-    if !ctx.check_outcome("start", &r, "ok") {
-        return;
+// Exclusive: on systemd 252 a daemon-reload of the manager while a reload
+// job waits (another scenario's install) can end the job before the
+// daemon's READY=1 (README, "Reload on systemd 252").
+scenario!(
+    reload_sends_sighup_once_and_waits_for_ready,
+    exclusive,
+    |ctx| {
+        let log = ctx.out("reloads");
+        // On SIGHUP: RELOADING=1, 500 ms of work, the line, then READY=1.
+        let mut config = ctx.config(&[
+            "--ready-after",
+            "100",
+            "--reload-log",
+            &log,
+            "--reload-ms",
+            "500",
+        ]);
+        config.readiness = Some(Readiness::Notify);
+        let m = ctx.manager(&config).await;
+        let r = within(30, m.start()).await;
+        if !ctx.check_outcome("start", &r, "ok") {
+            return;
+        }
+        let pid = r.unwrap();
+        ctx.check_outcome("reload", &within(30, m.reload()).await, "ok");
+        // The line comes just before READY=1: there when reload returns.
+        ctx.check("reloads seen when reload returned", lines(&log).len(), 1);
+        let report = m.status_report().await.unwrap();
+        ctx.check(
+            "status after reload",
+            &report.status,
+            DaemonStatus::Running(pid),
+        );
+        ctx.check(
+            "status_text after reload",
+            format!("{:?}", report.status_text),
+            r#"Some("reloaded 1")"#,
+        );
+        ctx.check_outcome("a second reload", &within(30, m.reload()).await, "ok");
+        ctx.check("reloads after the second", lines(&log).len(), 2);
+        ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
+        ctx.check_left_behind("after stop").await;
     }
-    let pid = r.unwrap();
-    ctx.check_outcome("reload", &within(30, m.reload()).await, "ok");
-    // The line comes just before READY=1: there when reload returns.
-    ctx.check("reloads seen when reload returned", lines(&log).len(), 1);
-    let report = m.status_report().await.unwrap();
-    ctx.check(
-        "status after reload",
-        &report.status,
-        DaemonStatus::Running(pid),
-    );
-    ctx.check(
-        "status_text after reload",
-        format!("{:?}", report.status_text),
-        r#"Some("reloaded 1")"#,
-    );
-    ctx.check_outcome("a second reload", &within(30, m.reload()).await, "ok");
-    ctx.check("reloads after the second", lines(&log).len(), 2);
-    ctx.check_outcome("stop", &within(30, m.stop()).await, "ok");
-    ctx.check_left_behind("after stop").await;
-});
+);
 
 scenario!(reload_sends_the_signal, |ctx| {
     let log = ctx.out("reloads");
