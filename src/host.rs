@@ -42,6 +42,18 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn check_group(&self, group: &str) -> Result<()>;
 }
 
+/// Runs `checks` against `host` on a blocking thread: on a remote host
+/// each question is an ssh round trip, which must not hold an async thread
+/// (a fleet's other hosts go on meanwhile).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    host: std::sync::Arc<dyn Host>,
+    checks: impl FnOnce(&dyn Host) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || checks(host.as_ref()))
+        .await
+        .map_err(|e| DaemonError::io("host checks", std::io::Error::other(e.to_string())))?
+}
+
 /// Asks `host` everything a start of `spec` needs: the binary is
 /// executable, the working directory and the log files' directories exist,
 /// the user and group exist. The first problem is returned.

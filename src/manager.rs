@@ -289,9 +289,7 @@ impl DaemonManager {
             return Ok((spec, backend));
         };
         let owned = spec.clone();
-        tokio::task::spawn_blocking(move || host::check(host.as_ref(), &owned))
-            .await
-            .map_err(|e| DaemonError::io("host checks", std::io::Error::other(e.to_string())))??;
+        host::off_thread(host, move |h| host::check(h, &owned)).await?;
         Ok((spec, backend))
     }
 

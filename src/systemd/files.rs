@@ -27,9 +27,7 @@ impl SystemdBackend {
             return crate::host::check(&crate::host::LocalHost, spec);
         };
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || crate::host::check(host.as_ref(), &spec))
-            .await
-            .map_err(|e| DaemonError::io("host checks", std::io::Error::other(e.to_string())))?
+        crate::host::off_thread(host, move |h| crate::host::check(h, &spec)).await
     }
 
     /// The liveness probe helper a unit names (`ExecStartPost=`) is an
@@ -46,11 +44,7 @@ impl SystemdBackend {
             None => crate::host::Host::check_executable(&crate::host::LocalHost, &program),
             Some(host) => {
                 let p = program.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::host::Host::check_executable(host.as_ref(), &p)
-                })
-                .await
-                .map_err(|e| DaemonError::io("host checks", std::io::Error::other(e.to_string())))?
+                crate::host::off_thread(host, move |h| h.check_executable(&p)).await
             }
         };
         found.map_err(|e| {
